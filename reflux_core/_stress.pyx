@@ -1,0 +1,231 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Internal: nogil producer and consumer loops over a RecordChannel of uint64
+records, for the stress tests and the benchmarks.
+
+Each record is ``producer << 32 | seq``.  Consumers check that, per producer,
+the sequence numbers they see only grow, and report per-producer counts and
+sums so a test can prove no loss and no duplicate.
+
+``produce``/``consume`` release the GIL and are meant to be called from Python
+threads; ``run_native`` starts plain native threads from C (no Python thread
+state at all) and waits for them.
+"""
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, calloc, free
+from cpython.pythread cimport PyThread_start_new_thread
+
+from reflux_core.channel cimport RecordChannel
+from reflux_core._ring cimport (rx_event, rx_event_init, rx_event_destroy, rx_event_wait,
+                                rx_now_ns, rx_load64_acquire, rx_add64_release, rx_sub64_acqrel)
+
+cdef enum:
+    MAX_PRODUCERS = 64
+
+
+cdef struct Tally:
+    uint64_t count
+    uint64_t order_errors
+    uint64_t bad_producer
+    uint64_t counts[MAX_PRODUCERS]
+    uint64_t sums[MAX_PRODUCERS]
+    int64_t last[MAX_PRODUCERS]
+
+
+cdef int _check_channel(RecordChannel ch) except -1:
+    if ch.itemsize != 8:
+        raise TypeError(f"stress loops need 8-byte records, the channel holds {ch.dtype}")
+    return 0
+
+
+cdef Py_ssize_t _produce(RecordChannel ch, uint32_t producer, Py_ssize_t n,
+                         Py_ssize_t batch, uint64_t* buf) noexcept nogil:
+    cdef Py_ssize_t seq = 0, i, k, got
+    while seq < n:
+        k = batch if n - seq > batch else n - seq
+        for i in range(k):
+            buf[i] = (<uint64_t>producer << 32) | <uint64_t>(seq + i)
+        if k == 1:
+            # the single-record path, as a per-item producer would use it
+            got = ch.try_push_records(buf, 1)
+            if got == 0:
+                got = ch.push_records(buf, 1, -1.0)
+        else:
+            got = ch.push_records(buf, k, -1.0)
+        if got <= 0:
+            break
+        seq += got
+        if got < k:
+            break
+    return seq
+
+
+cdef void _consume(RecordChannel ch, Py_ssize_t batch, uint64_t* buf, Tally* t) noexcept nogil:
+    cdef Py_ssize_t got, i
+    cdef uint64_t v, p
+    cdef int64_t s
+    while True:
+        got = ch.pop_records(buf, batch, -1.0)
+        if got < 0:
+            return
+        for i in range(got):
+            v = buf[i]
+            p = v >> 32
+            s = <int64_t>(v & 0xFFFFFFFFu)
+            if p >= MAX_PRODUCERS:
+                t.bad_producer += 1
+                continue
+            if s <= t.last[p]:
+                t.order_errors += 1
+            t.last[p] = s
+            t.counts[p] += 1
+            t.sums[p] += <uint64_t>s
+            t.count += 1
+
+
+cdef dict _tally_dict(Tally* t, int nproducers):
+    return {
+        "count": t.count,
+        "order_errors": t.order_errors,
+        "bad_producer": t.bad_producer,
+        "counts": [t.counts[i] for i in range(nproducers)],
+        "sums": [t.sums[i] for i in range(nproducers)],
+    }
+
+
+def produce(RecordChannel ch, unsigned int producer, Py_ssize_t n, Py_ssize_t batch=64,
+            bint close=False):
+    """Push n tagged records without the GIL (batch 1 uses the single-record path).
+    Returns how many went in; closes the channel afterwards if asked."""
+    cdef uint64_t* buf
+    cdef Py_ssize_t done
+    _check_channel(ch)
+    if producer >= MAX_PRODUCERS or batch < 1:
+        raise ValueError(f"producer must be < {MAX_PRODUCERS} and batch >= 1")
+    buf = <uint64_t*>malloc(batch * sizeof(uint64_t))
+    if buf == NULL:
+        raise MemoryError()
+    with nogil:
+        done = _produce(ch, producer, n, batch, buf)
+        if close:
+            ch.close_nogil()
+    free(buf)
+    return done
+
+
+def consume(RecordChannel ch, int nproducers, Py_ssize_t batch=64):
+    """Pop until end of stream without the GIL; returns a tally dict."""
+    cdef Tally* t
+    cdef uint64_t* buf
+    cdef int i
+    _check_channel(ch)
+    if not 0 < nproducers <= MAX_PRODUCERS or batch < 1:
+        raise ValueError(f"nproducers must be 1..{MAX_PRODUCERS} and batch >= 1")
+    t = <Tally*>calloc(1, sizeof(Tally))
+    buf = <uint64_t*>malloc(batch * sizeof(uint64_t))
+    if t == NULL or buf == NULL:
+        free(t)
+        free(buf)
+        raise MemoryError()
+    for i in range(MAX_PRODUCERS):
+        t.last[i] = -1
+    with nogil:
+        _consume(ch, batch, buf, t)
+    result = _tally_dict(t, nproducers)
+    free(buf)
+    free(t)
+    return result
+
+
+# ---------------------------------------------------------------- native threads
+
+cdef struct Job:
+    void* ch            # borrowed RecordChannel; run_native keeps it alive
+    int producer        # >= 0: a producer with this id; -1: a consumer
+    Py_ssize_t n
+    Py_ssize_t batch
+    uint64_t pushed
+    Tally tally
+    uint64_t* done_counter
+    uint64_t* producers_left
+
+
+cdef void _native_run(RecordChannel ch, Job* job) noexcept:
+    cdef uint64_t* buf = <uint64_t*>malloc(job.batch * sizeof(uint64_t))
+    cdef int i
+    if buf != NULL:
+        with nogil:
+            if job.producer >= 0:
+                job.pushed = _produce(ch, <uint32_t>job.producer, job.n, job.batch, buf)
+                # acq_rel: each producer's pushes happen-before the close;
+                # pairs with the other producers' decrements
+                if rx_sub64_acqrel(job.producers_left, 1) == 1:
+                    ch.close_nogil()
+            else:
+                for i in range(MAX_PRODUCERS):
+                    job.tally.last[i] = -1
+                _consume(ch, job.batch, buf, &job.tally)
+        free(buf)
+
+
+cdef void _native_main(void* arg) noexcept nogil:
+    cdef Job* job = <Job*>arg
+    # the GIL only to borrow the channel as a typed reference (this also gives
+    # the native thread a thread state); the loops themselves run without it
+    with gil:
+        _native_run(<RecordChannel>job.ch, job)
+    # release: publishes this thread's results; pairs with the acquire load
+    # of the counter in run_native's wait loop
+    rx_add64_release(job.done_counter, 1)
+
+
+def run_native(RecordChannel ch, int producers, int consumers, Py_ssize_t per_producer,
+               Py_ssize_t batch=64):
+    """Start ``producers`` + ``consumers`` native threads (no Python thread
+    state) that move tagged records through ``ch`` without the GIL; the last
+    producer closes the channel.  Returns (seconds, pushed per producer, tally
+    per consumer)."""
+    cdef int total = producers + consumers
+    cdef Job* jobs
+    cdef uint64_t done = 0
+    cdef uint64_t left = producers
+    cdef int i
+    cdef int64_t t0, t1
+    cdef rx_event idle
+    cdef int started = 0
+    _check_channel(ch)
+    if not (0 < producers <= MAX_PRODUCERS and 0 < consumers <= 64 and batch >= 1):
+        raise ValueError("need 1..64 producers, 1..64 consumers and batch >= 1")
+    jobs = <Job*>calloc(total, sizeof(Job))
+    if jobs == NULL:
+        raise MemoryError()
+    for i in range(total):
+        jobs[i].ch = <void*>ch
+        jobs[i].producer = i if i < producers else -1
+        jobs[i].n = per_producer
+        jobs[i].batch = batch
+        jobs[i].done_counter = &done
+        jobs[i].producers_left = &left
+    if rx_event_init(&idle) != 0:
+        free(jobs)
+        raise MemoryError()
+    t0 = rx_now_ns()
+    for i in range(total):
+        if PyThread_start_new_thread(_native_main, &jobs[i]) == <unsigned long>-1:
+            # cannot start: close so the started threads finish, then wait for them
+            ch.close()
+            break
+        started += 1
+    with nogil:
+        # acquire: pairs with the release increment at each thread's end;
+        # sleeps 1 ms per check on an event nobody signals
+        while rx_load64_acquire(&done) < <uint64_t>started:
+            rx_event_wait(&idle, 0, 1000000)
+    rx_event_destroy(&idle)
+    t1 = rx_now_ns()
+    if started < total:
+        free(jobs)
+        raise RuntimeError("could not start every native thread")
+    pushed = [jobs[i].pushed for i in range(producers)]
+    tallies = [_tally_dict(&jobs[i].tally, producers) for i in range(producers, total)]
+    free(jobs)
+    return (t1 - t0) / 1e9, pushed, tallies

@@ -1,0 +1,1115 @@
+# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False, cdivision=True
+"""Bounded lock-free channels: the transport under every reflux pipeline.
+
+``SPSCChannel``
+    One producer thread, one consumer thread at a time; each side caches the
+    other's position, so the shared cache lines move once per batch.
+``MPMCChannel``
+    Any number of producers and consumers (per-slot sequence numbers).
+``RecordChannel``
+    Fixed-size records described by a numpy dtype, moved by copy; Cython code
+    can push and pop records without the GIL (see ``channel.pxd``).
+
+Capacity is rounded up to a power of two.  ``close()`` is end-of-stream:
+producers get :class:`ChannelClosed`, consumers first receive every item still
+in the channel, then :class:`ChannelClosed` (iteration simply ends).  Timeouts
+raise :class:`Full` / :class:`Empty`, subclasses of :class:`queue.Full` and
+:class:`queue.Empty`.
+
+Blocking calls spin briefly, then park with the GIL released (futex on Linux,
+WaitOnAddress on Windows, a condition variable elsewhere), in slices of at most
+50 ms so Ctrl-C raises ``KeyboardInterrupt`` promptly in the main thread.
+"""
+
+import queue as _queue
+from collections import namedtuple as _namedtuple
+
+cimport cython
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy
+
+from reflux_core._ring cimport *
+
+cdef extern from "Python.h":
+    object PyList_New(Py_ssize_t n)
+    # PyList_SET_ITEM steals the reference it is given; declared with a raw
+    # pointer so Cython does not add an INCREF of its own.
+    void _list_set_stolen "PyList_SET_ITEM"(object lst, Py_ssize_t i, void* item)
+    Py_ssize_t PyList_GET_SIZE(object lst)
+
+__all__ = [
+    "Channel", "SPSCChannel", "MPMCChannel", "RecordChannel",
+    "ChannelClosed", "Full", "Empty", "EMPTY", "ChannelStats",
+    "park_backend", "MAX_CAPACITY",
+]
+
+
+class ChannelClosed(Exception):
+    """The channel is closed: no more pushes; for consumers, it is also drained."""
+
+
+class Full(_queue.Full):
+    """A push timed out because the channel stayed full."""
+
+
+class Empty(_queue.Empty):
+    """A pop timed out because the channel stayed empty."""
+
+
+class _EmptyType:
+    __slots__ = ()
+
+    def __repr__(self):
+        return "EMPTY"
+
+    def __reduce__(self):
+        return "EMPTY"
+
+    def __bool__(self):
+        return False
+
+
+EMPTY = _EmptyType()
+"""Returned by ``try_pop()`` when nothing is available (items may be ``None``)."""
+
+ChannelStats = _namedtuple("ChannelStats", ["pushed", "popped", "full_waits", "empty_waits"])
+ChannelStats.__doc__ = """Counters of a channel: items pushed and popped so far, times a
+producer waited because the channel was full, times a consumer waited because it was empty."""
+
+MAX_CAPACITY = RX_MAX_CAPACITY
+"""Largest capacity a channel accepts (slots)."""
+
+# Largest ring a RecordChannel allocates, in bytes (4 GiB).
+cdef uint64_t MAX_RECORD_RING_BYTES = (<uint64_t>1) << 32
+
+cdef enum:
+    # Longest single park: after each slice a blocked call checks signals
+    # (Ctrl-C), the close flag and its deadline.
+    PARK_SLICE_NS = 50 * 1000 * 1000
+    # pop_many moves at most this many pointers through the stack buffer
+    STACK_BATCH = 256
+
+# Bounded spinning before parking.  Spinning only pays when the other side
+# runs on another core; on a single core it is cut to nothing.
+cdef int _spin_iters = 256
+cdef int _yield_iters = 4
+
+
+def park_backend():
+    """Name of the parking primitive this build uses: futex, waitonaddress or condvar."""
+    return rx_park_backend().decode()
+
+
+def set_wait_policy(int spin_iterations, int yields):
+    """Tune how long a blocked call spins and yields before it parks.
+
+    ``spin_iterations`` pause instructions, then ``yields`` calls to the
+    scheduler; both >= 0.  Returns the previous ``(spin, yields)``.
+    """
+    global _spin_iters, _yield_iters
+    if spin_iterations < 0 or yields < 0:
+        raise ValueError("set_wait_policy: spin_iterations and yields must be >= 0")
+    old = (_spin_iters, _yield_iters)
+    _spin_iters = spin_iterations
+    _yield_iters = yields
+    return old
+
+
+def _init_wait_policy():
+    import os
+    if (os.cpu_count() or 1) < 2:
+        set_wait_policy(0, 1)
+
+
+_init_wait_policy()
+
+
+# ---------------------------------------------------------------- validation
+
+cdef uint64_t _check_capacity(object capacity, str owner) except 0:
+    if isinstance(capacity, bool):
+        raise TypeError(f"{owner}: capacity must be an integer, got a bool")
+    try:
+        cap = capacity.__index__()
+    except AttributeError:
+        raise TypeError(
+            f"{owner}: capacity must be an integer, got {type(capacity).__name__}") from None
+    if cap < 1:
+        raise ValueError(f"{owner}: capacity must be >= 1, got {cap}")
+    if cap > RX_MAX_CAPACITY:
+        raise ValueError(f"{owner}: capacity {cap} is larger than the maximum {RX_MAX_CAPACITY}")
+    return <uint64_t>cap
+
+
+cdef int64_t _deadline(object timeout) except -2:
+    """-1: wait forever; 0: do not wait; otherwise an absolute rx_now_ns() deadline."""
+    cdef double t
+    if timeout is None:
+        return -1
+    if isinstance(timeout, bool):
+        raise TypeError("timeout must be a number of seconds or None, got a bool")
+    try:
+        t = timeout
+    except TypeError:
+        raise TypeError(
+            f"timeout must be a number of seconds or None, got {type(timeout).__name__}") from None
+    if t != t:
+        raise ValueError("timeout must be >= 0 or None, got nan")
+    if t < 0:
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return _deadline_from_seconds(t)
+
+
+cdef inline int64_t _deadline_from_seconds(double t) noexcept nogil:
+    if t < 0 or t > 1e9:
+        return -1
+    if t == 0:
+        return 0
+    return rx_now_ns() + <int64_t>(t * 1e9) + 1
+
+
+cdef Py_ssize_t _check_count(object n, str what) except -1:
+    if isinstance(n, bool):
+        raise TypeError(f"{what} must be an integer, got a bool")
+    try:
+        v = n.__index__()
+    except AttributeError:
+        raise TypeError(f"{what} must be an integer, got {type(n).__name__}") from None
+    if v < 1:
+        raise ValueError(f"{what} must be >= 1, got {v}")
+    return v
+
+
+# ---------------------------------------------------------------- ring dispatch
+# One switch on the ring kind, inlined; the branch is perfectly predicted.
+
+cdef inline int64_t _try_push(ring_kind k, void* r, bint recs, const void* src, uint64_t n) noexcept nogil:
+    if k == RING_SPSC:
+        if recs:
+            return rx_spsc_push_recs(<rx_spsc*>r, src, n)
+        return rx_spsc_push_ptrs(<rx_spsc*>r, <void**>src, n)
+    if recs:
+        return rx_mpmc_push_recs(<rx_mpmc*>r, src, n)
+    return rx_mpmc_push_ptrs(<rx_mpmc*>r, <void**>src, n)
+
+
+cdef inline int64_t _try_pop(ring_kind k, void* r, bint recs, void* dst, uint64_t n) noexcept nogil:
+    if k == RING_SPSC:
+        if recs:
+            return rx_spsc_pop_recs(<rx_spsc*>r, dst, n)
+        return rx_spsc_pop_ptrs(<rx_spsc*>r, <void**>dst, n)
+    if recs:
+        return rx_mpmc_pop_recs(<rx_mpmc*>r, dst, n)
+    return rx_mpmc_pop_ptrs(<rx_mpmc*>r, <void**>dst, n)
+
+
+cdef inline int _ready(ring_kind k, void* r, bint for_push) noexcept nogil:
+    if k == RING_SPSC:
+        return rx_spsc_can_push(<rx_spsc*>r) if for_push else rx_spsc_can_pop(<rx_spsc*>r)
+    return rx_mpmc_can_push(<rx_mpmc*>r) if for_push else rx_mpmc_can_pop(<rx_mpmc*>r)
+
+
+cdef inline rx_event* _event(ring_kind k, void* r, bint for_push) noexcept nogil:
+    if k == RING_SPSC:
+        return &(<rx_spsc*>r).not_full if for_push else &(<rx_spsc*>r).not_empty
+    return &(<rx_mpmc*>r).not_full if for_push else &(<rx_mpmc*>r).not_empty
+
+
+cdef inline uint64_t* _wait_counter(ring_kind k, void* r, bint for_push) noexcept nogil:
+    if k == RING_SPSC:
+        return &(<rx_spsc*>r).full_waits if for_push else &(<rx_spsc*>r).empty_waits
+    return &(<rx_mpmc*>r).full_waits if for_push else &(<rx_mpmc*>r).empty_waits
+
+
+cdef inline uint32_t* _side_flag(ring_kind k, void* r, bint producer) noexcept nogil:
+    """The SPSC misuse detector of one side; NULL for MPMC (any number allowed)."""
+    if k != RING_SPSC:
+        return NULL
+    return &(<rx_spsc*>r).producer_busy if producer else &(<rx_spsc*>r).consumer_busy
+
+
+cdef inline uint64_t _len(ring_kind k, void* r) noexcept nogil:
+    return rx_spsc_len(<rx_spsc*>r) if k == RING_SPSC else rx_mpmc_len(<rx_mpmc*>r)
+
+
+cdef inline bint _is_closed(ring_kind k, void* r) noexcept nogil:
+    return rx_spsc_closed(<rx_spsc*>r) if k == RING_SPSC else rx_mpmc_closed(<rx_mpmc*>r)
+
+
+cdef inline void _close(ring_kind k, void* r) noexcept nogil:
+    if k == RING_SPSC:
+        rx_spsc_close(<rx_spsc*>r)
+    else:
+        rx_mpmc_close(<rx_mpmc*>r)
+
+
+cdef object _stats(ring_kind k, void* r):
+    cdef rx_spsc* s
+    cdef rx_mpmc* m
+    # relaxed/acquire snapshots: exact only when the channel is quiet
+    if k == RING_SPSC:
+        s = <rx_spsc*>r
+        return ChannelStats(rx_load64_relaxed(&s.tail) & ~((<uint64_t>1) << 63),
+                            rx_load64_relaxed(&s.head),
+                            rx_load64_relaxed(&s.full_waits),
+                            rx_load64_relaxed(&s.empty_waits))
+    m = <rx_mpmc*>r
+    return ChannelStats(rx_load64_relaxed(&m.enq) & ~((<uint64_t>1) << 63),
+                        rx_load64_relaxed(&m.deq),
+                        rx_load64_relaxed(&m.full_waits),
+                        rx_load64_relaxed(&m.empty_waits))
+
+
+# ---------------------------------------------------------------- waiting
+
+cdef int _propagate() except -1:
+    """Re-raise the exception a nogil loop left set (SIGNALLED)."""
+    return -1
+
+
+cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
+                     bint check_signals) noexcept nogil:
+    """Block until the ring may accept (for_push) or yield an element, or is
+    closed.  Returns 1 when ready, 0 when the deadline passed.  With
+    check_signals, runs Python signal handlers (Ctrl-C) between park slices
+    and returns SIGNALLED, the exception set, when one raised."""
+    cdef int failed
+    cdef rx_event* ev = _event(k, r, for_push)
+    cdef int i
+    cdef uint32_t s
+    cdef int64_t now, slice_ns
+    # relaxed: a statistic only
+    rx_add64_relaxed(_wait_counter(k, r, for_push), 1)
+    for i in range(_spin_iters):
+        if _ready(k, r, for_push):
+            return 1
+        rx_cpu_relax()
+    for i in range(_yield_iters):
+        if _ready(k, r, for_push):
+            return 1
+        rx_thread_yield()
+    while True:
+        s = rx_event_prepare(ev)
+        # seq_cst fence: the waiter half of the Dekker handshake between the
+        # announcement above and the re-check below; pairs with the
+        # notifier's seq_cst publish (or fence) before rx_event_notify
+        rx_fence_seqcst()
+        if _ready(k, r, for_push):
+            rx_event_done(ev)
+            return 1
+        slice_ns = PARK_SLICE_NS
+        if deadline > 0:
+            now = rx_now_ns()
+            if now >= deadline:
+                rx_event_done(ev)
+                return 0
+            if deadline - now < slice_ns:
+                slice_ns = deadline - now
+        rx_event_wait(ev, s, slice_ns)
+        rx_event_done(ev)
+        if _ready(k, r, for_push):
+            return 1
+        if check_signals:
+            with gil:
+                failed = PyErr_CheckSignals() < 0
+            if failed:
+                return SIGNALLED
+
+
+cdef enum:
+    # extra results of the blocking loops, besides counts >= 0
+    CLOSED_NONE = -1     # closed before anything moved
+    MISUSE = -3          # a second thread on one side of an SPSC ring
+    SIGNALLED = -4       # a signal handler raised (e.g. KeyboardInterrupt); exception set
+
+
+cdef enum push_status:
+    PUSH_DONE = 0
+    PUSH_CLOSED = 1
+    PUSH_TIMEOUT = 2
+    PUSH_MISUSE = 3
+    PUSH_SIGNALLED = 4
+
+
+cdef push_status _push_blocking(ring_kind k, void* r, bint recs, uint64_t elem,
+                                const char* src, uint64_t n, uint64_t* done,
+                                int64_t deadline, bint check_signals,
+                                uint32_t* guard) noexcept nogil:
+    """Push src[*done:n], blocking as needed; *done counts what went in, so
+    nothing is lost or pushed twice whatever the outcome."""
+    cdef int64_t got
+    cdef int ready = 1
+    cdef push_status status = PUSH_DONE
+    if guard != NULL and rx_enter_side(guard):
+        return PUSH_MISUSE
+    while done[0] < n:
+        got = _try_push(k, r, recs, src + done[0] * elem, n - done[0])
+        if got < 0:
+            status = PUSH_CLOSED
+            break
+        done[0] += <uint64_t>got
+        if done[0] == n:
+            break
+        if deadline == 0 or ready == 0:
+            status = PUSH_TIMEOUT
+            break
+        ready = _wait_ready(k, r, 1, deadline, check_signals)
+        if ready == SIGNALLED:
+            status = PUSH_SIGNALLED
+            break
+    if guard != NULL:
+        rx_leave_side(guard)
+    return status
+
+
+cdef int _raise_push_failure(object ch, push_status status, str what) except -1:
+    if status == PUSH_SIGNALLED:
+        return _propagate()
+    if status == PUSH_MISUSE:
+        return _raise_misuse(ch, 1)
+    if status == PUSH_TIMEOUT:
+        raise Full(f"{type(ch).__name__}: {what} timed out, channel full ({ch.capacity} slots)")
+    raise ChannelClosed(f"{type(ch).__name__}: {what} on a closed channel")
+
+
+cdef int64_t _pop_blocking(ring_kind k, void* r, bint recs, char* dst, uint64_t n,
+                           int64_t deadline, bint check_signals, uint32_t* guard) noexcept nogil:
+    """Pop 1..n elements, blocking until at least one is there.  Returns the
+    count, 0 when the deadline passed, -1 at end of stream, or SIGNALLED /
+    MISUSE."""
+    cdef int64_t got
+    cdef int ready = 1
+    if guard != NULL and rx_enter_side(guard):
+        return MISUSE
+    while True:
+        got = _try_pop(k, r, recs, dst, n)
+        if got != 0 or deadline == 0 or ready == 0:
+            break
+        ready = _wait_ready(k, r, 0, deadline, check_signals)
+        if ready == SIGNALLED:
+            got = SIGNALLED
+            break
+    if guard != NULL:
+        rx_leave_side(guard)
+    return got
+
+
+cdef int _raise_misuse(object ch, bint producer) except -1:
+    side = "producer" if producer else "consumer"
+    raise RuntimeError(
+        f"{type(ch).__name__}: a second {side} thread used the channel concurrently; "
+        f"an SPSC channel allows one {side} at a time (use MPMCChannel for several)")
+
+
+cdef inline uint32_t* _fast_guard(ring_kind k, void* r, bint producer) noexcept nogil:
+    """Debug builds check SPSC exclusivity on every call; release builds only
+    on the blocking path, where it costs nothing extra."""
+    if REFLUX_DEBUG:
+        return _side_flag(k, r, producer)
+    return NULL
+
+
+cdef inline uint32_t* _slow_guard(ring_kind k, void* r, bint producer) noexcept nogil:
+    if REFLUX_DEBUG:
+        return NULL  # the fast guard already holds the flag
+    return _side_flag(k, r, producer)
+
+
+# ---------------------------------------------------------------- object channels
+
+cdef int _make_channel(Channel self, object capacity, ring_kind kind) except -1:
+    cdef uint64_t cap = _check_capacity(capacity, type(self).__name__)
+    if self._ring != NULL:
+        raise RuntimeError(f"{type(self).__name__}: already initialised")
+    self._kind = kind
+    if kind == RING_SPSC:
+        self._ring = rx_spsc_new(cap, sizeof(void*))
+    else:
+        self._ring = rx_mpmc_new(cap, sizeof(void*))
+    if self._ring == NULL:
+        raise MemoryError(f"{type(self).__name__}: cannot allocate a ring of {cap} slots")
+    self.capacity = <Py_ssize_t>rx_round_capacity(cap)
+    return 0
+
+
+cdef int _not_ready(object ch) except -1:
+    raise TypeError(
+        f"{type(ch).__name__} is abstract or not initialised; "
+        "create an SPSCChannel, MPMCChannel or RecordChannel")
+
+
+@cython.final
+cdef class _ChannelIterator:
+    cdef Channel ch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _pop_one(self.ch, -1, True)
+
+
+cdef class Channel:
+    """A bounded channel of Python objects.
+
+    Abstract: create an :class:`SPSCChannel` or an :class:`MPMCChannel`.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._ring = NULL
+        self.capacity = 0
+
+    def __dealloc__(self):
+        cdef void* p
+        if self._ring == NULL:
+            return
+        # release the references of items still in the channel (nobody else
+        # can use it any more)
+        while _try_pop(self._kind, self._ring, 0, &p, 1) == 1:
+            Py_DECREF(<object>p)
+        if self._kind == RING_SPSC:
+            rx_spsc_free(<rx_spsc*>self._ring)
+        else:
+            rx_mpmc_free(<rx_mpmc*>self._ring)
+        self._ring = NULL
+
+    # -- producer side
+
+    def push(self, item, timeout=None):
+        """Put ``item`` in the channel, waiting up to ``timeout`` seconds
+        (``None``: forever; ``0``: not at all) for room.
+
+        Raises :class:`Full` on timeout and :class:`ChannelClosed` if the
+        channel is closed.
+        """
+        cdef void* p = <void*>item
+        cdef uint64_t done = 0
+        cdef int64_t deadline = -1
+        cdef push_status status = PUSH_DONE
+        cdef uint32_t* guard
+        if timeout is not None:
+            deadline = _deadline(timeout)
+        if self._ring == NULL:
+            _not_ready(self)
+        guard = _fast_guard(self._kind, self._ring, 1)
+        if guard != NULL and rx_enter_side(guard):
+            _raise_misuse(self, 1)
+        # the channel's reference, handed to the consumer on pop
+        Py_INCREF(item)
+        if _try_push(self._kind, self._ring, 0, &p, 1) == 1:
+            done = 1
+        else:
+            with nogil:
+                status = _push_blocking(self._kind, self._ring, 0, sizeof(void*),
+                                        <const char*>&p, 1, &done, deadline, 1,
+                                        _slow_guard(self._kind, self._ring, 1))
+            if done == 0:
+                Py_DECREF(item)
+        if guard != NULL:
+            rx_leave_side(guard)
+        if done == 0:
+            _raise_push_failure(self, status, "push")
+
+    def try_push(self, item):
+        """Put ``item`` in the channel if there is room now.  Returns ``True``
+        if it went in, ``False`` if the channel is full; raises
+        :class:`ChannelClosed` if the channel is closed."""
+        cdef void* p = <void*>item
+        cdef int64_t got
+        cdef uint32_t* guard
+        if self._ring == NULL:
+            _not_ready(self)
+        guard = _fast_guard(self._kind, self._ring, 1)
+        if guard != NULL and rx_enter_side(guard):
+            _raise_misuse(self, 1)
+        Py_INCREF(item)
+        got = _try_push(self._kind, self._ring, 0, &p, 1)
+        if guard != NULL:
+            rx_leave_side(guard)
+        if got == 1:
+            return True
+        Py_DECREF(item)
+        if got == 0:
+            return False
+        raise ChannelClosed(f"{type(self).__name__}: push on a closed channel")
+
+    def push_many(self, items, timeout=None):
+        """Put every item of ``items`` in the channel, in order, waiting for
+        room as needed (one wake-up of the consumer per batch, not per item).
+
+        Returns how many items went in: all of them, unless the timeout
+        expired or the channel was closed part-way, in which case the count
+        says which prefix went in.  Raises :class:`Full` (timeout) or
+        :class:`ChannelClosed` when not a single item could go in.
+        """
+        cdef int64_t deadline = _deadline(timeout)
+        cdef list seq
+        cdef Py_ssize_t n, i
+        cdef uint64_t done = 0
+        cdef push_status status = PUSH_DONE
+        cdef void** buf
+        cdef uint32_t* guard
+        if self._ring == NULL:
+            _not_ready(self)
+        seq = items if type(items) is list else list(items)
+        n = len(seq)
+        if n == 0:
+            return 0
+        guard = _fast_guard(self._kind, self._ring, 1)
+        if guard != NULL and rx_enter_side(guard):
+            _raise_misuse(self, 1)
+        # Take the channel's references and snapshot the pointers, so the
+        # caller's list may change while we wait without the GIL.
+        buf = <void**>PyMem_Malloc(n * sizeof(void*))
+        if buf == NULL:
+            if guard != NULL:
+                rx_leave_side(guard)
+            raise MemoryError()
+        for i in range(n):
+            buf[i] = <void*>seq[i]
+            Py_INCREF(<object>buf[i])
+        # first attempt with the GIL held: releasing it costs a hand-off
+        status = _push_blocking(self._kind, self._ring, 0, sizeof(void*), <const char*>buf,
+                                n, &done, 0, 0, NULL)
+        if status == PUSH_TIMEOUT and deadline != 0:
+            with nogil:
+                status = _push_blocking(self._kind, self._ring, 0, sizeof(void*), <const char*>buf,
+                                        n, &done, deadline, 1, _slow_guard(self._kind, self._ring, 1))
+        if guard != NULL:
+            rx_leave_side(guard)
+        # drop the references of whatever did not go in
+        for i in range(<Py_ssize_t>done, n):
+            Py_DECREF(<object>buf[i])
+        PyMem_Free(buf)
+        if status == PUSH_DONE or (done > 0 and (status == PUSH_TIMEOUT or status == PUSH_CLOSED)):
+            return done
+        _raise_push_failure(self, status, "push_many")
+
+    # -- consumer side
+
+    def pop(self, timeout=None):
+        """Take the oldest item, waiting up to ``timeout`` seconds (``None``:
+        forever; ``0``: not at all).
+
+        Raises :class:`Empty` on timeout and :class:`ChannelClosed` once the
+        channel is closed and every item in it was taken.
+        """
+        return _pop_one(self, _deadline(timeout) if timeout is not None else -1, False)
+
+    def try_pop(self):
+        """Take the oldest item if there is one now; otherwise return the
+        sentinel :data:`EMPTY` (items themselves may be ``None``).  Raises
+        :class:`ChannelClosed` once the channel is closed and drained."""
+        cdef void* p
+        cdef int64_t got
+        cdef uint32_t* guard
+        if self._ring == NULL:
+            _not_ready(self)
+        guard = _fast_guard(self._kind, self._ring, 0)
+        if guard != NULL and rx_enter_side(guard):
+            _raise_misuse(self, 0)
+        got = _try_pop(self._kind, self._ring, 0, &p, 1)
+        if guard != NULL:
+            rx_leave_side(guard)
+        if got == 1:
+            item = <object>p
+            Py_DECREF(item)
+            return item
+        if got == 0:
+            return EMPTY
+        raise ChannelClosed(f"{type(self).__name__}: channel closed and drained")
+
+    def pop_many(self, max_items, timeout=None):
+        """Take up to ``max_items`` items (oldest first), waiting up to
+        ``timeout`` seconds for the first one; returns a non-empty list of
+        whatever is there then, without waiting for more.
+
+        Raises :class:`Empty` on timeout and :class:`ChannelClosed` once the
+        channel is closed and drained.
+        """
+        cdef Py_ssize_t want = _check_count(max_items, "pop_many: max_items")
+        cdef int64_t deadline = _deadline(timeout)
+        cdef void* stack_buf[STACK_BATCH]
+        cdef void** buf = stack_buf
+        cdef int64_t got
+        cdef Py_ssize_t i
+        cdef uint32_t* guard
+        if self._ring == NULL:
+            _not_ready(self)
+        if want > self.capacity:
+            want = self.capacity
+        if want > STACK_BATCH:
+            buf = <void**>PyMem_Malloc(want * sizeof(void*))
+            if buf == NULL:
+                raise MemoryError()
+        guard = _fast_guard(self._kind, self._ring, 0)
+        try:
+            if guard != NULL and rx_enter_side(guard):
+                guard = NULL
+                _raise_misuse(self, 0)
+            got = _try_pop(self._kind, self._ring, 0, buf, want)
+            if got == 0 and deadline != 0:
+                with nogil:
+                    got = _pop_blocking(self._kind, self._ring, 0, <char*>buf, want, deadline, 1,
+                                        _slow_guard(self._kind, self._ring, 0))
+            if got > 0:
+                result = PyList_New(got)
+                for i in range(got):
+                    _list_set_stolen(result, i, buf[i])  # steals the channel's reference
+                return result
+        finally:
+            if guard != NULL:
+                rx_leave_side(guard)
+            if buf != stack_buf:
+                PyMem_Free(buf)
+        if got == SIGNALLED:
+            _propagate()
+        if got == MISUSE:
+            _raise_misuse(self, 0)
+        if got == 0:
+            raise Empty(f"{type(self).__name__}: pop_many timed out, channel empty")
+        raise ChannelClosed(f"{type(self).__name__}: channel closed and drained")
+
+    def __iter__(self):
+        """Iterate over items as they arrive; ends when the channel is closed and drained."""
+        cdef _ChannelIterator it = _ChannelIterator.__new__(_ChannelIterator)
+        if self._ring == NULL:
+            _not_ready(self)
+        it.ch = self
+        return it
+
+    # -- either side
+
+    def close(self):
+        """End of stream.  Later pushes raise :class:`ChannelClosed`; consumers
+        still receive every item in the channel, then the end.  Wakes every
+        blocked producer and consumer.  Idempotent; safe from any thread."""
+        if self._ring == NULL:
+            _not_ready(self)
+        _close(self._kind, self._ring)
+
+    @property
+    def closed(self):
+        """``True`` once :meth:`close` was called."""
+        if self._ring == NULL:
+            _not_ready(self)
+        return _is_closed(self._kind, self._ring)
+
+    @property
+    def stats(self):
+        """A :class:`ChannelStats` snapshot (pushed, popped, full_waits, empty_waits)."""
+        if self._ring == NULL:
+            _not_ready(self)
+        return _stats(self._kind, self._ring)
+
+    def __len__(self):
+        """Items in the channel now (a snapshot when other threads are active)."""
+        if self._ring == NULL:
+            _not_ready(self)
+        return _len(self._kind, self._ring)
+
+    def __bool__(self):
+        # a channel object is always truthy, even when empty (as queue.Queue is)
+        return True
+
+    def __repr__(self):
+        if self._ring == NULL:
+            return f"<{type(self).__name__} (uninitialised)>"
+        state = "closed" if _is_closed(self._kind, self._ring) else "open"
+        return (f"<{type(self).__name__} capacity={self.capacity} "
+                f"len={_len(self._kind, self._ring)} {state}>")
+
+    def __reduce__(self):
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled: it is shared memory between the "
+            "threads of one process; send the items instead")
+
+
+cdef class SPSCChannel(Channel):
+    """Bounded channel for one producer thread and one consumer thread.
+
+    The fastest channel: each side caches the other side's position, so the
+    shared cache lines move once per batch, not per item.  More than one
+    thread pushing (or popping) at the same time is a misuse that corrupts
+    nothing but is refused when detected (always on the blocking path, on
+    every call in ``REFLUX_DEBUG`` builds).  Handing a side over from one
+    thread to another between calls is fine.
+
+    ``capacity`` is rounded up to a power of two (at most ``MAX_CAPACITY``).
+    """
+
+    def __init__(self, capacity):
+        _make_channel(self, capacity, RING_SPSC)
+
+
+cdef class MPMCChannel(Channel):
+    """Bounded channel for any number of producer and consumer threads.
+
+    Per-slot sequence numbers (Vyukov's bounded queue): producers and
+    consumers claim positions with one compare-and-swap each.  Items from one
+    producer stay in order; items from several producers interleave.
+
+    ``capacity`` is rounded up to a power of two (at most ``MAX_CAPACITY``).
+    """
+
+    def __init__(self, capacity):
+        _make_channel(self, capacity, RING_MPMC)
+
+
+# ---------------------------------------------------------------- record channel
+
+cdef int64_t _c_deadline(double timeout) noexcept nogil:
+    if timeout < 0:
+        return -1
+    return _deadline_from_seconds(timeout)
+
+
+cdef class RecordChannel:
+    """Bounded channel of fixed-size records described by a numpy dtype.
+
+    Records are copied in and out; ``push`` takes an array (or anything
+    numpy turns into one) of ``dtype``, ``pop`` returns a new array.  Cython
+    code can move records without the GIL through the methods declared in
+    ``reflux_core/channel.pxd`` (``push_records``, ``pop_records``, ...).
+
+    ``mode="spsc"`` (default): one producer and one consumer at a time.
+    ``mode="mpmc"``: any number of both.
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self._ring = NULL
+
+    def __init__(self, dtype, capacity, *, mode="spsc"):
+        import numpy as np
+        cdef uint64_t cap = _check_capacity(capacity, "RecordChannel")
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"RecordChannel: {dtype!r} is not a numpy dtype: {exc}") from None
+        if dt.hasobject:
+            raise TypeError(
+                f"RecordChannel: dtype {dt} holds Python objects; records must be plain "
+                "bytes (use SPSCChannel/MPMCChannel for objects)")
+        if dt.itemsize < 1:
+            raise ValueError(f"RecordChannel: dtype {dt} has no size")
+        if dt.subdtype is not None:
+            raise TypeError(
+                f"RecordChannel: sub-array dtype {dt} is ambiguous; wrap it in a structured "
+                f"dtype, e.g. [('value', {dt.base.str!r}, {dt.shape})]")
+        if mode not in ("spsc", "mpmc"):
+            raise ValueError(f"RecordChannel: mode must be 'spsc' or 'mpmc', got {mode!r}")
+        if rx_round_capacity(cap) * <uint64_t>dt.itemsize > MAX_RECORD_RING_BYTES:
+            raise ValueError(
+                f"RecordChannel: {cap} records of {dt.itemsize} bytes exceed the "
+                f"{MAX_RECORD_RING_BYTES} byte limit")
+        if self._ring != NULL:
+            raise RuntimeError("RecordChannel: already initialised")
+        self._kind = RING_SPSC if mode == "spsc" else RING_MPMC
+        if self._kind == RING_SPSC:
+            self._ring = rx_spsc_new(cap, dt.itemsize)
+        else:
+            self._ring = rx_mpmc_new(cap, dt.itemsize)
+        if self._ring == NULL:
+            raise MemoryError(f"RecordChannel: cannot allocate {cap} records of {dt.itemsize} bytes")
+        self.capacity = <Py_ssize_t>rx_round_capacity(cap)
+        self.itemsize = dt.itemsize
+        self.dtype = dt
+
+    def __dealloc__(self):
+        if self._ring == NULL:
+            return
+        if self._kind == RING_SPSC:
+            rx_spsc_free(<rx_spsc*>self._ring)
+        else:
+            rx_mpmc_free(<rx_mpmc*>self._ring)
+        self._ring = NULL
+
+    @property
+    def mode(self):
+        """``'spsc'`` or ``'mpmc'``."""
+        return "spsc" if self._kind == RING_SPSC else "mpmc"
+
+    # -- C level, without the GIL (declared in channel.pxd)
+
+    cdef Py_ssize_t try_push_records(self, const void* records, Py_ssize_t n) noexcept nogil:
+        if n <= 0:
+            return 0
+        return <Py_ssize_t>_try_push(self._kind, self._ring, 1, records, <uint64_t>n)
+
+    cdef Py_ssize_t try_pop_records(self, void* out, Py_ssize_t n) noexcept nogil:
+        if n <= 0:
+            return 0
+        return <Py_ssize_t>_try_pop(self._kind, self._ring, 1, out, <uint64_t>n)
+
+    cdef Py_ssize_t push_records(self, const void* records, Py_ssize_t n, double timeout) noexcept nogil:
+        if n <= 0:
+            return 0
+        cdef uint64_t done = 0
+        cdef push_status status = _push_blocking(
+            self._kind, self._ring, 1, self.itemsize, <const char*>records, <uint64_t>n,
+            &done, _c_deadline(timeout), 0, NULL)
+        if status == PUSH_CLOSED and done == 0:
+            return -1
+        return <Py_ssize_t>done
+
+    cdef Py_ssize_t pop_records(self, void* out, Py_ssize_t n, double timeout) noexcept nogil:
+        cdef int64_t got
+        if n <= 0:
+            return 0
+        got = _pop_blocking(self._kind, self._ring, 1, <char*>out, <uint64_t>n,
+                            _c_deadline(timeout), 0, NULL)
+        return <Py_ssize_t>got
+
+    cdef void close_nogil(self) noexcept nogil:
+        _close(self._kind, self._ring)
+
+    # -- Python level
+
+    def push(self, records, timeout=None):
+        """Copy ``records`` (a 1-d array of ``dtype``, or one record) into
+        the channel, waiting up to ``timeout`` seconds for room as needed.
+
+        Returns how many records went in: all, unless the timeout expired or
+        the channel closed part-way.  Raises :class:`Full` or
+        :class:`ChannelClosed` when none could go in.
+        """
+        return _push_impl(self, records, _deadline(timeout), True)
+
+    def try_push(self, records):
+        """Copy as many of ``records`` as fit now; returns that count (0 when
+        full).  Raises :class:`ChannelClosed` if the channel is closed."""
+        return _push_impl(self, records, 0, False)
+
+    def pop(self, max_records=None, timeout=None):
+        """Take up to ``max_records`` records (default: up to the capacity),
+        waiting up to ``timeout`` seconds for the first one.  Returns a new
+        1-d array of ``dtype`` with at least one record.
+
+        Raises :class:`Empty` on timeout and :class:`ChannelClosed` once the
+        channel is closed and drained.
+        """
+        return _pop_array(self, max_records, _deadline(timeout), False)
+
+    def try_pop(self, max_records=None):
+        """Take up to ``max_records`` records available now; returns an array,
+        empty when nothing is there.  Raises :class:`ChannelClosed` once the
+        channel is closed and drained."""
+        return _pop_array(self, max_records, 0, False)
+
+    def __iter__(self):
+        """Iterate over arrays of records as they arrive, until closed and drained."""
+        if self._ring == NULL:
+            _not_ready(self)
+        return _RecordIterator(self)
+
+    def close(self):
+        """End of stream (see :meth:`Channel.close`)."""
+        if self._ring == NULL:
+            _not_ready(self)
+        _close(self._kind, self._ring)
+
+    @property
+    def closed(self):
+        """``True`` once :meth:`close` was called."""
+        if self._ring == NULL:
+            _not_ready(self)
+        return _is_closed(self._kind, self._ring)
+
+    @property
+    def stats(self):
+        """A :class:`ChannelStats` snapshot, counted in records."""
+        if self._ring == NULL:
+            _not_ready(self)
+        return _stats(self._kind, self._ring)
+
+    def __len__(self):
+        if self._ring == NULL:
+            _not_ready(self)
+        return _len(self._kind, self._ring)
+
+    def __bool__(self):
+        return True
+
+    def __repr__(self):
+        if self._ring == NULL:
+            return "<RecordChannel (uninitialised)>"
+        state = "closed" if _is_closed(self._kind, self._ring) else "open"
+        return (f"<RecordChannel dtype={self.dtype} capacity={self.capacity} mode={self.mode} "
+                f"len={_len(self._kind, self._ring)} {state}>")
+
+    def __reduce__(self):
+        raise TypeError(
+            "RecordChannel cannot be pickled: it is shared memory between the threads "
+            "of one process; send the records instead")
+
+
+cdef int64_t _wait_first(ring_kind k, void* r, int64_t deadline, uint32_t* guard) noexcept nogil:
+    """Wait until a record is there or the stream ended; 1 ready, 0 timeout,
+    or SIGNALLED / MISUSE."""
+    cdef int ready
+    if guard != NULL and rx_enter_side(guard):
+        return MISUSE
+    ready = _wait_ready(k, r, 0, deadline, 1)
+    if guard != NULL:
+        rx_leave_side(guard)
+    return ready
+
+
+@cython.final
+cdef class _RecordIterator:
+    cdef RecordChannel ch
+
+    def __init__(self, RecordChannel ch):
+        self.ch = ch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _pop_array(self.ch, None, -1, True)
+
+
+def _debug_build():
+    """1 in REFLUX_DEBUG builds (every SPSC call checks for a second thread)."""
+    return REFLUX_DEBUG
+
+
+# ---------------------------------------------------------------- method bodies
+
+cdef object _pop_one(Channel self, int64_t deadline, bint for_iter):
+    """Pop one item; ends iteration (for_iter) or raises at end of stream."""
+    cdef void* p
+    cdef int64_t got
+    cdef uint32_t* guard
+    if self._ring == NULL:
+        _not_ready(self)
+    guard = _fast_guard(self._kind, self._ring, 0)
+    if guard != NULL and rx_enter_side(guard):
+        _raise_misuse(self, 0)
+    got = _try_pop(self._kind, self._ring, 0, &p, 1)
+    if got == 0 and deadline != 0:
+        try:
+            with nogil:
+                got = _pop_blocking(self._kind, self._ring, 0, <char*>&p, 1, deadline, 1,
+                                    _slow_guard(self._kind, self._ring, 0))
+        except BaseException:
+            if guard != NULL:
+                rx_leave_side(guard)
+            raise
+    if guard != NULL:
+        rx_leave_side(guard)
+    if got == 1:
+        item = <object>p
+        Py_DECREF(item)  # take over the channel's reference
+        return item
+    if got == SIGNALLED:
+        _propagate()
+    if got == MISUSE:
+        _raise_misuse(self, 0)
+    if got == 0:
+        raise Empty(f"{type(self).__name__}: pop timed out, channel empty")
+    if for_iter:
+        raise StopIteration
+    raise ChannelClosed(f"{type(self).__name__}: channel closed and drained")
+
+
+cdef object _as_records(RecordChannel self, object records):
+    import numpy as np
+    arr = np.asarray(records)
+    if arr.dtype != self.dtype:
+        if (arr.dtype.fields is None and self.dtype.fields is None
+                and np.can_cast(arr.dtype, self.dtype, "safe")):
+            arr = arr.astype(self.dtype)
+        else:
+            raise TypeError(
+                f"RecordChannel: records have dtype {arr.dtype}, the channel holds {self.dtype}")
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    elif arr.ndim != 1:
+        raise ValueError(f"RecordChannel: expected a 1-d array of records, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+cdef object _push_impl(RecordChannel self, object records, int64_t deadline, bint raise_full):
+    cdef Py_buffer view
+    cdef uint64_t done = 0
+    cdef push_status status = PUSH_DONE
+    cdef Py_ssize_t n
+    cdef uint32_t* guard
+    if self._ring == NULL:
+        _not_ready(self)
+    arr = _as_records(self, records)
+    n = len(arr)
+    if n == 0:
+        return 0
+    guard = _fast_guard(self._kind, self._ring, 1)
+    if guard != NULL and rx_enter_side(guard):
+        _raise_misuse(self, 1)
+    PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS)
+    # first attempt with the GIL held: releasing it costs a hand-off
+    status = _push_blocking(self._kind, self._ring, 1, self.itemsize, <const char*>view.buf,
+                            n, &done, 0, 0, NULL)
+    if status == PUSH_TIMEOUT and deadline != 0:
+        with nogil:
+            status = _push_blocking(self._kind, self._ring, 1, self.itemsize, <const char*>view.buf,
+                                    n, &done, deadline, 1, _slow_guard(self._kind, self._ring, 1))
+    if guard != NULL:
+        rx_leave_side(guard)
+    PyBuffer_Release(&view)
+    if status == PUSH_DONE or done > 0 and (status == PUSH_TIMEOUT or status == PUSH_CLOSED):
+        return done
+    if status == PUSH_TIMEOUT and not raise_full:
+        return 0
+    _raise_push_failure(self, status, "push")
+
+
+cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline, bint for_iter):
+    import numpy as np
+    cdef Py_ssize_t want = self.capacity
+    cdef Py_ssize_t avail
+    cdef Py_buffer view
+    cdef int64_t got = 0
+    cdef int ready = 1
+    cdef uint32_t* guard
+    if self._ring == NULL:
+        _not_ready(self)
+    if max_records is not None:
+        want = min(_check_count(max_records, "RecordChannel.pop: max_records"), self.capacity)
+    guard = _fast_guard(self._kind, self._ring, 0)
+    if guard != NULL and rx_enter_side(guard):
+        _raise_misuse(self, 0)
+    try:
+        while True:
+            avail = <Py_ssize_t>_len(self._kind, self._ring)
+            if avail > 0:
+                # size the array to what is there, so no large array is
+                # kept alive by a small result
+                out = np.empty(min(want, avail), dtype=self.dtype)
+                PyObject_GetBuffer(out, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                try:
+                    got = _try_pop(self._kind, self._ring, 1, view.buf, len(out))
+                finally:
+                    PyBuffer_Release(&view)
+                if got > 0:
+                    return out if got == len(out) else out[:got]
+            # closed first, then empty: after close nothing more can arrive
+            if _is_closed(self._kind, self._ring) and _len(self._kind, self._ring) == 0:
+                if for_iter:
+                    raise StopIteration
+                raise ChannelClosed("RecordChannel: channel closed and drained")
+            if deadline == 0:
+                return np.empty(0, dtype=self.dtype)
+            if not ready:
+                raise Empty("RecordChannel: pop timed out, channel empty")
+            with nogil:
+                ready = <int>_wait_first(self._kind, self._ring, deadline,
+                                         _slow_guard(self._kind, self._ring, 0))
+            if ready == MISUSE:
+                _raise_misuse(self, 0)
+    finally:
+        if guard != NULL:
+            rx_leave_side(guard)

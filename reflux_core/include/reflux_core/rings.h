@@ -1,0 +1,444 @@
+/* reflux_core/rings.h -- bounded lock-free ring buffers (private to the core).
+ *
+ * Two rings, both over fixed-size elements (a PyObject* for object channels,
+ * a record of `elem` bytes for record channels):
+ *
+ *  rx_spsc  one producer, one consumer.  64-bit free-running positions (no ABA,
+ *           no wasted slot); each side caches the other side's position so the
+ *           shared cache lines move only when the cached view runs out.
+ *  rx_mpmc  any number of producers and consumers: per-slot sequence numbers
+ *           (Vyukov's bounded MPMC queue, as crossbeam's ArrayQueue).
+ *
+ * Close is end-of-stream and lives in bit 63 of the producers' position, so a
+ * push can never succeed after close (its CAS fails) and a consumer that sees
+ * the bit together with an empty ring knows nothing more will arrive.
+ *
+ * Producer-written and consumer-written fields are RX_CACHE_PAIR (128) bytes
+ * apart.  Try-operations never block; blocking, spinning and parking are done
+ * by the caller on the rx_event words (park.h).
+ */
+#ifndef REFLUX_CORE_RINGS_H
+#define REFLUX_CORE_RINGS_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "reflux_core/atomics.h"
+#include "reflux_core/park.h"
+
+#if defined(_MSC_VER)
+#  include <malloc.h>
+#  define RX_INLINE static __forceinline
+#else
+#  define RX_INLINE static inline __attribute__((always_inline))
+#endif
+
+#define RX_CLOSED_BIT (UINT64_C(1) << 63)
+#define RX_POS_MASK (~RX_CLOSED_BIT)
+/* Largest capacity a channel accepts: 2**28 slots. */
+#define RX_MAX_CAPACITY (UINT64_C(1) << 28)
+
+#define RX_PAD_AFTER(name, used) char name[RX_CACHE_PAIR - ((used) % RX_CACHE_PAIR)]
+
+static void *rx_aligned_alloc(size_t size) {
+#if defined(_MSC_VER)
+    return _aligned_malloc(size, RX_CACHE_PAIR);
+#else
+    void *p = NULL;
+    if (posix_memalign(&p, RX_CACHE_PAIR, size) != 0) return NULL;
+    return p;
+#endif
+}
+
+static void rx_aligned_free(void *p) {
+#if defined(_MSC_VER)
+    _aligned_free(p);
+#else
+    free(p);
+#endif
+}
+
+/* Smallest power of two >= n (n >= 1, n <= RX_MAX_CAPACITY). */
+static inline uint64_t rx_round_capacity(uint64_t n) {
+    uint64_t c = 1;
+    while (c < n) c <<= 1;
+    return c;
+}
+
+/* ------------------------------------------------------------------ SPSC */
+
+typedef struct rx_spsc {
+    /* read-only after creation */
+    char *buf;
+    uint64_t mask;
+    uint64_t capacity;
+    uint64_t elem;
+    RX_PAD_AFTER(_pad0, 4 * sizeof(uint64_t));
+    /* producer line */
+    uint64_t tail;          /* next position to write | RX_CLOSED_BIT */
+    uint64_t head_cache;    /* producer-private copy of head */
+    uint64_t full_waits;    /* times a producer had to wait for room */
+    uint32_t producer_busy; /* misuse detector: a producer is inside a call */
+    RX_PAD_AFTER(_pad1, 3 * sizeof(uint64_t) + sizeof(uint32_t));
+    /* consumer line */
+    uint64_t head;          /* next position to read */
+    uint64_t tail_cache;    /* consumer-private copy of tail (without the bit) */
+    uint64_t empty_waits;   /* times a consumer had to wait for an item */
+    uint32_t consumer_busy; /* misuse detector: a consumer is inside a call */
+    RX_PAD_AFTER(_pad2, 3 * sizeof(uint64_t) + sizeof(uint32_t));
+    rx_event not_empty;     /* consumers park here, producers notify */
+    RX_PAD_AFTER(_pad3, sizeof(rx_event));
+    rx_event not_full;      /* producers park here, consumers notify */
+    RX_PAD_AFTER(_pad4, sizeof(rx_event));
+} rx_spsc;
+
+static rx_spsc *rx_spsc_new(uint64_t capacity, uint64_t elem) {
+    rx_spsc *r = (rx_spsc *)rx_aligned_alloc(sizeof(rx_spsc));
+    if (!r) return NULL;
+    memset(r, 0, sizeof(*r));
+    r->capacity = rx_round_capacity(capacity);
+    r->mask = r->capacity - 1;
+    r->elem = elem;
+    r->buf = (char *)rx_aligned_alloc((size_t)(r->capacity * elem));
+    if (!r->buf) { rx_aligned_free(r); return NULL; }
+    if (rx_event_init(&r->not_empty) != 0) goto fail;
+    if (rx_event_init(&r->not_full) != 0) { rx_event_destroy(&r->not_empty); goto fail; }
+    return r;
+fail:
+    rx_aligned_free(r->buf);
+    rx_aligned_free(r);
+    return NULL;
+}
+
+static void rx_spsc_free(rx_spsc *r) {
+    if (!r) return;
+    rx_event_destroy(&r->not_empty);
+    rx_event_destroy(&r->not_full);
+    rx_aligned_free(r->buf);
+    rx_aligned_free(r);
+}
+
+/* Copy n elements between the ring (from position pos) and flat memory. */
+RX_INLINE void rx_spsc_copy_in(rx_spsc *r, uint64_t pos, const char *src, uint64_t n, uint64_t elem) {
+    uint64_t at = pos & r->mask;
+    uint64_t first = r->capacity - at;
+    if (first > n) first = n;
+    memcpy(r->buf + at * elem, src, (size_t)(first * elem));
+    if (n > first) memcpy(r->buf, src + first * elem, (size_t)((n - first) * elem));
+}
+
+RX_INLINE void rx_spsc_copy_out(rx_spsc *r, uint64_t pos, char *dst, uint64_t n, uint64_t elem) {
+    uint64_t at = pos & r->mask;
+    uint64_t first = r->capacity - at;
+    if (first > n) first = n;
+    memcpy(dst, r->buf + at * elem, (size_t)(first * elem));
+    if (n > first) memcpy(dst + first * elem, r->buf, (size_t)((n - first) * elem));
+}
+
+/* Producer only.  Pushes up to n elements; returns how many (0 when full),
+ * or -1 when the ring is closed (nothing was pushed). */
+RX_INLINE int64_t rx_spsc_try_push_(rx_spsc *r, const void *src, uint64_t n, uint64_t elem) {
+    /* relaxed: tail is written only by this producer, except close()'s bit,
+     * which the CAS below re-checks */
+    uint64_t t = rx_load64_relaxed(&r->tail);
+    uint64_t free_slots, k, expected;
+    if (RX_UNLIKELY(t & RX_CLOSED_BIT)) return -1;
+    free_slots = r->capacity - (t - r->head_cache);
+    if (free_slots < n) {
+        /* acquire: pairs with the consumer's seq_cst store of head, so the
+         * slots it released are no longer being read */
+        r->head_cache = rx_load64_acquire(&r->head);
+        free_slots = r->capacity - (t - r->head_cache);
+        if (free_slots == 0) return 0;
+    }
+    k = n < free_slots ? n : free_slots;
+    rx_spsc_copy_in(r, t, (const char *)src, k, elem);
+    expected = t;
+    /* seq_cst CAS: publishes the slots (pairs with the consumer's acquire load
+     * of tail), fails if close() set the bit meanwhile (pairs with close's
+     * fetch_or), and is the notifier half of the Dekker handshake before the
+     * load of not_empty.waiters (pairs with rx_event_prepare) */
+    if (RX_UNLIKELY(!rx_cas64_seqcst(&r->tail, &expected, t + k))) return -1;
+    rx_event_notify(&r->not_empty);
+    return (int64_t)k;
+}
+
+/* Consumer only.  Pops up to n elements into dst; returns how many, 0 when
+ * empty, or -1 when empty and closed (end of stream). */
+RX_INLINE int64_t rx_spsc_try_pop_(rx_spsc *r, void *dst, uint64_t n, uint64_t elem) {
+    /* relaxed: head is written only by this consumer */
+    uint64_t h = rx_load64_relaxed(&r->head);
+    uint64_t avail = r->tail_cache - h, k;
+    if (avail < n) {
+        /* acquire: pairs with the producer's seq_cst CAS of tail, making the
+         * slot contents visible */
+        uint64_t t = rx_load64_acquire(&r->tail);
+        r->tail_cache = t & RX_POS_MASK;
+        avail = r->tail_cache - h;
+        if (avail == 0) return (t & RX_CLOSED_BIT) ? -1 : 0;
+    }
+    k = n < avail ? n : avail;
+    rx_spsc_copy_out(r, h, (char *)dst, k, elem);
+    /* seq_cst store: releases the slots to the producer (pairs with its
+     * acquire load of head) and is the notifier half of the Dekker handshake
+     * before the load of not_full.waiters (pairs with rx_event_prepare) */
+    rx_store64_seqcst(&r->head, h + k);
+    rx_event_notify(&r->not_full);
+    return (int64_t)k;
+}
+
+/* Readiness probes for waiters (any thread): seq_cst loads so they take part
+ * in the Dekker handshake after rx_event_prepare. */
+static inline int rx_spsc_can_pop(rx_spsc *r) {
+    /* seq_cst: pairs with the producer's CAS of tail and close's fetch_or */
+    uint64_t t = rx_load64_seqcst(&r->tail);
+    /* relaxed: only the consumer (the caller) writes head */
+    return (t & RX_CLOSED_BIT) || (t & RX_POS_MASK) != rx_load64_relaxed(&r->head);
+}
+
+static inline int rx_spsc_can_push(rx_spsc *r) {
+    /* seq_cst: pairs with the consumer's seq_cst store of head */
+    uint64_t h = rx_load64_seqcst(&r->head);
+    /* relaxed: the producer (the caller) owns tail; close's bit makes it ready */
+    uint64_t t = rx_load64_relaxed(&r->tail);
+    return (t & RX_CLOSED_BIT) || (t - h) < r->capacity;
+}
+
+static inline uint64_t rx_spsc_len(rx_spsc *r) {
+    /* acquire both: a snapshot for __len__ and stats, exact only when quiet */
+    uint64_t h = rx_load64_acquire(&r->head);
+    uint64_t t = rx_load64_acquire(&r->tail) & RX_POS_MASK;
+    return t > h ? t - h : 0;
+}
+
+static inline int rx_spsc_closed(rx_spsc *r) {
+    /* acquire: pairs with close's seq_cst fetch_or */
+    return (rx_load64_acquire(&r->tail) & RX_CLOSED_BIT) != 0;
+}
+
+/* Any thread.  Returns 1 if this call closed the ring, 0 if it was closed. */
+static inline int rx_spsc_close(rx_spsc *r) {
+    /* seq_cst RMW: pairs with the producer's CAS (which then fails) and with
+     * the consumers' acquire loads of tail */
+    uint64_t old = rx_or64_seqcst(&r->tail, RX_CLOSED_BIT);
+    rx_event_wake_all(&r->not_empty);
+    rx_event_wake_all(&r->not_full);
+    return (old & RX_CLOSED_BIT) == 0;
+}
+
+/* ------------------------------------------------------------------ MPMC */
+
+typedef struct rx_mpmc {
+    /* read-only after creation */
+    char *slots;            /* stride bytes each: uint64 sequence, then the element */
+    uint64_t mask;
+    uint64_t capacity;
+    uint64_t elem;
+    uint64_t stride;
+    RX_PAD_AFTER(_pad0, 5 * sizeof(uint64_t));
+    /* producers' line */
+    uint64_t enq;           /* next position to claim | RX_CLOSED_BIT */
+    uint64_t full_waits;
+    RX_PAD_AFTER(_pad1, 2 * sizeof(uint64_t));
+    /* consumers' line */
+    uint64_t deq;           /* next position to take */
+    uint64_t empty_waits;
+    RX_PAD_AFTER(_pad2, 2 * sizeof(uint64_t));
+    rx_event not_empty;
+    RX_PAD_AFTER(_pad3, sizeof(rx_event));
+    rx_event not_full;
+    RX_PAD_AFTER(_pad4, sizeof(rx_event));
+} rx_mpmc;
+
+#define RX_SLOT(r, pos) ((r)->slots + ((pos) & (r)->mask) * (r)->stride)
+
+static rx_mpmc *rx_mpmc_new(uint64_t capacity, uint64_t elem) {
+    uint64_t i;
+    rx_mpmc *r = (rx_mpmc *)rx_aligned_alloc(sizeof(rx_mpmc));
+    if (!r) return NULL;
+    memset(r, 0, sizeof(*r));
+    r->capacity = rx_round_capacity(capacity);
+    r->mask = r->capacity - 1;
+    r->elem = elem;
+    r->stride = sizeof(uint64_t) + ((elem + 7) & ~(uint64_t)7);
+    r->slots = (char *)rx_aligned_alloc((size_t)(r->capacity * r->stride));
+    if (!r->slots) { rx_aligned_free(r); return NULL; }
+    for (i = 0; i < r->capacity; i++) *(uint64_t *)RX_SLOT(r, i) = i;
+    if (rx_event_init(&r->not_empty) != 0) goto fail;
+    if (rx_event_init(&r->not_full) != 0) { rx_event_destroy(&r->not_empty); goto fail; }
+    return r;
+fail:
+    rx_aligned_free(r->slots);
+    rx_aligned_free(r);
+    return NULL;
+}
+
+static void rx_mpmc_free(rx_mpmc *r) {
+    if (!r) return;
+    rx_event_destroy(&r->not_empty);
+    rx_event_destroy(&r->not_full);
+    rx_aligned_free(r->slots);
+    rx_aligned_free(r);
+}
+
+/* Any producer.  Pushes up to n elements; returns how many (0 when full),
+ * or -1 when closed and none was pushed.  Notifies once per call. */
+RX_INLINE int64_t rx_mpmc_try_push_(rx_mpmc *r, const void *src, uint64_t n, uint64_t elem) {
+    uint64_t done = 0;
+    /* relaxed: a hint; the CAS below decides */
+    uint64_t pos = rx_load64_relaxed(&r->enq);
+    while (done < n) {
+        char *slot;
+        uint64_t seq;
+        int64_t dif;
+        if (RX_UNLIKELY(pos & RX_CLOSED_BIT)) break;
+        slot = RX_SLOT(r, pos);
+        /* acquire: pairs with the consumer's release store that freed the slot */
+        seq = rx_load64_acquire((uint64_t *)slot);
+        dif = (int64_t)(seq - pos);
+        if (dif == 0) {
+            /* relaxed CAS: claims the position; the slot's release store below
+             * publishes the data */
+            if (rx_cas64_relaxed(&r->enq, &pos, pos + 1)) {
+                memcpy(slot + sizeof(uint64_t), (const char *)src + done * elem, (size_t)elem);
+                /* release: pairs with the consumer's acquire load of seq */
+                rx_store64_release((uint64_t *)slot, pos + 1);
+                done++;
+                pos++;
+            }
+        } else if (dif < 0) {
+            break; /* the slot of this lap is still full */
+        } else {
+            /* relaxed: another producer moved on; reload the hint */
+            pos = rx_load64_relaxed(&r->enq);
+        }
+    }
+    if (done) {
+        /* seq_cst fence: the notifier half of the Dekker handshake before the
+         * load of not_empty.waiters (pairs with rx_event_prepare + fence) */
+        rx_fence_seqcst();
+        rx_event_notify(&r->not_empty);
+        return (int64_t)done;
+    }
+    return (pos & RX_CLOSED_BIT) ? -1 : 0;
+}
+
+/* Any consumer.  Pops up to n elements; returns how many, 0 when empty (or a
+ * claimed slot is not published yet), -1 when closed and drained. */
+RX_INLINE int64_t rx_mpmc_try_pop_(rx_mpmc *r, void *dst, uint64_t n, uint64_t elem) {
+    uint64_t done = 0;
+    /* relaxed: a hint; the CAS below decides */
+    uint64_t pos = rx_load64_relaxed(&r->deq);
+    while (done < n) {
+        char *slot = RX_SLOT(r, pos);
+        /* acquire: pairs with the producer's release store of seq */
+        uint64_t seq = rx_load64_acquire((uint64_t *)slot);
+        int64_t dif = (int64_t)(seq - (pos + 1));
+        if (dif == 0) {
+            if (rx_cas64_relaxed(&r->deq, &pos, pos + 1)) {
+                memcpy((char *)dst + done * elem, slot + sizeof(uint64_t), (size_t)elem);
+                /* release: frees the slot for the next lap; pairs with the
+                 * producer's acquire load of seq */
+                rx_store64_release((uint64_t *)slot, pos + r->capacity);
+                done++;
+                pos++;
+            }
+        } else if (dif < 0) {
+            break; /* nothing published at this position yet */
+        } else {
+            /* relaxed: another consumer moved on; reload the hint */
+            pos = rx_load64_relaxed(&r->deq);
+        }
+    }
+    if (done) {
+        /* seq_cst fence: notifier half of the Dekker handshake before the load
+         * of not_full.waiters (pairs with rx_event_prepare + fence) */
+        rx_fence_seqcst();
+        rx_event_notify(&r->not_full);
+        return (int64_t)done;
+    }
+    {
+        /* seq_cst: pairs with close's fetch_or; closed and every claimed
+         * position consumed means the end of the stream */
+        uint64_t e = rx_load64_seqcst(&r->enq);
+        if ((e & RX_CLOSED_BIT) && (e & RX_POS_MASK) == rx_load64_seqcst(&r->deq)) return -1;
+    }
+    return 0;
+}
+
+static inline int rx_mpmc_can_pop(rx_mpmc *r) {
+    /* seq_cst loads: the waiter's re-check in the Dekker handshake */
+    uint64_t pos = rx_load64_seqcst(&r->deq);
+    uint64_t e = rx_load64_seqcst(&r->enq);
+    if (e & RX_CLOSED_BIT) return 1;
+    return rx_load64_seqcst((uint64_t *)RX_SLOT(r, pos)) == pos + 1;
+}
+
+static inline int rx_mpmc_can_push(rx_mpmc *r) {
+    /* seq_cst loads: the waiter's re-check in the Dekker handshake */
+    uint64_t pos = rx_load64_seqcst(&r->enq);
+    if (pos & RX_CLOSED_BIT) return 1;
+    return rx_load64_seqcst((uint64_t *)RX_SLOT(r, pos)) == pos;
+}
+
+static inline uint64_t rx_mpmc_len(rx_mpmc *r) {
+    /* acquire both: a snapshot, exact only when quiet */
+    uint64_t d = rx_load64_acquire(&r->deq);
+    uint64_t e = rx_load64_acquire(&r->enq) & RX_POS_MASK;
+    return e > d ? e - d : 0;
+}
+
+static inline int rx_mpmc_closed(rx_mpmc *r) {
+    /* acquire: pairs with close's seq_cst fetch_or */
+    return (rx_load64_acquire(&r->enq) & RX_CLOSED_BIT) != 0;
+}
+
+static inline int rx_mpmc_close(rx_mpmc *r) {
+    /* seq_cst RMW: producers' claim CAS fails from here on */
+    uint64_t old = rx_or64_seqcst(&r->enq, RX_CLOSED_BIT);
+    rx_event_wake_all(&r->not_empty);
+    rx_event_wake_all(&r->not_full);
+    return (old & RX_CLOSED_BIT) == 0;
+}
+
+/* ---------------------------------------------- typed entry points */
+/* Object channels move PyObject* (sizeof(void*), a compile-time constant the
+ * compiler folds into the copies); record channels move r->elem bytes. */
+
+static inline int64_t rx_spsc_push_ptrs(rx_spsc *r, void *const *src, uint64_t n) {
+    return rx_spsc_try_push_(r, src, n, sizeof(void *));
+}
+static inline int64_t rx_spsc_pop_ptrs(rx_spsc *r, void **dst, uint64_t n) {
+    return rx_spsc_try_pop_(r, dst, n, sizeof(void *));
+}
+static inline int64_t rx_mpmc_push_ptrs(rx_mpmc *r, void *const *src, uint64_t n) {
+    return rx_mpmc_try_push_(r, src, n, sizeof(void *));
+}
+static inline int64_t rx_mpmc_pop_ptrs(rx_mpmc *r, void **dst, uint64_t n) {
+    return rx_mpmc_try_pop_(r, dst, n, sizeof(void *));
+}
+static inline int64_t rx_spsc_push_recs(rx_spsc *r, const void *src, uint64_t n) {
+    return rx_spsc_try_push_(r, src, n, r->elem);
+}
+static inline int64_t rx_spsc_pop_recs(rx_spsc *r, void *dst, uint64_t n) {
+    return rx_spsc_try_pop_(r, dst, n, r->elem);
+}
+static inline int64_t rx_mpmc_push_recs(rx_mpmc *r, const void *src, uint64_t n) {
+    return rx_mpmc_try_push_(r, src, n, r->elem);
+}
+static inline int64_t rx_mpmc_pop_recs(rx_mpmc *r, void *dst, uint64_t n) {
+    return rx_mpmc_try_pop_(r, dst, n, r->elem);
+}
+
+/* Misuse detector for SPSC ends: 0 if the caller is now the only one inside,
+ * 1 if another thread already was. */
+static inline int rx_enter_side(uint32_t *busy) {
+    /* acq_rel exchange: pairs with the release store in rx_leave_side */
+    return rx_xchg32_acqrel(busy, 1) != 0;
+}
+static inline void rx_leave_side(uint32_t *busy) {
+    /* release: pairs with the acq_rel exchange in rx_enter_side */
+    rx_store32_release(busy, 0);
+}
+
+#endif /* REFLUX_CORE_RINGS_H */

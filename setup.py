@@ -1,0 +1,76 @@
+"""Build of the compiled core (reflux_core).  Metadata lives in pyproject.toml.
+
+Build modes, chosen by environment variables at build time:
+
+  REFLUX_DEBUG=1            asserts on, -O0 -g, Cython bounds checks, SPSC misuse
+                            checks on every call
+  REFLUX_SANITIZE=address   AddressSanitizer (set LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+                            when running Python)
+  REFLUX_PARK=portable      park on a mutex + condition variable instead of the
+                            futex (the fallback other platforms use), to test it here
+"""
+import os
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DEBUG = os.environ.get("REFLUX_DEBUG", "") not in ("", "0")
+SANITIZE = os.environ.get("REFLUX_SANITIZE", "")
+PARK = os.environ.get("REFLUX_PARK", "")
+
+# one extension module per public .pxd / internal helper module
+MODULES = ["channel", "_stress"]
+
+define_macros = [("REFLUX_DEBUG", "1" if DEBUG else "0")]
+if PARK == "portable":
+    define_macros.append(("RX_PARK_PORTABLE", "1"))
+elif PARK not in ("", "auto"):
+    sys.exit(f"REFLUX_PARK must be 'portable' or unset, got {PARK!r}")
+
+
+class BuildExt(build_ext):
+    """Adds the flags each compiler needs (C11 atomics on MSVC, build modes)."""
+
+    def build_extensions(self):
+        msvc = self.compiler.compiler_type == "msvc"
+        for ext in self.extensions:
+            if msvc:
+                ext.extra_compile_args += ["/std:c11", "/experimental:c11atomics"]
+                if DEBUG:
+                    ext.extra_compile_args += ["/Od", "/Zi", "/UNDEBUG"]
+            else:
+                if DEBUG:
+                    ext.extra_compile_args += ["-O0", "-g", "-UNDEBUG"]
+                if SANITIZE:
+                    flags = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
+                    ext.extra_compile_args += flags
+                    ext.extra_link_args += flags
+        super().build_extensions()
+
+
+extensions = [
+    Extension(
+        f"reflux_core.{name}",
+        [f"reflux_core/{name}.pyx"],
+        include_dirs=["reflux_core/include"],
+        define_macros=define_macros,
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": 3,
+            "embedsignature": True,
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "initializedcheck": DEBUG,
+        },
+        force=DEBUG or bool(SANITIZE) or bool(PARK),
+    ),
+    cmdclass={"build_ext": BuildExt},
+)
