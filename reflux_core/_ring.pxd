@@ -6,6 +6,9 @@ cdef extern from "reflux_core/atomics.h" nogil:
     void rx_cpu_relax()
     void rx_fence_seqcst()
     uint64_t rx_add64_relaxed(uint64_t* p, uint64_t v)
+    uint32_t rx_add32_relaxed(uint32_t* p, uint32_t v)
+    uint32_t rx_sub32_relaxed(uint32_t* p, uint32_t v)
+    uint32_t rx_load32_relaxed(uint32_t* p)
     uint64_t rx_load64_relaxed(uint64_t* p)
     uint64_t rx_load64_acquire(uint64_t* p)
     uint64_t rx_add64_release(uint64_t* p, uint64_t v)
@@ -20,7 +23,6 @@ cdef extern from "reflux_core/park.h" nogil:
     void rx_event_destroy(rx_event* ev)
     void rx_thread_yield()
     uint32_t rx_event_prepare(rx_event* ev)
-    void rx_event_done(rx_event* ev)
     int rx_event_wait(rx_event* ev, uint32_t s, int64_t timeout_ns)
 
 cdef extern from "reflux_core/rings.h" nogil:
@@ -81,3 +83,14 @@ cdef extern from *:
     """
     # 1 in builds made with REFLUX_DEBUG=1 (asserts, -O0 -g, misuse checks on every call)
     const int REFLUX_DEBUG
+
+cdef extern from *:
+    """
+    #if defined(Py_GIL_DISABLED)
+    #define RX_HAS_GIL 0
+    #else
+    #define RX_HAS_GIL 1
+    #endif
+    """
+    # 0 on free-threaded CPython builds
+    const int RX_HAS_GIL

@@ -93,10 +93,14 @@ cdef enum:
     # pop_many moves at most this many pointers through the stack buffer
     STACK_BATCH = 256
 
-# Bounded spinning before parking.  Spinning only pays when the other side
-# runs on another core; on a single core it is cut to nothing.
-cdef int _spin_iters = 256
-cdef int _yield_iters = 4
+# Bounded spinning before parking, in nanoseconds, for callers that hold no
+# GIL (C-level record transfer, worker loops): a spinning consumer sees an
+# item within a fraction of a microsecond, a parked one within tens.
+cdef int64_t _spin_ns_nogil = 50000
+# For calls from Python on a GIL build, spinning does not pay: whoever made
+# the channel ready usually still holds the GIL, so the spinner ends up
+# sleeping in the interpreter's own GIL wait, later than if it had parked.
+cdef int64_t _spin_ns_python = 0 if RX_HAS_GIL else 20000
 
 
 def park_backend():
@@ -104,25 +108,32 @@ def park_backend():
     return rx_park_backend().decode()
 
 
-def set_wait_policy(int spin_iterations, int yields):
-    """Tune how long a blocked call spins and yields before it parks.
+def set_wait_policy(python_ns=None, nogil_ns=None):
+    """Set how long a blocked call spins before it parks, in nanoseconds.
 
-    ``spin_iterations`` pause instructions, then ``yields`` calls to the
-    scheduler; both >= 0.  Returns the previous ``(spin, yields)``.
+    ``python_ns`` applies to blocking calls made from Python, ``nogil_ns``
+    to C-level calls made without the GIL (``push_records``...).  ``None``
+    keeps a value.  Returns the previous ``(python_ns, nogil_ns)``.
+
+    Spinning helps when producer and consumer run on different cores and
+    hand items over quickly; it wastes CPU when threads outnumber cores.
     """
-    global _spin_iters, _yield_iters
-    if spin_iterations < 0 or yields < 0:
-        raise ValueError("set_wait_policy: spin_iterations and yields must be >= 0")
-    old = (_spin_iters, _yield_iters)
-    _spin_iters = spin_iterations
-    _yield_iters = yields
+    global _spin_ns_python, _spin_ns_nogil
+    old = (_spin_ns_python, _spin_ns_nogil)
+    for name, value in (("python_ns", python_ns), ("nogil_ns", nogil_ns)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+            raise ValueError(f"set_wait_policy: {name} must be an integer >= 0 or None, got {value!r}")
+    if python_ns is not None:
+        _spin_ns_python = int(python_ns)
+    if nogil_ns is not None:
+        _spin_ns_nogil = int(nogil_ns)
     return old
 
 
 def _init_wait_policy():
     import os
     if (os.cpu_count() or 1) < 2:
-        set_wait_policy(0, 1)
+        set_wait_policy(0, 0)
 
 
 _init_wait_policy()
@@ -272,52 +283,67 @@ cdef int _propagate() except -1:
 
 
 cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
-                     bint check_signals) noexcept nogil:
+                     bint from_python) noexcept nogil:
     """Block until the ring may accept (for_push) or yield an element, or is
-    closed.  Returns 1 when ready, 0 when the deadline passed.  With
-    check_signals, runs Python signal handlers (Ctrl-C) between park slices
-    and returns SIGNALLED, the exception set, when one raised."""
-    cdef int failed
+    closed.  Returns 1 when ready, 0 when the deadline passed.
+
+    from_python: the caller released the GIL and will take it back; signal
+    handlers (Ctrl-C) then run between park slices, and SIGNALLED is
+    returned, the exception set, when one raised.
+    """
     cdef rx_event* ev = _event(k, r, for_push)
-    cdef int i
+    cdef int64_t spin_end, now, slice_ns
     cdef uint32_t s
-    cdef int64_t now, slice_ns
+    cdef unsigned int j, backoff = 1
+    cdef int result = -100
+    cdef bint failed
+    cdef int64_t spin_ns = _spin_ns_python if from_python else _spin_ns_nogil
     # relaxed: a statistic only
     rx_add64_relaxed(_wait_counter(k, r, for_push), 1)
-    for i in range(_spin_iters):
+    if spin_ns > 0:
+        spin_end = rx_now_ns() + spin_ns
+        while True:
+            if _ready(k, r, for_push):
+                result = 1
+                break
+            if rx_now_ns() >= spin_end:
+                break
+            # exponential back-off (up to ~64 pauses, about 2 us): polling the
+            # other side's cache line too often slows the thread that owns it
+            for j in range(backoff):
+                rx_cpu_relax()
+            if backoff < 64:
+                backoff <<= 1
+    while result == -100:
         if _ready(k, r, for_push):
-            return 1
-        rx_cpu_relax()
-    for i in range(_yield_iters):
-        if _ready(k, r, for_push):
-            return 1
-        rx_thread_yield()
-    while True:
+            result = 1
+            break
         s = rx_event_prepare(ev)
         # seq_cst fence: the waiter half of the Dekker handshake between the
         # announcement above and the re-check below; pairs with the
         # notifier's seq_cst publish (or fence) before rx_event_notify
         rx_fence_seqcst()
         if _ready(k, r, for_push):
-            rx_event_done(ev)
-            return 1
+            result = 1
+            break
         slice_ns = PARK_SLICE_NS
         if deadline > 0:
             now = rx_now_ns()
             if now >= deadline:
-                rx_event_done(ev)
-                return 0
+                result = 0
+                break
             if deadline - now < slice_ns:
                 slice_ns = deadline - now
         rx_event_wait(ev, s, slice_ns)
-        rx_event_done(ev)
         if _ready(k, r, for_push):
-            return 1
-        if check_signals:
+            result = 1
+            break
+        if from_python:
             with gil:
                 failed = PyErr_CheckSignals() < 0
             if failed:
-                return SIGNALLED
+                result = SIGNALLED
+    return result
 
 
 cdef enum:

@@ -1,20 +1,23 @@
 /* reflux_core/park.h -- parking a thread until an event word changes.
  *
- * An rx_event is a 32-bit sequence word plus a count of parked threads.
- * The wait side is a Dekker handshake, so no wake-up is ever lost and a burst
- * of notifications costs at most one syscall per parked period:
+ * An rx_event is a 32-bit sequence word plus a "sleepers" flag.  The wait
+ * side is a Dekker handshake, so no wake-up is ever lost, and the notifier
+ * claims the flag with an exchange, so a burst of notifications costs one
+ * syscall per parked period, not one per notification:
  *
  *   waiter                                   notifier
  *   s = rx_event_prepare(ev)                 publish the data (a seq_cst op or
- *     (reads seq, then waiters += 1,           rx_fence_seqcst after it)
+ *     (reads seq, then sleepers = 1,           rx_fence_seqcst after it)
  *      seq_cst)                              rx_event_notify(ev)
- *   re-check the condition (seq_cst load)      (seq_cst load of waiters; only if
- *   if still not ready: rx_event_wait(s)        non-zero: seq += 1, wake all)
- *   rx_event_done(ev)
+ *   re-check the condition (seq_cst load)      (seq_cst load of sleepers; only if
+ *   if still not ready: rx_event_wait(s)        set: exchange it to 0, seq += 1,
+ *                                               wake all)
  *
  * Either the waiter's re-check sees the data, or the notifier's load sees the
- * waiter; if the notifier bumps seq after the waiter read it, the kernel wait
- * returns at once because the word no longer holds `s`.
+ * flag; if the notifier bumps seq after the waiter read it, the kernel wait
+ * returns at once because the word no longer holds `s`.  Waiters never clear
+ * the flag (another waiter may have set it); a stale flag costs one spurious
+ * wake-up call, never a lost one.
  *
  * Back ends: futex on Linux; WaitOnAddress on Windows; a mutex + condition
  * variable elsewhere, also selectable on Linux with -DRX_PARK_PORTABLE so the
@@ -57,7 +60,7 @@
 
 typedef struct rx_event {
     uint32_t seq;      /* bumped by notifiers; a parked thread sleeps while unchanged */
-    uint32_t waiters;  /* threads that announced a wait and have not finished it */
+    uint32_t sleepers; /* 1 when some thread may be parked on seq */
 #if defined(RX_PARK_PORTABLE)
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -100,7 +103,7 @@ static inline void rx_thread_yield(void) {
 
 static inline int rx_event_init(rx_event *ev) {
     ev->seq = 0;
-    ev->waiters = 0;
+    ev->sleepers = 0;
 #if defined(RX_PARK_PORTABLE)
     if (pthread_mutex_init(&ev->mu, NULL) != 0) return -1;
     {
@@ -134,17 +137,10 @@ static inline void rx_event_destroy(rx_event *ev) {
 static inline uint32_t rx_event_prepare(rx_event *ev) {
     /* acquire: pairs with the seq_cst bump in rx_event_notify */
     uint32_t s = rx_load32_acquire(&ev->seq);
-    /* seq_cst RMW: the waiter half of the Dekker pair; pairs with the seq_cst
-     * load of `waiters` in rx_event_notify */
-    rx_add32_seqcst(&ev->waiters, 1);
+    /* seq_cst exchange: the waiter half of the Dekker pair; pairs with the
+     * seq_cst load + exchange of `sleepers` in rx_event_notify */
+    rx_xchg32_seqcst(&ev->sleepers, 1);
     return s;
-}
-
-/* Waiter, last step: withdraw the announcement. */
-static inline void rx_event_done(rx_event *ev) {
-    /* relaxed: only makes notifiers skip the syscall; a stale non-zero value
-     * costs one spurious wake, never a lost one */
-    rx_sub32_relaxed(&ev->waiters, 1);
 }
 
 /* Waiter, step 2: sleep while ev->seq == s, at most timeout_ns.
@@ -200,8 +196,11 @@ static inline int rx_event_wait(rx_event *ev, uint32_t s, int64_t timeout_ns) {
  * fence).  Wakes every parked thread, and costs only a load when none is. */
 static inline void rx_event_notify(rx_event *ev) {
     /* seq_cst load: the notifier half of the Dekker pair; pairs with the
-     * seq_cst increment in rx_event_prepare */
-    if (RX_LIKELY(rx_load32_seqcst(&ev->waiters) == 0)) return;
+     * seq_cst exchange in rx_event_prepare */
+    if (RX_LIKELY(rx_load32_seqcst(&ev->sleepers) == 0)) return;
+    /* seq_cst exchange: one notifier per parked period claims the wake-up;
+     * pairs with the exchange in rx_event_prepare */
+    if (rx_xchg32_seqcst(&ev->sleepers, 0) == 0) return;
     /* seq_cst RMW: makes a waiter that read the old seq fail its kernel
      * compare; pairs with the acquire load in rx_event_prepare */
     rx_add32_seqcst(&ev->seq, 1);

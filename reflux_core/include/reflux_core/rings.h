@@ -157,7 +157,7 @@ RX_INLINE int64_t rx_spsc_try_push_(rx_spsc *r, const void *src, uint64_t n, uin
     /* seq_cst CAS: publishes the slots (pairs with the consumer's acquire load
      * of tail), fails if close() set the bit meanwhile (pairs with close's
      * fetch_or), and is the notifier half of the Dekker handshake before the
-     * load of not_empty.waiters (pairs with rx_event_prepare) */
+     * load of not_empty.sleepers (pairs with rx_event_prepare) */
     if (RX_UNLIKELY(!rx_cas64_seqcst(&r->tail, &expected, t + k))) return -1;
     rx_event_notify(&r->not_empty);
     return (int64_t)k;
@@ -181,7 +181,7 @@ RX_INLINE int64_t rx_spsc_try_pop_(rx_spsc *r, void *dst, uint64_t n, uint64_t e
     rx_spsc_copy_out(r, h, (char *)dst, k, elem);
     /* seq_cst store: releases the slots to the producer (pairs with its
      * acquire load of head) and is the notifier half of the Dekker handshake
-     * before the load of not_full.waiters (pairs with rx_event_prepare) */
+     * before the load of not_full.sleepers (pairs with rx_event_prepare) */
     rx_store64_seqcst(&r->head, h + k);
     rx_event_notify(&r->not_full);
     return (int64_t)k;
@@ -315,7 +315,7 @@ RX_INLINE int64_t rx_mpmc_try_push_(rx_mpmc *r, const void *src, uint64_t n, uin
     }
     if (done) {
         /* seq_cst fence: the notifier half of the Dekker handshake before the
-         * load of not_empty.waiters (pairs with rx_event_prepare + fence) */
+         * load of not_empty.sleepers (pairs with rx_event_prepare + fence) */
         rx_fence_seqcst();
         rx_event_notify(&r->not_empty);
         return (int64_t)done;
@@ -352,7 +352,7 @@ RX_INLINE int64_t rx_mpmc_try_pop_(rx_mpmc *r, void *dst, uint64_t n, uint64_t e
     }
     if (done) {
         /* seq_cst fence: notifier half of the Dekker handshake before the load
-         * of not_full.waiters (pairs with rx_event_prepare + fence) */
+         * of not_full.sleepers (pairs with rx_event_prepare + fence) */
         rx_fence_seqcst();
         rx_event_notify(&r->not_full);
         return (int64_t)done;
