@@ -1,0 +1,877 @@
+"""Channel benchmark: reflux channels against the standard library and a plain-C ring.
+
+Run from the repository root::
+
+    python -m benchmarks.channels [--items N] [--repeat R] [--quick] [--json PATH]
+
+Sections (each number is the median of ``--repeat`` runs, items per second):
+
+``1t``       one thread putting then getting each item: the per-call cost
+             alone, without waiting or GIL hand-offs (diagnostic, no target).
+``1p1c``     one producer thread, one consumer thread, ``--items`` small ints:
+             reflux SPSCChannel / MPMCChannel, single items (push/pop) and
+             batches of 256 (push_many/pop_many), at capacity 1024 (the
+             bounded peers' size) and 8192; queue.Queue(maxsize=1024),
+             queue.SimpleQueue, collections.deque + threading.Condition
+             (bounded, 1024).
+``2p2c``     two producer and two consumer threads: reflux MPMCChannel against
+             queue.SimpleQueue and queue.Queue(1024).
+``mp``       multiprocessing.Queue between two processes (``--mp-items``), the
+             cross-process baseline.
+``records``  8-byte records between two nogil threads (``--record-items``):
+             RecordChannel through reflux_core._stress against a minimal
+             plain-C SPSC ring (benchmarks/plain_ring.c, compiled now).
+
+Every run checks what arrived (count and sum; for records also per-producer
+order) and raises if anything is wrong.  Consumers stop at end of stream:
+``close()`` for reflux, a sentinel for the peers (put by the last producer
+to finish, once per consumer).  The targets of issue 2 are printed at the end
+with PASS/MISS.  Nothing here is a test: timings are only reported.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from functools import partial
+from time import perf_counter
+
+from benchmarks import import_core
+from benchmarks import _plain_ring
+
+channel, _stress = import_core("channel", "_stress")
+import reflux_core  # noqa: E402  (bound by import_core above)
+
+SPSCChannel = channel.SPSCChannel
+MPMCChannel = channel.MPMCChannel
+RecordChannel = channel.RecordChannel
+ChannelClosed = channel.ChannelClosed
+
+BATCH = 256
+PEER_CAPACITY = 1024
+LARGE_CAPACITY = 8192
+
+RUN_TIMEOUT = 300.0  # seconds one run may take before it counts as stuck
+
+HEADER = "benchmark"  # first column title; the smoke test looks for the header line
+
+
+class BenchmarkError(AssertionError):
+    """A benchmark moved the wrong items (lost, duplicated or reordered)."""
+
+
+# ====================================================================== harness
+
+def _timed_threads(targets):
+    """Run each callable in its own thread, all released by one barrier.
+
+    Returns (seconds, results): seconds from the first thread's start to the
+    last one's end, each taken inside the worker threads, so the main
+    thread's own GIL wait does not count.
+    """
+    n = len(targets)
+    barrier = threading.Barrier(n)
+    starts = [0.0] * n
+    ends = [0.0] * n
+    results = [None] * n
+    errors = []
+
+    def run(i, fn):
+        try:
+            barrier.wait()
+            starts[i] = perf_counter()
+            results[i] = fn()
+            ends[i] = perf_counter()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i, fn), daemon=True) for i, fn in enumerate(targets)]
+    for t in threads:
+        t.start()
+    # daemon threads and a deadline: a stuck run (a lost wake-up, or a peer
+    # blocked forever after its partner failed) is reported, not waited for
+    # (polled once a second, so the main thread rarely asks for the GIL)
+    begun = time.monotonic()
+    failed_at = None
+    for t in threads:
+        while t.is_alive():
+            t.join(1.0)
+            now = time.monotonic()
+            if errors:
+                failed_at = failed_at or now
+                if now - failed_at > 5:
+                    raise errors[0]
+            if now - begun > RUN_TIMEOUT:
+                raise BenchmarkError(
+                    f"a run did not finish within {RUN_TIMEOUT:.0f} s: a thread is stuck "
+                    f"(lost wake-up?); threads alive: {sum(x.is_alive() for x in threads)}")
+    if errors:
+        raise errors[0]
+    return max(ends) - min(starts), results
+
+
+class _EndOfStream:
+    """Counts producers down; the last one to finish signals the end."""
+
+    def __init__(self, producers, action):
+        self._left = producers
+        self._lock = threading.Lock()
+        self._action = action
+
+    def done(self):
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._action()
+
+
+_END = object()  # the peers' sentinel (reflux uses close())
+
+
+def _ranges(n, parts):
+    """Split range(n) into `parts` contiguous (lo, hi) slices."""
+    step, extra = divmod(n, parts)
+    out, lo = [], 0
+    for i in range(parts):
+        hi = lo + step + (1 if i < extra else 0)
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def _check(name, n, results):
+    """results: (count, sum) per consumer; all of range(n) must have arrived."""
+    count = sum(r[0] for r in results)
+    total = sum(r[1] for r in results)
+    expected = n * (n - 1) // 2
+    if count != n or total != expected:
+        raise BenchmarkError(
+            f"{name}: received {count} items summing to {total}, expected {n} summing to {expected}")
+
+
+# ====================================================================== peers
+
+class DequeChannel:
+    """collections.deque + threading.Condition, bounded: the hand-written peer.
+
+    ``put_many``/``get_many`` move a batch under one lock acquisition
+    (deque.extend / a popleft loop).
+    """
+
+    def __init__(self, maxsize):
+        self.maxsize = maxsize
+        self.items = deque()
+        lock = threading.Lock()
+        self.not_empty = threading.Condition(lock)
+        self.not_full = threading.Condition(lock)
+
+    def put(self, item):
+        with self.not_full:
+            while len(self.items) >= self.maxsize:
+                self.not_full.wait()
+            self.items.append(item)
+            self.not_empty.notify()
+
+    def get(self):
+        with self.not_empty:
+            while not self.items:
+                self.not_empty.wait()
+            item = self.items.popleft()
+            self.not_full.notify()
+            return item
+
+    def put_many(self, items):
+        items = list(items)
+        i, n = 0, len(items)
+        while i < n:
+            with self.not_full:
+                while len(self.items) >= self.maxsize:
+                    self.not_full.wait()
+                room = self.maxsize - len(self.items)
+                self.items.extend(items[i:i + room] if i or room < n else items)
+                i += room
+                self.not_empty.notify()
+
+    def get_many(self, max_items):
+        with self.not_empty:
+            while not self.items:
+                self.not_empty.wait()
+            popleft = self.items.popleft
+            out = [popleft() for _ in range(min(max_items, len(self.items)))]
+            self.not_full.notify()
+            return out
+
+
+# ---------------------------------------------------------------- producers
+
+def _put_items(put, lo, hi):
+    for i in range(lo, hi):
+        put(i)
+
+
+def _put_batches(put_many, lo, hi, batch):
+    for s in range(lo, hi, batch):
+        put_many(list(range(s, min(s + batch, hi))))
+
+
+def _producer(fn, eos, *args):
+    def run():
+        try:
+            fn(*args)
+        finally:
+            eos.done()  # even on failure, so consumers never hang
+    return run
+
+
+# ---------------------------------------------------------------- consumers
+
+def _rx_get_items(ch):
+    pop = ch.pop
+    count = total = 0
+    try:
+        while True:
+            x = pop()
+            count += 1
+            total += x
+    except ChannelClosed:
+        pass
+    return count, total
+
+
+def _rx_get_batches(ch, batch):
+    pop_many = ch.pop_many
+    count = total = 0
+    try:
+        while True:
+            items = pop_many(batch)
+            count += len(items)
+            total += sum(items)
+    except ChannelClosed:
+        pass
+    return count, total
+
+
+def _peer_get_items(get):
+    count = total = 0
+    while True:
+        x = get()
+        if x is _END:
+            break
+        count += 1
+        total += x
+    return count, total
+
+
+def _peer_get_lists(get):
+    """Consumer of a queue carrying lists of items (one put per batch)."""
+    count = total = 0
+    while True:
+        x = get()
+        if x is _END:
+            break
+        count += len(x)
+        total += sum(x)
+    return count, total
+
+
+def _deque_get_batches(dq, batch):
+    # one producer puts the sentinel last, so it can only end a batch
+    count = total = 0
+    while True:
+        items = dq.get_many(batch)
+        end = items[-1] is _END
+        if end:
+            items.pop()
+        count += len(items)
+        total += sum(items)
+        if end:
+            return count, total
+
+
+# ---------------------------------------------------------------- one run
+
+def _run_reflux(cls, capacity, n, producers, consumers, batch):
+    ch = cls(capacity)
+    eos = _EndOfStream(producers, ch.close)
+    if batch == 1:
+        prods = [_producer(_put_items, eos, ch.push, lo, hi) for lo, hi in _ranges(n, producers)]
+        cons = [lambda: _rx_get_items(ch) for _ in range(consumers)]
+    else:
+        prods = [_producer(_put_batches, eos, ch.push_many, lo, hi, batch)
+                 for lo, hi in _ranges(n, producers)]
+        cons = [lambda: _rx_get_batches(ch, batch) for _ in range(consumers)]
+    secs, results = _timed_threads(cons + prods)
+    stats = ch.stats
+    if stats.pushed != n or stats.popped != n:
+        raise BenchmarkError(f"{cls.__name__}: stats say {stats.pushed} pushed, "
+                             f"{stats.popped} popped, expected {n}")
+    return secs, results[:consumers], {"full_waits": stats.full_waits,
+                                       "empty_waits": stats.empty_waits}
+
+
+def _run_peer(make, n, producers, consumers, mode):
+    """mode: 'items' (put/get), 'lists' (a list of BATCH items per put),
+    'batches' (DequeChannel put_many/get_many)."""
+    q = make()
+
+    def end():
+        for _ in range(consumers):
+            q.put(_END)
+
+    eos = _EndOfStream(producers, end)
+    parts = _ranges(n, producers)
+    if mode == "items":
+        prods = [_producer(_put_items, eos, q.put, lo, hi) for lo, hi in parts]
+        cons = [lambda: _peer_get_items(q.get) for _ in range(consumers)]
+    elif mode == "lists":
+        prods = [_producer(_put_batches, eos, q.put, lo, hi, BATCH) for lo, hi in parts]
+        cons = [lambda: _peer_get_lists(q.get) for _ in range(consumers)]
+    elif mode == "batches":
+        if consumers != 1:
+            raise ValueError("DequeChannel batches: one consumer only")
+        prods = [_producer(_put_batches, eos, q.put_many, lo, hi, BATCH) for lo, hi in parts]
+        cons = [lambda: _deque_get_batches(q, BATCH)]
+    else:
+        raise ValueError(mode)
+    secs, results = _timed_threads(cons + prods)
+    return secs, results[:consumers], None
+
+
+# ---------------------------------------------------------------- one thread
+
+def _run_uncontended(make, n, mode):
+    """One thread puts an item then takes it back: the per-call cost with no
+    waiting and no GIL hand-off.  mode: 'rx', 'rx_batch', 'peer'."""
+    q = make()
+    count = total = 0
+    t0 = perf_counter()
+    if mode == "rx":
+        push, pop = q.push, q.pop
+        for i in range(n):
+            push(i)
+            total += pop()
+        count = n
+    elif mode == "rx_batch":
+        push_many, pop_many = q.push_many, q.pop_many
+        for s in range(0, n, BATCH):
+            push_many(list(range(s, min(s + BATCH, n))))
+            items = pop_many(BATCH)
+            count += len(items)
+            total += sum(items)
+    else:
+        put, get = q.put, q.get
+        for i in range(n):
+            put(i)
+            total += get()
+        count = n
+    secs = perf_counter() - t0
+    return secs, [(count, total)], None
+
+
+# ====================================================================== multiprocessing
+
+def _mp_producer(q, barrier, results, n, batch):
+    barrier.wait()
+    t0 = perf_counter()
+    put = q.put
+    if batch == 1:
+        for i in range(n):
+            put(i)
+    else:
+        for s in range(0, n, batch):
+            put(list(range(s, min(s + batch, n))))
+    put(None)  # sentinel
+    q.close()
+    q.join_thread()  # everything flushed to the pipe
+    results.put(("producer", t0, perf_counter(), 0, 0))
+
+
+def _mp_consumer(q, barrier, results, batch):
+    barrier.wait()
+    t0 = perf_counter()
+    get = q.get
+    count = total = 0
+    if batch == 1:
+        while True:
+            x = get()
+            if x is None:
+                break
+            count += 1
+            total += x
+    else:
+        while True:
+            x = get()
+            if x is None:
+                break
+            count += len(x)
+            total += sum(x)
+    results.put(("consumer", t0, perf_counter(), count, total))
+
+
+def _run_mp(n, batch):
+    ctx = multiprocessing.get_context()
+    q = ctx.Queue()
+    results = ctx.Queue()
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_mp_consumer, args=(q, barrier, results, batch), daemon=True),
+             ctx.Process(target=_mp_producer, args=(q, barrier, results, n, batch), daemon=True)]
+    for p in procs:
+        p.start()
+    try:
+        got = {}
+        for _ in procs:
+            role, t0, t1, count, total = results.get(timeout=600)
+            got[role] = (t0, t1, count, total)
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+    for p in procs:
+        if p.exitcode != 0:
+            raise BenchmarkError(f"multiprocessing.Queue: a child exited with {p.exitcode}")
+    # CLOCK_MONOTONIC is system-wide, so the two processes' clocks agree
+    secs = max(got["producer"][1], got["consumer"][1]) - min(got["producer"][0], got["consumer"][0])
+    return secs, [got["consumer"][2:]], None
+
+
+# ====================================================================== records
+
+def _check_tallies(name, pushed, tallies, per_producer):
+    producers = len(pushed)
+    if any(p != per_producer for p in pushed):
+        raise BenchmarkError(f"{name}: producers pushed {pushed}, expected {per_producer} each")
+    expected_sum = per_producer * (per_producer - 1) // 2
+    for p in range(producers):
+        count = sum(t["counts"][p] for t in tallies)
+        total = sum(t["sums"][p] for t in tallies)
+        if count != per_producer or total != expected_sum:
+            raise BenchmarkError(
+                f"{name}: producer {p}: received {count} records summing to {total}, "
+                f"expected {per_producer} summing to {expected_sum}")
+    bad = sum(t["order_errors"] + t["bad_producer"] for t in tallies)
+    if bad:
+        raise BenchmarkError(f"{name}: {bad} records out of order or with a bad producer tag")
+    if sum(t["count"] for t in tallies) != producers * per_producer:
+        raise BenchmarkError(f"{name}: total record count is wrong")
+
+
+def _record_channel(capacity, mode):
+    import numpy as np
+    return RecordChannel(np.uint64, capacity, mode=mode)
+
+
+def _run_records_native(n, capacity, batch, producers=1, consumers=1, mode="spsc"):
+    ch = _record_channel(capacity, mode)
+    per = n // producers
+    secs, pushed, tallies = _stress.run_native(ch, producers, consumers, per, batch)
+    _check_tallies(f"RecordChannel {mode} run_native", pushed, tallies, per)
+    stats = ch.stats
+    return secs, per * producers, {"full_waits": stats.full_waits, "empty_waits": stats.empty_waits}
+
+
+def _run_records_pythreads(n, capacity, batch):
+    ch = _record_channel(capacity, "spsc")
+    secs, (tally, pushed) = _timed_threads([
+        lambda: _stress.consume(ch, 1, batch),
+        lambda: _stress.produce(ch, 0, n, batch, True),
+    ])
+    _check_tallies("RecordChannel produce/consume", [pushed], [tally], n)
+    stats = ch.stats
+    return secs, n, {"full_waits": stats.full_waits, "empty_waits": stats.empty_waits}
+
+
+def _run_plain_pthreads(ring, n, capacity, batch):
+    secs, pushed, tally = ring.run_threads(capacity, n, batch)
+    _check_tallies("plain C ring (pthreads)", [pushed], [tally], n)
+    return secs, n, None
+
+
+def _run_plain_pythreads(ring, n, capacity, batch):
+    r = ring.new_ring(capacity)
+    try:
+        secs, (tally, pushed) = _timed_threads([
+            lambda: ring.consume(r, batch),
+            lambda: ring.produce(r, 0, n, batch, True),
+        ])
+    finally:
+        ring.free_ring(r)
+    _check_tallies("plain C ring (ctypes threads)", [pushed], [tally], n)
+    return secs, n, None
+
+
+# ====================================================================== rows and tables
+
+class Bench:
+    def __init__(self, args, out=sys.stdout):
+        self.args = args
+        self.out = out
+        self.rows = {}      # id -> row dict, in measurement order
+        self.notes = []
+
+    def say(self, text=""):
+        print(text, file=self.out, flush=True)
+
+    def measure(self, section, rid, label, items, run, batch=1):
+        """Run `run()` --repeat times; it returns (seconds, results-or-count, extra)."""
+        rates, extras = [], []
+        for _ in range(self.args.repeat):
+            secs, results, extra = run()
+            if isinstance(results, list):
+                _check(label, items, results)
+            elif results != items:
+                raise BenchmarkError(f"{label}: moved {results} items, expected {items}")
+            rates.append(items / secs)
+            extras.append(extra)
+        order = sorted(range(len(rates)), key=rates.__getitem__)
+        mid = order[len(order) // 2]
+        row = {
+            "section": section, "id": rid, "label": label, "items": items, "batch": batch,
+            "rate": statistics.median(rates), "runs": rates, "extra": extras[mid],
+        }
+        self.rows[rid] = row
+        if self.args.verbose:
+            self.say(f"  {label}: {_fmt_rate(row['rate'])} items/s")
+        return row
+
+    def ratio(self, rid, base):
+        a, b = self.rows.get(rid), self.rows.get(base)
+        if a is None or b is None:
+            return None
+        return a["rate"] / b["rate"]
+
+
+def _fmt_rate(rate):
+    if rate >= 1e6:
+        return f"{rate / 1e6:7.2f} M"
+    return f"{rate / 1e3:7.1f} k"
+
+
+def _fmt_ratio(r):
+    if r is None:
+        return "-"
+    return f"{r:.2f}x" if r < 100 else f"{r:.0f}x"
+
+
+def _fmt_waits(extra, items):
+    if not extra:
+        return "-"
+    return f"{extra['full_waits']}/{extra['empty_waits']}"
+
+
+def print_table(bench, title, rows, columns):
+    """columns: [(title, row -> baseline id or None)]."""
+    if not rows:
+        return
+    heads = [HEADER, "items/s", "min..max (M/s)"] + [c[0] for c in columns] + ["waits full/empty"]
+    lines = []
+    for row in rows:
+        runs = row["runs"]
+        cells = [row["label"], _fmt_rate(row["rate"]),
+                 f"{min(runs) / 1e6:.2f}..{max(runs) / 1e6:.2f}"]
+        for _, pick in columns:
+            base = pick(row)
+            cells.append("-" if base is None or base == row["id"]
+                         else _fmt_ratio(bench.ratio(row["id"], base)))
+        cells.append(_fmt_waits(row["extra"], row["items"]))
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(heads, *lines, strict=True)]
+    bench.say()
+    bench.say(f"== {title}")
+
+    def fmt(cells):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    bench.say(fmt(heads))
+    bench.say("  ".join("-" * w for w in widths))
+    for cells in lines:
+        bench.say(fmt(cells))
+
+
+# ====================================================================== sections
+
+def section_1p1c(bench):
+    n = bench.args.items
+    for cls in (SPSCChannel, MPMCChannel):
+        kind = "spsc" if cls is SPSCChannel else "mpmc"
+        for cap in (PEER_CAPACITY, LARGE_CAPACITY):
+            bench.measure("1p1c", f"{kind}_single_{cap}", f"reflux {cls.__name__}({cap}) push/pop", n,
+                          partial(_run_reflux, cls, cap, n, 1, 1, 1))
+            bench.measure("1p1c", f"{kind}_batch_{cap}",
+                          f"reflux {cls.__name__}({cap}) push_many/pop_many {BATCH}", n,
+                          partial(_run_reflux, cls, cap, n, 1, 1, BATCH), batch=BATCH)
+    bench.measure("1p1c", "queue_1024", f"queue.Queue({PEER_CAPACITY}) put/get", n,
+                  lambda: _run_peer(lambda: queue.Queue(maxsize=PEER_CAPACITY), n, 1, 1, "items"))
+    bench.measure("1p1c", "simplequeue", "queue.SimpleQueue put/get", n,
+                  lambda: _run_peer(queue.SimpleQueue, n, 1, 1, "items"))
+    bench.measure("1p1c", "simplequeue_lists", f"queue.SimpleQueue, one list of {BATCH} per put", n,
+                  lambda: _run_peer(queue.SimpleQueue, n, 1, 1, "lists"), batch=BATCH)
+    bench.measure("1p1c", "deque_1024", f"deque+Condition({PEER_CAPACITY}) put/get", n,
+                  lambda: _run_peer(lambda: DequeChannel(PEER_CAPACITY), n, 1, 1, "items"))
+    bench.measure("1p1c", "deque_batch_1024",
+                  f"deque+Condition({PEER_CAPACITY}) extend/popleft {BATCH} per lock", n,
+                  lambda: _run_peer(lambda: DequeChannel(PEER_CAPACITY), n, 1, 1, "batches"),
+                  batch=BATCH)
+
+
+def section_1t(bench):
+    n = bench.args.items
+    rows = [
+        ("t_spsc", f"reflux SPSCChannel({PEER_CAPACITY}) push+pop", SPSCChannel, "rx"),
+        ("t_mpmc", f"reflux MPMCChannel({PEER_CAPACITY}) push+pop", MPMCChannel, "rx"),
+        ("t_spsc_batch", f"reflux SPSCChannel({PEER_CAPACITY}) push_many+pop_many {BATCH}",
+         SPSCChannel, "rx_batch"),
+        ("t_mpmc_batch", f"reflux MPMCChannel({PEER_CAPACITY}) push_many+pop_many {BATCH}",
+         MPMCChannel, "rx_batch"),
+    ]
+    for rid, label, cls, mode in rows:
+        bench.measure("1t", rid, label, n,
+                      partial(_run_uncontended, partial(cls, PEER_CAPACITY), n, mode),
+                      batch=BATCH if mode == "rx_batch" else 1)
+    bench.measure("1t", "t_simplequeue", "queue.SimpleQueue put+get", n,
+                  lambda: _run_uncontended(queue.SimpleQueue, n, "peer"))
+    bench.measure("1t", "t_queue", f"queue.Queue({PEER_CAPACITY}) put+get", n,
+                  lambda: _run_uncontended(lambda: queue.Queue(PEER_CAPACITY), n, "peer"))
+    bench.measure("1t", "t_deque", f"deque+Condition({PEER_CAPACITY}) put+get", n,
+                  lambda: _run_uncontended(lambda: DequeChannel(PEER_CAPACITY), n, "peer"))
+
+
+def section_2p2c(bench):
+    n = bench.args.items
+    bench.measure("2p2c", "mpmc_2p2c_single", f"reflux MPMCChannel({PEER_CAPACITY}) push/pop", n,
+                  lambda: _run_reflux(MPMCChannel, PEER_CAPACITY, n, 2, 2, 1))
+    bench.measure("2p2c", "mpmc_2p2c_batch",
+                  f"reflux MPMCChannel({PEER_CAPACITY}) push_many/pop_many {BATCH}", n,
+                  lambda: _run_reflux(MPMCChannel, PEER_CAPACITY, n, 2, 2, BATCH), batch=BATCH)
+    bench.measure("2p2c", "simplequeue_2p2c", "queue.SimpleQueue put/get", n,
+                  lambda: _run_peer(queue.SimpleQueue, n, 2, 2, "items"))
+    bench.measure("2p2c", "queue_1024_2p2c", f"queue.Queue({PEER_CAPACITY}) put/get", n,
+                  lambda: _run_peer(lambda: queue.Queue(maxsize=PEER_CAPACITY), n, 2, 2, "items"))
+
+
+def section_mp(bench):
+    n = bench.args.mp_items
+    bench.measure("mp", "mp_queue", "multiprocessing.Queue put/get", n, lambda: _run_mp(n, 1))
+    bench.measure("mp", "mp_queue_lists", f"multiprocessing.Queue, one list of {BATCH} per put", n,
+                  lambda: _run_mp(n, BATCH), batch=BATCH)
+
+
+def section_records(bench):
+    n = bench.args.record_items
+    cap = bench.args.record_capacity
+    try:
+        ring = _plain_ring.load()
+    except _plain_ring.PlainRingUnavailable as exc:
+        ring = None
+        bench.notes.append(f"plain C ring skipped: {exc}")
+        bench.say(f"note: plain C ring skipped: {exc}")
+    for batch in (1, BATCH):
+        if ring is not None:
+            bench.measure("records", f"c_pthreads_b{batch}",
+                          f"plain C SPSC ring({cap}), own pthreads, batch {batch}", n,
+                          partial(_run_plain_pthreads, ring, n, cap, batch), batch=batch)
+        bench.measure("records", f"rec_native_b{batch}",
+                      f"RecordChannel spsc({cap}) run_native, batch {batch}", n,
+                      partial(_run_records_native, n, cap, batch), batch=batch)
+        if ring is not None:
+            bench.measure("records", f"c_pythreads_b{batch}",
+                          f"plain C SPSC ring({cap}), 2 Python threads via ctypes, batch {batch}", n,
+                          partial(_run_plain_pythreads, ring, n, cap, batch), batch=batch)
+        bench.measure("records", f"rec_pythreads_b{batch}",
+                      f"RecordChannel spsc({cap}) produce/consume, 2 Python threads, batch {batch}",
+                      n, partial(_run_records_pythreads, n, cap, batch), batch=batch)
+    n2 = n - n % 2
+    for batch in (1, BATCH):
+        bench.measure("records", f"rec_mpmc_2p2c_b{batch}",
+                      f"RecordChannel mpmc({cap}) run_native 2P2C, batch {batch}", n2,
+                      partial(_run_records_native, n2, cap, batch, 2, 2, "mpmc"), batch=batch)
+
+
+SECTIONS = {"1t": section_1t, "1p1c": section_1p1c, "2p2c": section_2p2c, "mp": section_mp,
+            "records": section_records}
+
+# (description, row id, baseline id, target ratio)
+TARGETS = [
+    (f"object SPSC 1P1C single vs queue.Queue({PEER_CAPACITY})",
+     f"spsc_single_{PEER_CAPACITY}", "queue_1024", 20.0),
+    ("object SPSC 1P1C single vs queue.SimpleQueue", f"spsc_single_{PEER_CAPACITY}", "simplequeue", 1.2),
+    (f"object SPSC 1P1C batches of {BATCH} vs queue.SimpleQueue",
+     f"spsc_batch_{PEER_CAPACITY}", "simplequeue", 2.0),
+    (f"object MPMC 1P1C batches of {BATCH} vs queue.SimpleQueue",
+     f"mpmc_batch_{PEER_CAPACITY}", "simplequeue", 2.0),
+    (f"object MPMC 2P2C batches of {BATCH} vs queue.SimpleQueue 2P2C",
+     "mpmc_2p2c_batch", "simplequeue_2p2c", 2.0),
+    ("object MPMC 2P2C single vs queue.SimpleQueue 2P2C", "mpmc_2p2c_single", "simplequeue_2p2c", 1.0),
+    ("record channel nogil 1P1C batch 1 vs plain C ring", "rec_native_b1", "c_pthreads_b1", 0.8),
+    (f"record channel nogil 1P1C batch {BATCH} vs plain C ring",
+     f"rec_native_b{BATCH}", f"c_pthreads_b{BATCH}", 0.8),
+]
+
+
+def print_report(bench):
+    rows = list(bench.rows.values())
+    by = lambda s: [r for r in rows if r["section"] == s]  # noqa: E731
+    same_batch = lambda prefix: lambda r: f"{prefix}{r['batch']}"  # noqa: E731
+    print_table(bench, f"1P1C, Python threads, {bench.args.items:,} ints "
+                f"(reflux at capacity {PEER_CAPACITY} like the bounded peers, and at {LARGE_CAPACITY})",
+                by("1p1c"),
+                [("vs SimpleQueue", lambda r: "simplequeue"),
+                 (f"vs Queue({PEER_CAPACITY})", lambda r: "queue_1024")])
+    print_table(bench, f"one thread, put then get each of {bench.args.items:,} ints "
+                "(per-call cost: no waiting, no GIL hand-off)", by("1t"),
+                [("vs SimpleQueue", lambda r: "t_simplequeue"),
+                 (f"vs Queue({PEER_CAPACITY})", lambda r: "t_queue"),
+                 ("vs itself 1P1C threaded", lambda r: {
+                     "t_spsc": f"spsc_single_{PEER_CAPACITY}", "t_mpmc": f"mpmc_single_{PEER_CAPACITY}",
+                     "t_spsc_batch": f"spsc_batch_{PEER_CAPACITY}",
+                     "t_mpmc_batch": f"mpmc_batch_{PEER_CAPACITY}",
+                     "t_simplequeue": "simplequeue", "t_queue": "queue_1024",
+                     "t_deque": "deque_1024"}.get(r["id"]))])
+    print_table(bench, f"2P2C, Python threads, {bench.args.items:,} ints", by("2p2c"),
+                [("vs SimpleQueue", lambda r: "simplequeue_2p2c"),
+                 (f"vs Queue({PEER_CAPACITY})", lambda r: "queue_1024_2p2c"),
+                 ("vs same 1P1C", lambda r: {"mpmc_2p2c_single": f"mpmc_single_{PEER_CAPACITY}",
+                                            "mpmc_2p2c_batch": f"mpmc_batch_{PEER_CAPACITY}",
+                                            "simplequeue_2p2c": "simplequeue",
+                                            "queue_1024_2p2c": "queue_1024"}.get(r["id"]))])
+    print_table(bench, f"process to process, {bench.args.mp_items:,} ints (scaled to items/s)",
+                by("mp"),
+                [("vs mp.Queue", lambda r: "mp_queue"),
+                 ("vs SimpleQueue (threads)", lambda r: "simplequeue")])
+    print_table(bench, f"8-byte records between nogil threads, {bench.args.record_items:,} records, "
+                f"capacity {bench.args.record_capacity}", by("records"),
+                [("vs C ring pthreads", same_batch("c_pthreads_b")),
+                 ("vs C ring ctypes", same_batch("c_pythreads_b"))])
+    for note in bench.notes:
+        bench.say(f"note: {note}")
+    bench.say()
+    bench.say("== targets (issue 2; reflux rows at the peers' capacity, "
+              f"{PEER_CAPACITY}, measured in this run)")
+    results = []
+    width = max(len(t[0]) for t in TARGETS)
+    for desc, rid, base, target in TARGETS:
+        r = bench.ratio(rid, base)
+        verdict = "n/a" if r is None else ("PASS" if r >= target else "MISS")
+        results.append({"target": desc, "row": rid, "baseline": base, "goal": target,
+                        "ratio": r, "verdict": verdict})
+        shown = "-" if r is None else f"{r:.2f}x"
+        bench.say(f"{desc.ljust(width)}  {shown:>8}  (goal >= {target:g}x)  {verdict}")
+    bench.say()
+    bench.say("waits full/empty: the channel's stats of the median run, times a producer "
+              "found it full / a consumer found it empty and had to wait")
+    return results
+
+
+def _loadavg():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _meta(args):
+    try:
+        info = reflux_core.build_info()
+    except Exception as exc:  # noqa: BLE001 - informational only
+        info = {"error": repr(exc)}
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "switch_interval": sys.getswitchinterval(),
+        "reflux_core": info,
+        "reflux_core_path": os.path.dirname(reflux_core.__file__),
+        "items": args.items,
+        "mp_items": args.mp_items,
+        "record_items": args.record_items,
+        "record_capacity": args.record_capacity,
+        "repeat": args.repeat,
+        "sections": args.only,
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.channels",
+        description="reflux channels vs queue.Queue, SimpleQueue, deque+Condition, "
+                    "multiprocessing.Queue and a plain-C ring.")
+    p.add_argument("--items", type=int, help="ints per thread benchmark (default 1,000,000)")
+    p.add_argument("--mp-items", type=int, help="ints per multiprocessing run (default 200,000)")
+    p.add_argument("--record-items", type=int,
+                   help="records per record benchmark (default 10,000,000: long enough that "
+                        "thread start-up and run_native's 1 ms completion poll stay under 1%%)")
+    p.add_argument("--record-capacity", type=int, default=PEER_CAPACITY,
+                   help=f"capacity of the record rings, reflux and plain C alike (default {PEER_CAPACITY})")
+    p.add_argument("--repeat", type=int, help="runs per measurement; the median is reported (default 5)")
+    p.add_argument("--quick", action="store_true", help="small sizes, one run each: a smoke run")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default: all of {','.join(SECTIONS)})")
+    p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="print each row as it is measured")
+    args = p.parse_args(argv)
+    quick = args.quick
+    if args.items is None:
+        args.items = 20_000 if quick else 1_000_000
+    if args.mp_items is None:
+        args.mp_items = 5_000 if quick else 200_000
+    if args.record_items is None:
+        args.record_items = 200_000 if quick else 10_000_000
+    if args.repeat is None:
+        args.repeat = 1 if quick else 5
+    for name in ("items", "mp_items", "record_items", "repeat", "record_capacity"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.record_items < 2:
+        p.error("--record-items must be >= 2")
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in args.only if s not in SECTIONS]
+    if unknown:
+        p.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    bench = Bench(args)
+    meta = _meta(args)
+    bench.say(f"reflux channel benchmark: Python {meta['python']} on {meta['platform']}, "
+              f"{meta['cpus']} CPUs; reflux_core {meta['reflux_core']}")
+    bench.say(f"median of {args.repeat} run(s) per row; items/s = items moved / wall time "
+              "from the first worker's start to the last one's end")
+    if args.quick:
+        bench.say("--quick: a smoke run; sizes are too small for the numbers to mean anything")
+    load = _loadavg()
+    if load is not None:
+        bench.say(f"load average before: {load:.2f}" + (
+            "  (other work is running: numbers will be noisy)" if load >= 0.5 else ""))
+    t0 = time.monotonic()
+    for name in args.only:
+        SECTIONS[name](bench)
+    targets = print_report(bench)
+    bench.say(f"total benchmark time {time.monotonic() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "rows": list(bench.rows.values()), "targets": targets,
+                       "notes": bench.notes}, f, indent=2)
+            f.write("\n")
+        bench.say(f"results saved to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
