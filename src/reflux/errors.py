@@ -1,0 +1,116 @@
+"""Exceptions and error records of the pipeline layer.
+
+Every exception reflux raises about a pipeline derives from :class:`RefluxError`
+and names the node it concerns, so a message reads like
+``ValidationError: Balancer 'split' has no receivers``.
+"""
+from __future__ import annotations
+
+import time
+import traceback as _traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .result import RunResult
+
+__all__ = [
+    "RefluxError",
+    "ValidationError",
+    "NotCallableError",
+    "NodeError",
+    "RoutingError",
+    "TransformError",
+    "PipelineInterrupted",
+    "AccountingError",
+    "ErrorRecord",
+]
+
+
+class RefluxError(Exception):
+    """Base class of the errors the pipeline layer raises."""
+
+
+class ValidationError(RefluxError, ValueError):
+    """The pipeline graph or a node's configuration is invalid.
+
+    Raised before anything runs (when a node is built, when nodes are
+    connected, or by :meth:`Pipeline.validate`); the message names the node.
+    """
+
+
+class NotCallableError(ValidationError, TypeError):
+    """A node was given a function (or source) it cannot call or iterate."""
+
+
+class AccountingError(RefluxError, AssertionError):
+    """A :class:`RunResult` does not account for every item (a reflux bug)."""
+
+
+class TransformError(RefluxError):
+    """Wraps the payload of ``Error(...)`` when it is not an exception itself."""
+
+
+class RoutingError(RefluxError, LookupError):
+    """A Messenger found no route for an item's key and has no default route."""
+
+
+class NodeError(RefluxError):
+    """A node failed under the ``"raise"`` error policy and stopped the pipeline.
+
+    The original exception is chained as ``__cause__`` (its traceback is kept);
+    :attr:`record` holds the :class:`ErrorRecord` and :attr:`result` the
+    partial :class:`RunResult` (what was done before the failure).
+    """
+
+    def __init__(self, message: str, *, node: str, record: ErrorRecord | None = None) -> None:
+        super().__init__(message)
+        self.node: str = node
+        self.record: ErrorRecord | None = record
+        self.result: RunResult | None = None
+
+
+class PipelineInterrupted(KeyboardInterrupt):
+    """Ctrl-C arrived while :meth:`Pipeline.run` was waiting.
+
+    The pipeline was stopped (in-flight items abandoned) and every worker
+    joined before this was raised.  It is a :class:`KeyboardInterrupt`, so
+    code that catches that keeps working; :attr:`result` reports what was
+    done before the interrupt.
+    """
+
+    def __init__(self, result: RunResult | None = None) -> None:
+        super().__init__("pipeline interrupted")
+        self.result: RunResult | None = result
+
+
+@dataclass
+class ErrorRecord:
+    """One item that failed in a node, after any retries.
+
+    These are the records kept in :attr:`RunResult.errors` and sent to the
+    dead-letter Loader under ``on_error="dead_letter"``.
+    """
+
+    #: name of the node where the item failed
+    node: str
+    #: the item that failed (for an Extractor whose source failed: ``None``)
+    item: Any
+    #: the exception raised (or carried by ``Error(...)``)
+    exception: BaseException
+    #: the formatted traceback of the last attempt
+    traceback: str
+    #: how many times the function was called on the item (1 + retries used)
+    attempts: int = 1
+    #: ``time.time()`` when the record was made
+    time: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_exception(cls, node: str, item: Any, exc: BaseException, attempts: int = 1) -> ErrorRecord:
+        """Build a record from an exception that was raised (or made by ``Error``)."""
+        tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(node=node, item=item, exception=exc, traceback=tb, attempts=attempts)
+
+    def __repr__(self) -> str:
+        return (f"ErrorRecord(node={self.node!r}, item={self.item!r}, "
+                f"exception={self.exception!r}, attempts={self.attempts})")

@@ -1,0 +1,208 @@
+"""Counters of a run: per-node statistics and the :class:`RunResult` of a pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator
+
+from .errors import AccountingError, ErrorRecord
+
+__all__ = ["NodeStats", "RunResult"]
+
+# How a node's counters relate (see NodeStats.law):
+#   "source"   received (pulled from the source) == emitted + dropped
+#   "one"      every received item ends as exactly one of emitted / filtered / errors / dropped
+#   "fanout"   received * fanout == emitted + errors + dropped  (Broadcast: one copy per receiver)
+#   "free"     no fixed relation (flat-map Transformer, Accumulator: outputs are not inputs)
+LAWS = ("source", "one", "fanout", "free")
+
+
+@dataclass
+class NodeStats:
+    """Counters of one node.
+
+    ``received``
+        items taken from the node's input (for an Extractor: items pulled
+        from its source).  ``stats["in"]`` is the same number.
+    ``emitted``
+        items sent downstream (a Broadcast counts one per receiver; an
+        Accumulator counts lists); for a Loader, items it loaded.
+        ``stats["out"]`` is the same number.
+    ``filtered``
+        items a Filter rejected.
+    ``errors``
+        items that failed after retries (whatever the policy: raise, skip,
+        dead_letter or log); for an Extractor, failures of its source.
+    ``dropped``
+        items abandoned by ``stop(drain=False)``, a failure elsewhere, or
+        Ctrl-C, so every item stays accounted for.
+    ``retried``
+        retries made (each call after the first on one item).
+    ``fed_back``
+        items a Transformer fed back to itself with ``NeedsMoreWork``.
+    """
+
+    name: str
+    kind: str
+    received: int = 0
+    emitted: int = 0
+    filtered: int = 0
+    errors: int = 0
+    dropped: int = 0
+    retried: int = 0
+    fed_back: int = 0
+    #: the relation the counters obey (an internal detail used by accounting)
+    law: str = field(default="one", repr=False)
+    #: copies per item (Broadcast) or receivers (routing nodes)
+    fanout: int = field(default=1, repr=False)
+
+    _ALIASES = {"in": "received", "out": "emitted"}
+
+    def __getitem__(self, key: str) -> int:
+        """``stats["in"]``, ``stats["out"]`` or any counter by name."""
+        key = self._ALIASES.get(key, key)
+        if key not in _COUNTERS:
+            raise KeyError(key)
+        return int(getattr(self, key))
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as ``{"in": ..., "out": ..., "filtered": ..., ...}``."""
+        return {"in": self.received, "out": self.emitted, "filtered": self.filtered,
+                "errors": self.errors, "dropped": self.dropped, "retried": self.retried,
+                "fed_back": self.fed_back}
+
+    def copy(self) -> NodeStats:
+        """A snapshot of the counters."""
+        return NodeStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def imbalance(self) -> int | None:
+        """How far the counters are from this node's law (0 when they add up);
+        ``None`` when the node has no fixed relation between inputs and outputs."""
+        if self.law == "source":
+            return self.received - (self.emitted + self.dropped)
+        if self.law == "one":
+            return self.received - (self.emitted + self.filtered + self.errors + self.dropped)
+        if self.law == "fanout":
+            return self.received * self.fanout - (self.emitted + self.errors + self.dropped)
+        return None
+
+
+_COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back")
+
+
+@dataclass
+class RunResult:
+    """What a run did: returned by :meth:`Pipeline.run` and :meth:`Pipeline.join`.
+
+    ``status`` is ``"completed"`` (every source ended and everything
+    drained), ``"stopped"`` (``stop()`` was called), ``"failed"`` (a node
+    failed under ``on_error="raise"``; :meth:`Pipeline.run` raised) or
+    ``"interrupted"`` (Ctrl-C).
+    """
+
+    status: str
+    #: per-node counters, by node name, in the order nodes were added
+    nodes: dict[str, NodeStats]
+    #: what each Loader returned, by Loader name (see :class:`~reflux.Loader`)
+    results: dict[str, Any]
+    #: error records kept (policies "raise", "log" and "dead_letter"), oldest first
+    errors: list[ErrorRecord]
+    #: items sent along each edge, keyed by ``(sender, receiver)`` names
+    edges: dict[tuple[str, str], int]
+    #: wall-clock seconds the run took
+    elapsed: float
+    #: records collected by the built-in dead-letter Loader (when no dead-letter
+    #: Loader was given and some node uses ``on_error="dead_letter"``)
+    dead_letters: list[ErrorRecord] = field(default_factory=list)
+    #: error records not kept because ``max_error_records`` was reached
+    errors_not_kept: int = 0
+    #: nodes whose thread did not finish within the join timeout (stuck in user code)
+    stuck: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> NodeStats:
+        """Counters of the node called ``name``."""
+        return self.nodes[name]
+
+    def __iter__(self) -> Iterator[NodeStats]:
+        return iter(self.nodes.values())
+
+    def _total(self, kinds: tuple[str, ...], counter: str) -> int:
+        return sum(getattr(s, counter) for s in self.nodes.values() if s.kind in kinds)
+
+    @property
+    def extracted(self) -> int:
+        """Items pulled from every Extractor's source."""
+        return self._total(("Extractor",), "received")
+
+    @property
+    def loaded(self) -> int:
+        """Items every Loader loaded (dead-letter Loaders included)."""
+        return self._total(("Loader",), "emitted")
+
+    @property
+    def filtered(self) -> int:
+        """Items rejected by Filters."""
+        return sum(s.filtered for s in self.nodes.values())
+
+    @property
+    def error_count(self) -> int:
+        """Failed items (and source failures) over all nodes."""
+        return sum(s.errors for s in self.nodes.values())
+
+    @property
+    def dropped(self) -> int:
+        """Items abandoned over all nodes (0 after a completed run)."""
+        return sum(s.dropped for s in self.nodes.values())
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when the run completed and no item failed."""
+        return self.status == "completed" and self.error_count == 0
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{node name: {"in": ..., "out": ..., "filtered": ..., "errors": ..., "dropped": ...}}``."""
+        return {name: s.as_dict() for name, s in self.nodes.items()}
+
+    def accounting_problems(self) -> list[str]:
+        """Every way the counters fail to account for the items (empty when all is well).
+
+        Checks each node's law (what came in went out, was filtered, failed
+        or was dropped) and each node's input against what its senders sent it.
+        """
+        problems: list[str] = []
+        if self.stuck:
+            problems.append(f"nodes still running, counts not final: {', '.join(self.stuck)}")
+        for s in self.nodes.values():
+            gap = s.imbalance()
+            if gap:
+                problems.append(f"{s.kind} '{s.name}': {s.as_dict()} leaves {gap} item(s) unaccounted")
+        incoming: dict[str, int] = {}
+        for (_, dst), n in self.edges.items():
+            incoming[dst] = incoming.get(dst, 0) + n
+        for s in self.nodes.values():
+            if s.kind == "Extractor":
+                continue
+            sent = incoming.get(s.name, 0)
+            if sent != s.received:
+                problems.append(f"{s.kind} '{s.name}' received {s.received} item(s) "
+                                f"but its senders sent {sent}")
+        return problems
+
+    def check_accounting(self) -> None:
+        """Raise :class:`~reflux.errors.AccountingError` unless every item is accounted for."""
+        problems = self.accounting_problems()
+        if problems:
+            raise AccountingError("; ".join(problems))
+
+    def summary(self) -> str:
+        """A small text table of the per-node counters."""
+        head = f"{'node':<24} {'kind':<12} {'in':>9} {'out':>9} {'filtered':>9} {'errors':>7} {'dropped':>8}"
+        lines = [f"run {self.status} in {self.elapsed:.3f}s", head]
+        for s in self.nodes.values():
+            lines.append(f"{s.name[:24]:<24} {s.kind:<12} {s.received:>9} {s.emitted:>9} "
+                         f"{s.filtered:>9} {s.errors:>7} {s.dropped:>8}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"RunResult(status={self.status!r}, extracted={self.extracted}, loaded={self.loaded}, "
+                f"filtered={self.filtered}, errors={self.error_count}, dropped={self.dropped}, "
+                f"elapsed={self.elapsed:.3f})")

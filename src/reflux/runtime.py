@@ -1,0 +1,399 @@
+"""The first runtime: one thread per node.
+
+It executes a :class:`~reflux.pipeline.Plan`: every task (node) runs its logic
+in a thread of its own, taking batches from its bounded input channel with
+``pop_many`` and handing its outputs on with ``push_many``.  Every wait is a
+channel wait (the thread parks with the GIL released) or an
+:class:`threading.Event` wait, in slices of ``poll`` seconds so the stop,
+abort and pause flags are seen; nothing spins, so an idle pipeline uses
+essentially no CPU.
+
+End of stream: a task that ends closes each channel it feeds once every
+producer of that channel has ended; its consumers drain what is left and
+then end too.  Abort (a failure under ``"raise"``, ``stop(drain=False)``,
+Ctrl-C): every channel is closed at once, so blocked producers and consumers
+are released wherever they wait; items left anywhere are counted as
+``dropped``.
+
+A later runtime (a nogil worker pool) replaces this one; node logic does not
+depend on it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from reflux_core.channel import ChannelClosed, Empty, Full
+
+from .errors import ErrorRecord
+from .nodes import Abort, NodeContext, NodeFailure, NodeLogic, Outbox
+from .pipeline import Inbox, Plan, Task
+from .result import NodeStats, RunResult
+
+__all__ = ["ThreadRuntime"]
+
+logger = logging.getLogger("reflux")
+
+
+class _Context(NodeContext):
+    """What a task's logic sees of the runtime."""
+
+    def __init__(self, rt: ThreadRuntime, stats: NodeStats) -> None:
+        super().__init__(stats)
+        self.rt = rt
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0 and self.rt._abort_event.wait(seconds):
+            raise Abort()
+        if self.rt._aborted:
+            raise Abort()
+
+    def should_stop(self) -> bool:
+        return self.rt._stop_sources or self.rt._aborted
+
+    def keep_error(self, record: ErrorRecord) -> None:
+        self.rt._keep_error(record)
+
+
+class _ChannelOutbox(Outbox):
+    """An outbox whose flush pushes each port's buffer into the receiver's channel."""
+
+    def __init__(self, rt: ThreadRuntime, task: Task) -> None:
+        super().__init__(len(task.outputs), task.batch_size)
+        self.rt = rt
+        self.stats = task.stats
+        self.channels = [box.channel for box in task.outputs]
+        self.sent_per_port = [0] * len(task.outputs)
+        self.dead_channel = task.dead_letter.channel if task.dead_letter is not None else None
+        self.dead_count = 0
+        self.poll = rt.poll
+
+    def flush(self) -> None:
+        ports = self.ports
+        for i in range(len(ports)):
+            if ports[i]:
+                self.sent_per_port[i] += self._push(self.channels[i], ports[i])
+        if self.dead:
+            if self.dead_channel is None:  # cannot happen with a validated plan
+                raise RuntimeError("dead-letter record without a dead-letter channel")
+            self.dead_count += self._push(self.dead_channel, self.dead, count_out=False)
+
+    def _push(self, ch: Any, buf: list[Any], count_out: bool = True) -> int:
+        """Push all of ``buf`` (blocking while the channel is full); returns how many went in."""
+        rt = self.rt
+        pushed = 0
+        poll = self.poll
+        try:
+            if len(buf) == 1 and ch.try_push(buf[0]):
+                buf.clear()
+                pushed = 1
+            while buf:
+                try:
+                    n = ch.push_many(buf, poll)
+                except Full:
+                    n = 0
+                if n:
+                    del buf[:n]
+                    pushed += n
+                if buf and rt._aborted:
+                    raise Abort()
+        except ChannelClosed:
+            # only an abort closes a channel that still has live producers
+            raise Abort() from None
+        finally:
+            if count_out:
+                self.stats.emitted += pushed
+        return pushed
+
+    def discard(self) -> int:
+        """Forget what is left in the buffers; returns how many items (not records) there were."""
+        n = sum(len(b) for b in self.ports)
+        for b in self.ports:
+            b.clear()
+        self.dead.clear()
+        return n
+
+
+class ThreadRuntime:
+    """Runs a :class:`~reflux.pipeline.Plan` with one thread per task."""
+
+    def __init__(self, plan: Plan, *, max_error_records: int = 1000, poll: float = 0.1) -> None:
+        self.plan = plan
+        self.poll = poll
+        self.max_error_records = max_error_records
+        self._stop_sources = False
+        self._aborted = False
+        self._abort_event = threading.Event()
+        self._paused = False
+        self._resumed = threading.Event()
+        self._resumed.set()
+        self._lock = threading.Lock()
+        self._open_producers = {id(box): box.producers for box in plan.inboxes}
+        self._live = len(plan.tasks)
+        self._done = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._finished: set[str] = set()
+        self._errors: list[ErrorRecord] = []
+        self._errors_not_kept = 0
+        self._failure: ErrorRecord | None = None
+        self._results: dict[str, Any] = {}
+        self._outboxes: dict[str, _ChannelOutbox] = {}
+        self._started = 0.0
+        if not plan.tasks:
+            self._done.set()
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Start one thread per task."""
+        self._started = time.monotonic()
+        for task in self.plan.tasks:
+            t = threading.Thread(target=self._run_task, args=(task,), daemon=True,
+                                 name=f"reflux:{self.plan.name}:{task.name}")
+            self._threads[task.name] = t
+        for t in self._threads.values():
+            t.start()
+
+    def stop_sources(self) -> None:
+        """Make the Extractors end (everything extracted still flows to the end)."""
+        self._stop_sources = True
+        self.resume()
+
+    def abort(self) -> None:
+        """Abandon the run: release every waiting task and end them all."""
+        self._aborted = True
+        self._stop_sources = True
+        self._abort_event.set()
+        self._paused = False
+        self._resumed.set()
+        for box in self.plan.inboxes:
+            box.channel.close()
+
+    def pause(self) -> None:
+        """Hold every task between batches."""
+        if self._aborted or self._stop_sources:
+            return
+        self._resumed.clear()
+        self._paused = True
+
+    def resume(self) -> None:
+        """Let paused tasks go on."""
+        self._paused = False
+        self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def failure(self) -> ErrorRecord | None:
+        """The record of the failure that aborted the run (``on_error="raise"``), if any."""
+        return self._failure
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for every task to end; ``True`` if they have."""
+        return self._done.wait(timeout)
+
+    def join_threads(self, timeout: float) -> list[str]:
+        """Join every thread (``timeout`` seconds at most in all); returns the names still alive."""
+        deadline = time.monotonic() + timeout
+        stuck = []
+        for name, t in self._threads.items():
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                stuck.append(name)
+        return stuck
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _keep_error(self, record: ErrorRecord) -> None:
+        with self._lock:
+            if len(self._errors) < self.max_error_records:
+                self._errors.append(record)
+            else:
+                self._errors_not_kept += 1
+
+    def _fail(self, record: ErrorRecord) -> None:
+        with self._lock:
+            first = self._failure is None
+            if first:
+                self._failure = record
+        if first:
+            self._keep_error(record)
+            logger.debug("node '%s' failed: %r; aborting the run", record.node, record.exception)
+        self.abort()
+
+    def _end_outputs(self, task: Task) -> None:
+        boxes: list[Inbox] = []
+        for box in task.outputs + ([task.dead_letter] if task.dead_letter is not None else []):
+            if not any(box is b for b in boxes):
+                boxes.append(box)
+        for box in boxes:
+            with self._lock:
+                self._open_producers[id(box)] -= 1
+                last = self._open_producers[id(box)] == 0
+            if last:
+                box.channel.close()
+
+    def snapshot(self) -> dict[str, NodeStats]:
+        """Approximate live counters."""
+        return {t.name: t.stats.copy() for t in self.plan.tasks}
+
+    # ------------------------------------------------------------------ task threads
+
+    def _wait_resumed(self) -> None:
+        while self._paused and not self._aborted:
+            self._resumed.wait(self.poll)
+
+    def _run_task(self, task: Task) -> None:
+        ctx = _Context(self, task.stats)
+        out = _ChannelOutbox(self, task)
+        self._outboxes[task.name] = out
+        logic: NodeLogic | None = None
+        opened = False
+        abandoned = False
+        try:
+            logic = task.node.make_logic(ctx, len(task.outputs), task.port_names)
+            logic.open()
+            opened = True
+            if task.node.is_source:
+                self._run_source(task, logic, out)
+            else:
+                self._run_stage(task, logic, out)
+        except Abort:
+            abandoned = True
+        except NodeFailure as f:
+            abandoned = True
+            self._fail(f.record)
+        except BaseException as exc:  # noqa: BLE001 - a hook or reflux itself failed: fail the run
+            abandoned = True
+            self._fail(ErrorRecord.from_exception(task.name, None, exc))
+        finally:
+            try:
+                if logic is not None:
+                    if opened:
+                        try:
+                            logic.close()
+                        except BaseException as exc:  # noqa: BLE001 - user close() hook
+                            abandoned = True
+                            self._fail(ErrorRecord.from_exception(task.name, None, exc))
+                    if abandoned or self._aborted:
+                        task.stats.dropped += logic.abandon()
+                    try:
+                        self._results[task.name] = logic.result()
+                    except BaseException as exc:  # noqa: BLE001 - user result() hook
+                        self._fail(ErrorRecord.from_exception(task.name, None, exc))
+                task.stats.dropped += out.discard()
+            finally:
+                self._end_outputs(task)
+                with self._lock:
+                    self._finished.add(task.name)
+                    self._live -= 1
+                    if self._live == 0:
+                        self._done.set()
+
+    def _run_source(self, task: Task, logic: Any, out: _ChannelOutbox) -> None:
+        batch = task.batch_size
+        while True:
+            if self._paused:
+                self._wait_resumed()
+            if self._aborted:
+                raise Abort()
+            if self._stop_sources:
+                return
+            more = logic.pull(out, batch)
+            out.flush()
+            if not more:
+                return
+
+    def _run_stage(self, task: Task, logic: NodeLogic, out: _ChannelOutbox) -> None:
+        assert task.inbox is not None
+        pop_many = task.inbox.channel.pop_many
+        batch_size = task.batch_size
+        stats = task.stats
+        poll = self.poll
+        monotonic = time.monotonic
+        while True:
+            if self._paused:
+                self._wait_resumed()
+            if self._aborted:
+                raise Abort()
+            if logic.has_feedback():
+                logic.process_feedback(batch_size, out)
+                out.flush()
+                continue
+            timeout = poll
+            deadline = logic.next_deadline()
+            if deadline is not None:
+                now = monotonic()
+                if now >= deadline:
+                    logic.tick(now, out)
+                    out.flush()
+                    continue
+                timeout = min(poll, deadline - now)
+            try:
+                batch = pop_many(batch_size, timeout)
+            except Empty:
+                continue
+            except ChannelClosed:
+                break
+            stats.received += len(batch)
+            if self._aborted:
+                stats.dropped += len(batch)
+                raise Abort()
+            logic.process(batch, out)
+            out.flush()
+        logic.finish(out)
+        out.flush()
+
+    # ------------------------------------------------------------------ the result
+
+    def collect(self, status: str, elapsed: float, stuck: list[str]) -> RunResult:
+        """Count what is left in channels as dropped and build the result.
+
+        Call after :meth:`join_threads`; channels of stuck tasks are left alone.
+        """
+        by_owner = {t.name: t for t in self.plan.tasks}
+        for box in self.plan.inboxes:
+            if box.owner in stuck:
+                continue
+            left = 0
+            while True:
+                try:
+                    left += len(box.channel.pop_many(1 << 16, 0))
+                except (Empty, ChannelClosed):
+                    break
+            if left:
+                st = by_owner[box.owner].stats
+                st.received += left
+                st.dropped += left
+        edges: dict[tuple[str, str], int] = {}
+        for task in self.plan.tasks:
+            out = self._outboxes.get(task.name)
+            if out is None:
+                continue
+            for name, n in zip(task.port_names, out.sent_per_port):
+                edges[(task.name, name)] = edges.get((task.name, name), 0) + n
+            if task.dead_letter is not None:
+                key = (task.name, task.dead_letter.owner)
+                edges[key] = edges.get(key, 0) + out.dead_count
+        results = {t.name: self._results.get(t.name) for t in self.plan.tasks if t.node.is_sink}
+        dead_letters: list[ErrorRecord] = []
+        if self.plan.auto_dead_letter is not None:
+            dead_letters = list(results.get(self.plan.auto_dead_letter) or [])
+        with self._lock:
+            errors = list(self._errors)
+            not_kept = self._errors_not_kept
+        return RunResult(
+            status=status,
+            nodes={t.name: t.stats.copy() for t in self.plan.tasks},
+            results=results,
+            errors=errors,
+            edges=edges,
+            elapsed=elapsed,
+            dead_letters=dead_letters,
+            errors_not_kept=not_kept,
+            stuck=list(stuck),
+        )
