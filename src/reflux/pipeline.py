@@ -168,7 +168,7 @@ class Pipeline:
     """A graph of nodes joined by bounded channels; runs them and accounts for every item.
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
-    dead_letter=None, max_error_records=1000, join_timeout=30.0)``
+    dead_letter=None, max_error_records=1000, join_timeout=10.0)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -192,10 +192,12 @@ class Pipeline:
 
     #: seconds between checks of stop / pause flags while waiting
     POLL = 0.1
+    #: seconds an Extractor blocked inside its source may delay the end after ``stop()``
+    stop_grace = 1.0
 
     def __init__(self, *parts: Part, name: str = "pipeline", capacity: int = DEFAULT_CAPACITY,
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
-                 max_error_records: int = 1000, join_timeout: float = 30.0) -> None:
+                 max_error_records: int = 1000, join_timeout: float = 10.0) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"Pipeline '{name}': {label} must be a positive integer, got {value!r}")
@@ -463,7 +465,7 @@ class Pipeline:
         for a, b in edges:
             producers[id(b)].add(id(a))
         for node in self._nodes:
-            target = dead[id(node)]
+            target = dead.get(id(node))
             if target is not None:
                 producers[id(target)].add(id(node))
         inboxes: list[Inbox] = []
@@ -482,9 +484,10 @@ class Pipeline:
             if isinstance(node, Messenger):
                 self._assign_routes(node, receivers)
             stats = node.make_stats()
+            stats.dead_letter_sink = any(t is node for t in dead.values())
             if node.routes:
                 stats.fanout = max(1, len(receivers))
-            target = dead[id(node)]
+            target = dead.get(id(node))
             tasks.append(Task(
                 node=node, stats=stats, inbox=inbox.get(id(node)),
                 outputs=[inbox[id(r)] for r in receivers], port_names=[r.name for r in receivers],
@@ -592,6 +595,7 @@ class Pipeline:
         if self._result is None:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not rt.wait(self.POLL):
+                rt.detach_stalled_sources(self.stop_grace)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
             self._finish()

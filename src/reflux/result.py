@@ -54,6 +54,8 @@ class NodeStats:
     law: str = field(default="one", repr=False)
     #: copies per item (Broadcast) or receivers (routing nodes)
     fanout: int = field(default=1, repr=False)
+    #: ``True`` for a Loader that receives dead-letter records
+    dead_letter_sink: bool = field(default=False, repr=False)
 
     _ALIASES = {"in": "received", "out": "emitted"}
 
@@ -135,8 +137,13 @@ class RunResult:
 
     @property
     def loaded(self) -> int:
-        """Items every Loader loaded (dead-letter Loaders included)."""
-        return self._total(("Loader",), "emitted")
+        """Items the Loaders loaded (dead-letter Loaders not included)."""
+        return sum(s.emitted for s in self.nodes.values() if s.kind == "Loader" and not s.dead_letter_sink)
+
+    @property
+    def dead_lettered(self) -> int:
+        """Error records the dead-letter Loaders took."""
+        return sum(s.received for s in self.nodes.values() if s.dead_letter_sink)
 
     @property
     def filtered(self) -> int:
@@ -204,5 +211,6 @@ class RunResult:
 
     def __repr__(self) -> str:
         return (f"RunResult(status={self.status!r}, extracted={self.extracted}, loaded={self.loaded}, "
-                f"filtered={self.filtered}, errors={self.error_count}, dropped={self.dropped}, "
+                f"filtered={self.filtered}, errors={self.error_count}, dead_lettered={self.dead_lettered}, "
+                f"dropped={self.dropped}, "
                 f"elapsed={self.elapsed:.3f})")

@@ -34,6 +34,9 @@ from .result import NodeStats, RunResult
 
 __all__ = ["ThreadRuntime"]
 
+#: seconds of work a stage aims to do per batch; slower items get smaller batches
+BATCH_BUDGET = 0.05
+
 logger = logging.getLogger("reflux")
 
 
@@ -74,14 +77,15 @@ class _ChannelOutbox(Outbox):
         ports = self.ports
         for i in range(len(ports)):
             if ports[i]:
-                self.sent_per_port[i] += self._push(self.channels[i], ports[i])
+                self._push(self.channels[i], ports[i], i)
         if self.dead:
             if self.dead_channel is None:  # cannot happen with a validated plan
                 raise RuntimeError("dead-letter record without a dead-letter channel")
-            self.dead_count += self._push(self.dead_channel, self.dead, count_out=False)
+            self._push(self.dead_channel, self.dead, -1)
 
-    def _push(self, ch: Any, buf: list[Any], count_out: bool = True) -> int:
-        """Push all of ``buf`` (blocking while the channel is full); returns how many went in."""
+    def _push(self, ch: Any, buf: list[Any], port: int) -> None:
+        """Push all of ``buf`` (blocking while the channel is full) and count what went in;
+        ``port`` -1 is the dead-letter output."""
         rt = self.rt
         pushed = 0
         poll = self.poll
@@ -103,9 +107,11 @@ class _ChannelOutbox(Outbox):
             # only an abort closes a channel that still has live producers
             raise Abort() from None
         finally:
-            if count_out:
+            if port >= 0:
                 self.stats.emitted += pushed
-        return pushed
+                self.sent_per_port[port] += pushed
+            else:
+                self.dead_count += pushed
 
     def discard(self) -> int:
         """Forget what is left in the buffers; returns how many items (not records) there were."""
@@ -124,6 +130,7 @@ class ThreadRuntime:
         self.poll = poll
         self.max_error_records = max_error_records
         self._stop_sources = False
+        self._stop_time: float | None = None
         self._aborted = False
         self._abort_event = threading.Event()
         self._paused = False
@@ -158,12 +165,16 @@ class ThreadRuntime:
 
     def stop_sources(self) -> None:
         """Make the Extractors end (everything extracted still flows to the end)."""
+        if self._stop_time is None:
+            self._stop_time = time.monotonic()
         self._stop_sources = True
         self.resume()
 
     def abort(self) -> None:
         """Abandon the run: release every waiting task and end them all."""
         self._aborted = True
+        if self._stop_time is None:
+            self._stop_time = time.monotonic()
         self._stop_sources = True
         self._abort_event.set()
         self._paused = False
@@ -196,12 +207,29 @@ class ThreadRuntime:
         """Wait up to ``timeout`` seconds for every task to end; ``True`` if they have."""
         return self._done.wait(timeout)
 
-    def join_threads(self, timeout: float) -> list[str]:
-        """Join every thread (``timeout`` seconds at most in all); returns the names still alive."""
+    def join_threads(self, timeout: float, source_timeout: float = 1.0) -> list[str]:
+        """Join every thread (``timeout`` seconds at most in all); returns the names still alive.
+
+        Once the other tasks ended, an Extractor still running is blocked inside
+        its source (user code that cannot be interrupted): it is waited for
+        ``source_timeout`` seconds at most, since nothing waits on it any more.
+        """
         deadline = time.monotonic() + timeout
         stuck = []
-        for name, t in self._threads.items():
+        sources = []
+        for task in self.plan.tasks:
+            t = self._threads.get(task.name)
+            if t is None:
+                continue
+            if task.node.is_source:
+                sources.append((task.name, t))
+                continue
             t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                stuck.append(task.name)
+        source_deadline = min(deadline, time.monotonic() + source_timeout)
+        for name, t in sources:
+            t.join(max(0.0, source_deadline - time.monotonic()))
             if t.is_alive():
                 stuck.append(name)
         return stuck
@@ -236,6 +264,35 @@ class ThreadRuntime:
                 last = self._open_producers[id(box)] == 0
             if last:
                 box.channel.close()
+
+    def _retire(self, task: Task) -> bool:
+        """Mark ``task`` as ended (once): end its outputs, count it out of the live tasks."""
+        with self._lock:
+            if task.name in self._finished:
+                return False
+            self._finished.add(task.name)
+        self._end_outputs(task)
+        with self._lock:
+            self._live -= 1
+            if self._live == 0:
+                self._done.set()
+        return True
+
+    def detach_stalled_sources(self, grace: float) -> list[str]:
+        """After ``stop()``: end, on their behalf, the Extractors still blocked in
+        their source ``grace`` seconds later, so the rest of the pipeline drains
+        and ends.  Returns the names detached."""
+        if not self._stop_sources or self._stop_time is None:
+            return []
+        if time.monotonic() - self._stop_time < grace:
+            return []
+        detached = []
+        for task in self.plan.tasks:
+            if task.node.is_source and task.name not in self._finished and self._retire(task):
+                detached.append(task.name)
+                logger.warning("Extractor '%s' is still inside its source %.1fs after stop(); "
+                               "ending the pipeline without it", task.name, grace)
+        return detached
 
     def snapshot(self) -> dict[str, NodeStats]:
         """Approximate live counters."""
@@ -287,12 +344,7 @@ class ThreadRuntime:
                         self._fail(ErrorRecord.from_exception(task.name, None, exc))
                 task.stats.dropped += out.discard()
             finally:
-                self._end_outputs(task)
-                with self._lock:
-                    self._finished.add(task.name)
-                    self._live -= 1
-                    if self._live == 0:
-                        self._done.set()
+                self._retire(task)
 
     def _run_source(self, task: Task, logic: Any, out: _ChannelOutbox) -> None:
         batch = task.batch_size
@@ -315,6 +367,7 @@ class ThreadRuntime:
         stats = task.stats
         poll = self.poll
         monotonic = time.monotonic
+        limit = batch_size
         while True:
             if self._paused:
                 self._wait_resumed()
@@ -334,16 +387,25 @@ class ThreadRuntime:
                     continue
                 timeout = min(poll, deadline - now)
             try:
-                batch = pop_many(batch_size, timeout)
+                batch = pop_many(limit, timeout)
             except Empty:
                 continue
             except ChannelClosed:
                 break
-            stats.received += len(batch)
+            n = len(batch)
+            stats.received += n
             if self._aborted:
-                stats.dropped += len(batch)
+                stats.dropped += n
                 raise Abort()
+            t0 = monotonic()
             logic.process(batch, out)
+            spent = monotonic() - t0
+            # Slow items get smaller batches, so stop, pause and Ctrl-C are
+            # seen within about BATCH_BUDGET seconds (plus one item).
+            if spent > BATCH_BUDGET:
+                limit = max(1, int(n * BATCH_BUDGET / spent))
+            elif limit < batch_size and n == limit:
+                limit = min(batch_size, limit * 2)
             out.flush()
         logic.finish(out)
         out.flush()
