@@ -4,7 +4,9 @@ Run from the repository root::
 
     python -m benchmarks.channels [--items N] [--repeat R] [--quick] [--json PATH]
 
-Sections (each number is the median of ``--repeat`` runs, items per second):
+Sections (each number is the median of ``--repeat`` runs, items per second;
+the runs go in rounds, every row once per round, so drift in the machine's
+speed touches all rows alike):
 
 ``1t``       one thread putting then getting each item: the per-call cost
              alone, without waiting or GIL hand-offs (diagnostic, no target).
@@ -517,33 +519,46 @@ class Bench:
     def __init__(self, args, out=sys.stdout):
         self.args = args
         self.out = out
-        self.rows = {}      # id -> row dict, in measurement order
+        self.rows = {}      # id -> row dict, in registration (and measurement) order
         self.notes = []
 
     def say(self, text=""):
         print(text, file=self.out, flush=True)
 
     def measure(self, section, rid, label, items, run, batch=1):
-        """Run `run()` --repeat times; it returns (seconds, results-or-count, extra)."""
-        rates, extras = [], []
-        for _ in range(self.args.repeat):
-            secs, results, extra = run()
-            if isinstance(results, list):
-                _check(label, items, results)
-            elif results != items:
-                raise BenchmarkError(f"{label}: moved {results} items, expected {items}")
-            rates.append(items / secs)
-            extras.append(extra)
-        order = sorted(range(len(rates)), key=rates.__getitem__)
-        mid = order[len(order) // 2]
-        row = {
+        """Register a row; `run()` returns (seconds, results-or-count, extra).
+
+        Rows run in rounds (every row once per round, --repeat rounds), so a
+        slow drift of the machine (other load, the hypervisor moving vCPUs)
+        spreads over all rows instead of skewing the ratios of a few.
+        """
+        self.rows[rid] = {
             "section": section, "id": rid, "label": label, "items": items, "batch": batch,
-            "rate": statistics.median(rates), "runs": rates, "extra": extras[mid],
+            "rate": None, "runs": [], "extra": None, "_run": run, "_extras": [],
         }
-        self.rows[rid] = row
-        if self.args.verbose:
-            self.say(f"  {label}: {_fmt_rate(row['rate'])} items/s")
-        return row
+
+    def run_rounds(self):
+        rows = list(self.rows.values())
+        for r in range(self.args.repeat):
+            t0 = time.monotonic()
+            for row in rows:
+                secs, results, extra = row["_run"]()
+                items, label = row["items"], row["label"]
+                if isinstance(results, list):
+                    _check(label, items, results)
+                elif results != items:
+                    raise BenchmarkError(f"{label}: moved {results} items, expected {items}")
+                row["runs"].append(items / secs)
+                row["_extras"].append(extra)
+                if self.args.verbose:
+                    self.say(f"  round {r + 1}: {label}: {_fmt_rate(items / secs)} items/s")
+            self.say(f"round {r + 1}/{self.args.repeat} done in {time.monotonic() - t0:.0f} s")
+        for row in rows:
+            rates = row["runs"]
+            order = sorted(range(len(rates)), key=rates.__getitem__)
+            row["rate"] = statistics.median(rates)
+            row["extra"] = row.pop("_extras")[order[len(order) // 2]]
+            del row["_run"]
 
     def ratio(self, rid, base):
         a, b = self.rows.get(rid), self.rows.get(base)
@@ -781,6 +796,26 @@ def _loadavg():
         return None
 
 
+def _checkout():
+    """The checkout's commit, and whether its core sources differ from it
+    (which core build this measured), best effort."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*argv):
+        proc = subprocess.run(["git", *argv], cwd=root, capture_output=True, text=True, timeout=10)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    try:
+        head = git("describe", "--always")
+        if not head:
+            return None
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "reflux_core", "setup.py")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + (" with uncommitted changes in the core" if changed else "")
+
+
 def _meta(args):
     try:
         info = reflux_core.build_info()
@@ -796,6 +831,7 @@ def _meta(args):
         "switch_interval": sys.getswitchinterval(),
         "reflux_core": info,
         "reflux_core_path": os.path.dirname(reflux_core.__file__),
+        "checkout": _checkout(),
         "items": args.items,
         "mp_items": args.mp_items,
         "record_items": args.record_items,
@@ -850,9 +886,10 @@ def main(argv=None):
     bench = Bench(args)
     meta = _meta(args)
     bench.say(f"reflux channel benchmark: Python {meta['python']} on {meta['platform']}, "
-              f"{meta['cpus']} CPUs; reflux_core {meta['reflux_core']}")
-    bench.say(f"median of {args.repeat} run(s) per row; items/s = items moved / wall time "
-              "from the first worker's start to the last one's end")
+              f"{meta['cpus']} CPUs; reflux_core {meta['reflux_core']} from {meta['reflux_core_path']}"
+              + (f", checkout {meta['checkout']}" if meta["checkout"] else ""))
+    bench.say(f"median of {args.repeat} run(s) per row, every row once per round; items/s = "
+              "items moved / wall time from the first worker's start to the last one's end")
     if args.quick:
         bench.say("--quick: a smoke run; sizes are too small for the numbers to mean anything")
     load = _loadavg()
@@ -862,6 +899,7 @@ def main(argv=None):
     t0 = time.monotonic()
     for name in args.only:
         SECTIONS[name](bench)
+    bench.run_rounds()
     targets = print_report(bench)
     bench.say(f"total benchmark time {time.monotonic() - t0:.0f} s")
     if args.json:
