@@ -291,6 +291,10 @@ class Pipeline:
         """Add nodes and flows (with their edges).  Returns the pipeline."""
         self._check_mutable()
         for part in parts:
+            if not isinstance(part, (Node, Flow, list, tuple)):
+                raise ValidationError(
+                    f"Pipeline '{self.name}': {part!r:.60} is not a node (Extractor, Transformer, ...) "
+                    "or a flow (a >> b)")
             flow = Flow.of(part)
             for node in flow.nodes:
                 self._claim(node)
