@@ -29,11 +29,12 @@ def get_include() -> str:
 
 
 def build_info() -> dict:
-    """How this copy of the core was built: debug checks, parking back end."""
+    """How this copy of the core was built and runs: debug checks, parking back end, barrier mode."""
     from reflux_core import channel
 
     return {
         "abi_version": ABI_VERSION,
         "debug": bool(channel._debug_build()),
         "park_backend": channel.park_backend(),
+        "barrier_mode": channel.barrier_mode(),
     }

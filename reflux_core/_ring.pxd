@@ -5,10 +5,14 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t
 cdef extern from "reflux_core/atomics.h" nogil:
     void rx_cpu_relax()
     void rx_fence_seqcst()
+    int rx_asym_init()
+    void rx_heavy_barrier()
+    void rx_light_barrier()
     uint64_t rx_add64_relaxed(uint64_t* p, uint64_t v)
     uint32_t rx_add32_relaxed(uint32_t* p, uint32_t v)
     uint32_t rx_sub32_relaxed(uint32_t* p, uint32_t v)
     uint32_t rx_load32_relaxed(uint32_t* p)
+    void rx_store32_relaxed(uint32_t* p, uint32_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
     uint64_t rx_load64_acquire(uint64_t* p)
     uint64_t rx_add64_release(uint64_t* p, uint64_t v)
@@ -16,7 +20,7 @@ cdef extern from "reflux_core/atomics.h" nogil:
 
 cdef extern from "reflux_core/park.h" nogil:
     ctypedef struct rx_event:
-        pass
+        uint32_t spin_hint
     const char* rx_park_backend()
     int64_t rx_now_ns()
     int rx_event_init(rx_event* ev)

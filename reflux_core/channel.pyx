@@ -87,6 +87,9 @@ MAX_CAPACITY = RX_MAX_CAPACITY
 cdef uint64_t MAX_RECORD_RING_BYTES = (<uint64_t>1) << 32
 
 cdef enum:
+    # The adaptive spin budget never drops below this, so a side can learn
+    # again that spinning pays.
+    SPIN_FLOOR_NS = 2000
     # Longest single park: after each slice a blocked call checks signals
     # (Ctrl-C), the close flag and its deadline.
     PARK_SLICE_NS = 50 * 1000 * 1000
@@ -103,9 +106,19 @@ cdef int64_t _spin_ns_nogil = 50000
 cdef int64_t _spin_ns_python = 0 if RX_HAS_GIL else 20000
 
 
+# Every module that runs ring operations initialises the barrier mode once.
+cdef int _asym_mode = rx_asym_init()
+
+
 def park_backend():
     """Name of the parking primitive this build uses: futex, waitonaddress or condvar."""
     return rx_park_backend().decode()
+
+
+def barrier_mode():
+    """How parked threads and the hot path agree on ordering: ``"membarrier"``
+    (the hot path has no fence at all) or ``"fence"`` (a fence on both sides)."""
+    return "membarrier" if _asym_mode else "fence"
 
 
 def set_wait_policy(python_ns=None, nogil_ns=None):
@@ -243,6 +256,10 @@ cdef inline uint32_t* _side_flag(ring_kind k, void* r, bint producer) noexcept n
     return &(<rx_spsc*>r).producer_busy if producer else &(<rx_spsc*>r).consumer_busy
 
 
+cdef inline uint64_t _ring_capacity(ring_kind k, void* r) noexcept nogil:
+    return (<rx_spsc*>r).capacity if k == RING_SPSC else (<rx_mpmc*>r).capacity
+
+
 cdef inline uint64_t _len(ring_kind k, void* r) noexcept nogil:
     return rx_spsc_len(<rx_spsc*>r) if k == RING_SPSC else rx_mpmc_len(<rx_mpmc*>r)
 
@@ -297,10 +314,20 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
     cdef unsigned int j, backoff = 1
     cdef int result = -100
     cdef bint failed
-    cdef int64_t spin_ns = _spin_ns_python if from_python else _spin_ns_nogil
+    cdef int64_t spin_max = _spin_ns_python if from_python else _spin_ns_nogil
+    cdef int64_t spin_ns
+    cdef unsigned int rounds = 0
     # relaxed: a statistic only
     rx_add64_relaxed(_wait_counter(k, r, for_push), 1)
-    if spin_ns > 0:
+    if spin_max > 0:
+        # Adaptive: each side of a ring remembers whether spinning paid off
+        # last time.  When the peer shares our core (threads outnumber
+        # cores), spins fail, the budget halves towards the floor and the
+        # side parks at once; when hand-offs are quick it grows back.
+        # relaxed: a heuristic shared by the threads of one side
+        spin_ns = rx_load32_relaxed(&ev.spin_hint)
+        if spin_ns > spin_max:
+            spin_ns = spin_max
         spin_end = rx_now_ns() + spin_ns
         while True:
             if _ready(k, r, for_push):
@@ -308,21 +335,31 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
                 break
             if rx_now_ns() >= spin_end:
                 break
-            # exponential back-off (up to ~64 pauses, about 2 us): polling the
-            # other side's cache line too often slows the thread that owns it
+            # exponential back-off (up to 64 pauses, ~2 us): polling the other
+            # side's cache line too often slows the thread that owns it
             for j in range(backoff):
                 rx_cpu_relax()
             if backoff < 64:
                 backoff <<= 1
+            else:
+                rounds += 1
+                if rounds % 8 == 0:
+                    # let a peer that shares this core run
+                    rx_thread_yield()
+        if result == 1:
+            spin_ns = spin_ns * 2 + SPIN_FLOOR_NS
+            rx_store32_relaxed(&ev.spin_hint, <uint32_t>(spin_ns if spin_ns < spin_max else spin_max))
+        else:
+            rx_store32_relaxed(&ev.spin_hint, <uint32_t>(spin_ns // 2 if spin_ns > 2 * SPIN_FLOOR_NS else SPIN_FLOOR_NS))
     while result == -100:
         if _ready(k, r, for_push):
             result = 1
             break
         s = rx_event_prepare(ev)
-        # seq_cst fence: the waiter half of the Dekker handshake between the
-        # announcement above and the re-check below; pairs with the
-        # notifier's seq_cst publish (or fence) before rx_event_notify
-        rx_fence_seqcst()
+        # heavy barrier: the waiter half of the Dekker handshake between the
+        # announcement above and the re-check below; pairs with the light
+        # barrier a notifier runs between publishing and rx_event_notify
+        rx_heavy_barrier()
         if _ready(k, r, for_push):
             result = 1
             break
@@ -458,7 +495,7 @@ cdef int _make_channel(Channel self, object capacity, ring_kind kind) except -1:
         self._ring = rx_mpmc_new(cap, sizeof(void*))
     if self._ring == NULL:
         raise MemoryError(f"{type(self).__name__}: cannot allocate a ring of {cap} slots")
-    self.capacity = <Py_ssize_t>rx_round_capacity(cap)
+    self.capacity = <Py_ssize_t>_ring_capacity(kind, self._ring)
     return 0
 
 
@@ -779,7 +816,8 @@ cdef class MPMCChannel(Channel):
     consumers claim positions with one compare-and-swap each.  Items from one
     producer stay in order; items from several producers interleave.
 
-    ``capacity`` is rounded up to a power of two (at most ``MAX_CAPACITY``).
+    ``capacity`` is rounded up to a power of two, and to at least 2 (the
+    sequence numbers need two slots), at most ``MAX_CAPACITY``.
     """
 
     def __init__(self, capacity):
@@ -803,7 +841,7 @@ cdef class RecordChannel:
     ``reflux_core/channel.pxd`` (``push_records``, ``pop_records``, ...).
 
     ``mode="spsc"`` (default): one producer and one consumer at a time.
-    ``mode="mpmc"``: any number of both.
+    ``mode="mpmc"``: any number of both (capacity at least 2).
     """
 
     def __cinit__(self, *args, **kwargs):
@@ -841,7 +879,7 @@ cdef class RecordChannel:
             self._ring = rx_mpmc_new(cap, dt.itemsize)
         if self._ring == NULL:
             raise MemoryError(f"RecordChannel: cannot allocate {cap} records of {dt.itemsize} bytes")
-        self.capacity = <Py_ssize_t>rx_round_capacity(cap)
+        self.capacity = <Py_ssize_t>_ring_capacity(self._kind, self._ring)
         self.itemsize = dt.itemsize
         self.dtype = dt
 

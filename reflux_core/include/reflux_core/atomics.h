@@ -40,6 +40,8 @@
 #  define rx_xchg32_seqcst(p, v)    atomic_exchange_explicit(RX_A32(p), (v), memory_order_seq_cst)
 #  define rx_add32_relaxed(p, v)    atomic_fetch_add_explicit(RX_A32(p), (v), memory_order_relaxed)
 #  define rx_store32_release(p, v)  atomic_store_explicit(RX_A32(p), (v), memory_order_release)
+#  define rx_store32_relaxed(p, v)  atomic_store_explicit(RX_A32(p), (v), memory_order_relaxed)
+#  define rx_compiler_barrier()     atomic_signal_fence(memory_order_seq_cst)
 #  define rx_fence_seqcst()         atomic_thread_fence(memory_order_seq_cst)
 #  if defined(_M_X64) || defined(_M_IX86)
 #    define rx_cpu_relax() _mm_pause()
@@ -71,6 +73,8 @@
 #  define rx_xchg32_seqcst(p, v)    __atomic_exchange_n((p), (v), __ATOMIC_SEQ_CST)
 #  define rx_add32_relaxed(p, v)    __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
 #  define rx_store32_release(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#  define rx_store32_relaxed(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#  define rx_compiler_barrier()     __atomic_signal_fence(__ATOMIC_SEQ_CST)
 #  define rx_fence_seqcst()         __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #  if defined(__x86_64__) || defined(__i386__)
 #    define rx_cpu_relax() __builtin_ia32_pause()
@@ -82,6 +86,71 @@
 #  define RX_LIKELY(x) __builtin_expect(!!(x), 1)
 #  define RX_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #endif
+
+/* ---- asymmetric barriers ----------------------------------------------
+ * A Dekker handshake needs a StoreLoad barrier on both sides.  Ours has a
+ * frequent side (every push/pop checking for a parked peer, every push
+ * checking for close) and a rare side (a thread about to park, close()).
+ * Where the OS can interrupt every thread of the process with a barrier
+ * (Linux membarrier, Windows FlushProcessWriteBuffers), the rare side pays
+ * for both and the frequent side is only a compiler barrier; elsewhere both
+ * sides use a seq_cst fence.
+ *
+ *   rx_light_barrier()  frequent side   pairs with rx_heavy_barrier()
+ *   rx_heavy_barrier()  rare side       pairs with rx_light_barrier()
+ *
+ * rx_asym_init() must run once in every extension module that includes
+ * this header, before any ring is used (it is idempotent and answers the
+ * same for the whole process). */
+#if defined(__linux__)
+#  include <unistd.h>
+#  include <sys/syscall.h>
+#  if defined(__NR_membarrier)
+#    define RX_HAVE_MEMBARRIER 1
+#    define RX_MB_QUERY 0
+#    define RX_MB_PRIVATE_EXPEDITED (1 << 3)
+#    define RX_MB_REGISTER_PRIVATE_EXPEDITED (1 << 4)
+#  endif
+#elif defined(_WIN32)
+#  ifndef WIN32_LEAN_AND_MEAN
+#    define WIN32_LEAN_AND_MEAN
+#  endif
+#  include <windows.h>
+#endif
+
+static int rx_asym_mode = 0; /* 1: light = compiler barrier; 0: both fences */
+
+static int rx_asym_init(void) {
+#if defined(RX_HAVE_MEMBARRIER) && !defined(RX_NO_ASYM_BARRIER)
+    long q = syscall(__NR_membarrier, RX_MB_QUERY, 0, 0);
+    if (q > 0 && (q & RX_MB_PRIVATE_EXPEDITED) &&
+        syscall(__NR_membarrier, RX_MB_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
+        rx_asym_mode = 1;
+#elif defined(_WIN32) && !defined(RX_NO_ASYM_BARRIER)
+    rx_asym_mode = 1;
+#endif
+    return rx_asym_mode;
+}
+
+static inline void rx_light_barrier(void) {
+    if (RX_LIKELY(rx_asym_mode)) rx_compiler_barrier();
+    else rx_fence_seqcst();
+}
+
+static inline void rx_heavy_barrier(void) {
+#if defined(RX_HAVE_MEMBARRIER)
+    if (rx_asym_mode) {
+        syscall(__NR_membarrier, RX_MB_PRIVATE_EXPEDITED, 0, 0);
+        return;
+    }
+#elif defined(_WIN32)
+    if (rx_asym_mode) {
+        FlushProcessWriteBuffers();
+        return;
+    }
+#endif
+    rx_fence_seqcst();
+}
 
 /* Producer-written and consumer-written fields sit this far apart: x86 cores
  * prefetch cache lines in pairs, so 64 bytes is not enough to stop false sharing. */

@@ -6,11 +6,11 @@
  * syscall per parked period, not one per notification:
  *
  *   waiter                                   notifier
- *   s = rx_event_prepare(ev)                 publish the data (a seq_cst op or
- *     (reads seq, then sleepers = 1,           rx_fence_seqcst after it)
- *      seq_cst)                              rx_event_notify(ev)
- *   re-check the condition (seq_cst load)      (seq_cst load of sleepers; only if
- *   if still not ready: rx_event_wait(s)        set: exchange it to 0, seq += 1,
+ *   s = rx_event_prepare(ev)                 publish the data
+ *     (reads seq, then sleepers = 1)         rx_light_barrier()
+ *   rx_heavy_barrier()                       rx_event_notify(ev)
+ *   re-check the condition                     (load of sleepers; only if set:
+ *   if still not ready: rx_event_wait(s)        exchange it to 0, seq += 1,
  *                                               wake all)
  *
  * Either the waiter's re-check sees the data, or the notifier's load sees the
@@ -61,6 +61,7 @@
 typedef struct rx_event {
     uint32_t seq;      /* bumped by notifiers; a parked thread sleeps while unchanged */
     uint32_t sleepers; /* 1 when some thread may be parked on seq */
+    uint32_t spin_hint; /* ns a waiter here should spin before parking (adaptive) */
 #if defined(RX_PARK_PORTABLE)
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -104,6 +105,7 @@ static inline void rx_thread_yield(void) {
 static inline int rx_event_init(rx_event *ev) {
     ev->seq = 0;
     ev->sleepers = 0;
+    ev->spin_hint = 20000;
 #if defined(RX_PARK_PORTABLE)
     if (pthread_mutex_init(&ev->mu, NULL) != 0) return -1;
     {
@@ -137,8 +139,9 @@ static inline void rx_event_destroy(rx_event *ev) {
 static inline uint32_t rx_event_prepare(rx_event *ev) {
     /* acquire: pairs with the seq_cst bump in rx_event_notify */
     uint32_t s = rx_load32_acquire(&ev->seq);
-    /* seq_cst exchange: the waiter half of the Dekker pair; pairs with the
-     * seq_cst load + exchange of `sleepers` in rx_event_notify */
+    /* seq_cst exchange: the waiter half of the Dekker pair (the caller adds
+     * rx_heavy_barrier before re-checking); pairs with the load + exchange
+     * of `sleepers` in rx_event_notify */
     rx_xchg32_seqcst(&ev->sleepers, 1);
     return s;
 }
@@ -192,12 +195,12 @@ static inline int rx_event_wait(rx_event *ev, uint32_t s, int64_t timeout_ns) {
 #endif
 }
 
-/* Notifier: call after publishing with a seq_cst operation (or a seq_cst
- * fence).  Wakes every parked thread, and costs only a load when none is. */
+/* Notifier: call after publishing and rx_light_barrier().  Wakes every
+ * parked thread, and costs only a load when none is. */
 static inline void rx_event_notify(rx_event *ev) {
-    /* seq_cst load: the notifier half of the Dekker pair; pairs with the
-     * seq_cst exchange in rx_event_prepare */
-    if (RX_LIKELY(rx_load32_seqcst(&ev->sleepers) == 0)) return;
+    /* relaxed load after the caller's light barrier: the notifier half of the
+     * Dekker pair; pairs with the exchange + heavy barrier of the waiter */
+    if (RX_LIKELY(rx_load32_relaxed(&ev->sleepers) == 0)) return;
     /* seq_cst exchange: one notifier per parked period claims the wake-up;
      * pairs with the exchange in rx_event_prepare */
     if (rx_xchg32_seqcst(&ev->sleepers, 0) == 0) return;

@@ -75,21 +75,26 @@ typedef struct rx_spsc {
     uint64_t elem;
     RX_PAD_AFTER(_pad0, 4 * sizeof(uint64_t));
     /* producer line */
-    uint64_t tail;          /* next position to write | RX_CLOSED_BIT */
+    uint64_t tail;          /* next position to write; only the producer writes it */
     uint64_t head_cache;    /* producer-private copy of head */
     uint64_t full_waits;    /* times a producer had to wait for room */
+    uint32_t pushing;       /* 1 while a push is between its closed check and its publish */
     uint32_t producer_busy; /* misuse detector: a producer is inside a call */
-    RX_PAD_AFTER(_pad1, 3 * sizeof(uint64_t) + sizeof(uint32_t));
+    RX_PAD_AFTER(_pad1, 3 * sizeof(uint64_t) + 2 * sizeof(uint32_t));
     /* consumer line */
-    uint64_t head;          /* next position to read */
-    uint64_t tail_cache;    /* consumer-private copy of tail (without the bit) */
+    uint64_t head;          /* next position to read; only the consumer writes it */
+    uint64_t tail_cache;    /* consumer-private copy of tail */
     uint64_t empty_waits;   /* times a consumer had to wait for an item */
     uint32_t consumer_busy; /* misuse detector: a consumer is inside a call */
     RX_PAD_AFTER(_pad2, 3 * sizeof(uint64_t) + sizeof(uint32_t));
+    /* close line: each word written once */
+    uint32_t closed;        /* close() was called: pushes fail from now on */
+    uint32_t ended;         /* close() finished: no push in flight, tail is final */
+    RX_PAD_AFTER(_pad3, 2 * sizeof(uint32_t));
     rx_event not_empty;     /* consumers park here, producers notify */
-    RX_PAD_AFTER(_pad3, sizeof(rx_event));
-    rx_event not_full;      /* producers park here, consumers notify */
     RX_PAD_AFTER(_pad4, sizeof(rx_event));
+    rx_event not_full;      /* producers park here, consumers notify */
+    RX_PAD_AFTER(_pad5, sizeof(rx_event));
 } rx_spsc;
 
 static rx_spsc *rx_spsc_new(uint64_t capacity, uint64_t elem) {
@@ -136,94 +141,141 @@ RX_INLINE void rx_spsc_copy_out(rx_spsc *r, uint64_t pos, char *dst, uint64_t n,
 }
 
 /* Producer only.  Pushes up to n elements; returns how many (0 when full),
- * or -1 when the ring is closed (nothing was pushed). */
+ * or -1 when the ring is closed (nothing was pushed).
+ *
+ * No atomic read-modify-write on this path: close() is detected with the
+ * `pushing` announcement (see rx_spsc_close), and the parked-consumer check
+ * uses the light side of an asymmetric barrier. */
 RX_INLINE int64_t rx_spsc_try_push_(rx_spsc *r, const void *src, uint64_t n, uint64_t elem) {
-    /* relaxed: tail is written only by this producer, except close()'s bit,
-     * which the CAS below re-checks */
+    /* relaxed: tail is written only by this producer */
     uint64_t t = rx_load64_relaxed(&r->tail);
-    uint64_t free_slots, k, expected;
-    if (RX_UNLIKELY(t & RX_CLOSED_BIT)) return -1;
+    uint64_t free_slots, k;
+    /* relaxed store + light barrier: announce the push before checking
+     * `closed`; pairs with the heavy barrier in rx_spsc_close, so a push
+     * that misses the flag is seen in flight by close() */
+    rx_store32_relaxed(&r->pushing, 1);
+    rx_light_barrier();
+    /* relaxed: ordered by the barrier pair above */
+    if (RX_UNLIKELY(rx_load32_relaxed(&r->closed))) {
+        /* release: pairs with close()'s acquire load of `pushing` */
+        rx_store32_release(&r->pushing, 0);
+        return -1;
+    }
     free_slots = r->capacity - (t - r->head_cache);
     if (free_slots < n) {
-        /* acquire: pairs with the consumer's seq_cst store of head, so the
+        /* acquire: pairs with the consumer's release store of head, so the
          * slots it released are no longer being read */
         r->head_cache = rx_load64_acquire(&r->head);
         free_slots = r->capacity - (t - r->head_cache);
-        if (free_slots == 0) return 0;
+        if (free_slots == 0) {
+            rx_store32_release(&r->pushing, 0);
+            return 0;
+        }
     }
     k = n < free_slots ? n : free_slots;
     rx_spsc_copy_in(r, t, (const char *)src, k, elem);
-    expected = t;
-    /* seq_cst CAS: publishes the slots (pairs with the consumer's acquire load
-     * of tail), fails if close() set the bit meanwhile (pairs with close's
-     * fetch_or), and is the notifier half of the Dekker handshake before the
-     * load of not_empty.sleepers (pairs with rx_event_prepare) */
-    if (RX_UNLIKELY(!rx_cas64_seqcst(&r->tail, &expected, t + k))) return -1;
+    /* release: publishes the slots; pairs with the consumer's acquire load */
+    rx_store64_release(&r->tail, t + k);
+    /* release: the push is over (tail is published first); pairs with
+     * close()'s acquire load of `pushing` */
+    rx_store32_release(&r->pushing, 0);
+    /* light barrier: StoreLoad between publishing and the check for a parked
+     * consumer; pairs with the heavy barrier of the waiter */
+    rx_light_barrier();
     rx_event_notify(&r->not_empty);
     return (int64_t)k;
 }
 
 /* Consumer only.  Pops up to n elements into dst; returns how many, 0 when
- * empty, or -1 when empty and closed (end of stream). */
+ * empty, or -1 when closed and drained (end of stream). */
 RX_INLINE int64_t rx_spsc_try_pop_(rx_spsc *r, void *dst, uint64_t n, uint64_t elem) {
     /* relaxed: head is written only by this consumer */
     uint64_t h = rx_load64_relaxed(&r->head);
     uint64_t avail = r->tail_cache - h, k;
     if (avail < n) {
-        /* acquire: pairs with the producer's seq_cst CAS of tail, making the
-         * slot contents visible */
-        uint64_t t = rx_load64_acquire(&r->tail);
-        r->tail_cache = t & RX_POS_MASK;
+        /* acquire: pairs with the producer's release store of tail, making
+         * the slot contents visible */
+        r->tail_cache = rx_load64_acquire(&r->tail);
         avail = r->tail_cache - h;
-        if (avail == 0) return (t & RX_CLOSED_BIT) ? -1 : 0;
+        if (avail == 0) {
+            /* acquire: pairs with close()'s release store of `ended`, after
+             * which tail is final */
+            if (!rx_load32_acquire(&r->ended)) return 0;
+            r->tail_cache = rx_load64_acquire(&r->tail);
+            avail = r->tail_cache - h;
+            if (avail == 0) return -1;
+        }
     }
     k = n < avail ? n : avail;
     rx_spsc_copy_out(r, h, (char *)dst, k, elem);
-    /* seq_cst store: releases the slots to the producer (pairs with its
-     * acquire load of head) and is the notifier half of the Dekker handshake
-     * before the load of not_full.sleepers (pairs with rx_event_prepare) */
-    rx_store64_seqcst(&r->head, h + k);
+    /* release: hands the slots back to the producer; pairs with its acquire
+     * load of head */
+    rx_store64_release(&r->head, h + k);
+    /* light barrier: StoreLoad before the check for a parked producer;
+     * pairs with the heavy barrier of the waiter */
+    rx_light_barrier();
     rx_event_notify(&r->not_full);
     return (int64_t)k;
 }
 
-/* Readiness probes for waiters (any thread): seq_cst loads so they take part
- * in the Dekker handshake after rx_event_prepare. */
+/* Readiness probes for waiters, called after rx_event_prepare and
+ * rx_heavy_barrier (which order them); acquire loads suffice. */
 static inline int rx_spsc_can_pop(rx_spsc *r) {
-    /* seq_cst: pairs with the producer's CAS of tail and close's fetch_or */
-    uint64_t t = rx_load64_seqcst(&r->tail);
-    /* relaxed: only the consumer (the caller) writes head */
-    return (t & RX_CLOSED_BIT) || (t & RX_POS_MASK) != rx_load64_relaxed(&r->head);
+    /* acquire: pairs with the producer's release of tail and close()'s
+     * release of `ended`; relaxed head: only the consumer (the caller) writes it */
+    return rx_load64_acquire(&r->tail) != rx_load64_relaxed(&r->head) ||
+           rx_load32_acquire(&r->ended);
 }
 
 static inline int rx_spsc_can_push(rx_spsc *r) {
-    /* seq_cst: pairs with the consumer's seq_cst store of head */
-    uint64_t h = rx_load64_seqcst(&r->head);
-    /* relaxed: the producer (the caller) owns tail; close's bit makes it ready */
-    uint64_t t = rx_load64_relaxed(&r->tail);
-    return (t & RX_CLOSED_BIT) || (t - h) < r->capacity;
+    /* acquire: pairs with the consumer's release of head and close()'s
+     * store of `closed`; relaxed tail: only the producer (the caller) writes it */
+    return rx_load64_relaxed(&r->tail) - rx_load64_acquire(&r->head) < r->capacity ||
+           rx_load32_acquire(&r->closed);
 }
 
 static inline uint64_t rx_spsc_len(rx_spsc *r) {
     /* acquire both: a snapshot for __len__ and stats, exact only when quiet */
     uint64_t h = rx_load64_acquire(&r->head);
-    uint64_t t = rx_load64_acquire(&r->tail) & RX_POS_MASK;
+    uint64_t t = rx_load64_acquire(&r->tail);
     return t > h ? t - h : 0;
 }
 
 static inline int rx_spsc_closed(rx_spsc *r) {
-    /* acquire: pairs with close's seq_cst fetch_or */
-    return (rx_load64_acquire(&r->tail) & RX_CLOSED_BIT) != 0;
+    /* acquire: pairs with close()'s exchange */
+    return rx_load32_acquire(&r->closed) != 0;
 }
 
-/* Any thread.  Returns 1 if this call closed the ring, 0 if it was closed. */
+/* Any thread.  Returns 1 if this call closed the ring, 0 if it was closed.
+ * When it returns, no push is in flight and tail is final, so consumers
+ * drain exactly what was pushed. */
 static inline int rx_spsc_close(rx_spsc *r) {
-    /* seq_cst RMW: pairs with the producer's CAS (which then fails) and with
-     * the consumers' acquire loads of tail */
-    uint64_t old = rx_or64_seqcst(&r->tail, RX_CLOSED_BIT);
+    unsigned spins = 0;
+    /* seq_cst exchange: one closer wins; pairs with the producer's relaxed
+     * load of `closed` through the heavy/light barrier pair below */
+    uint32_t was = rx_xchg32_seqcst(&r->closed, 1);
+    if (!was) {
+        /* heavy barrier: after it, a producer either sees `closed` or its
+         * `pushing` announcement is visible here; pairs with the light
+         * barrier in rx_spsc_try_push_ */
+        rx_heavy_barrier();
+        /* acquire: pairs with the producer's release of `pushing`, which
+         * follows its publish of tail.  A push never waits while announced,
+         * so this ends within one push. */
+        while (rx_load32_acquire(&r->pushing)) {
+            if (++spins % 64 == 0) rx_thread_yield(); else rx_cpu_relax();
+        }
+        /* release: tail is final; pairs with the consumers' acquire load */
+        rx_store32_release(&r->ended, 1);
+    } else {
+        /* acquire: another closer is finishing; return only once it has */
+        while (!rx_load32_acquire(&r->ended)) {
+            if (++spins % 64 == 0) rx_thread_yield(); else rx_cpu_relax();
+        }
+    }
     rx_event_wake_all(&r->not_empty);
     rx_event_wake_all(&r->not_full);
-    return (old & RX_CLOSED_BIT) == 0;
+    return !was;
 }
 
 /* ------------------------------------------------------------------ MPMC */
@@ -257,7 +309,9 @@ static rx_mpmc *rx_mpmc_new(uint64_t capacity, uint64_t elem) {
     rx_mpmc *r = (rx_mpmc *)rx_aligned_alloc(sizeof(rx_mpmc));
     if (!r) return NULL;
     memset(r, 0, sizeof(*r));
-    r->capacity = rx_round_capacity(capacity);
+    /* at least 2 slots: with one, "filled at pos" (seq = pos + 1) and "free
+     * for pos + 1" would be the same sequence number */
+    r->capacity = rx_round_capacity(capacity < 2 ? 2 : capacity);
     r->mask = r->capacity - 1;
     r->elem = elem;
     r->stride = sizeof(uint64_t) + ((elem + 7) & ~(uint64_t)7);
@@ -314,9 +368,9 @@ RX_INLINE int64_t rx_mpmc_try_push_(rx_mpmc *r, const void *src, uint64_t n, uin
         }
     }
     if (done) {
-        /* seq_cst fence: the notifier half of the Dekker handshake before the
-         * load of not_empty.sleepers (pairs with rx_event_prepare + fence) */
-        rx_fence_seqcst();
+        /* light barrier: StoreLoad before the check for a parked consumer;
+         * pairs with the heavy barrier of the waiter */
+        rx_light_barrier();
         rx_event_notify(&r->not_empty);
         return (int64_t)done;
     }
@@ -351,9 +405,9 @@ RX_INLINE int64_t rx_mpmc_try_pop_(rx_mpmc *r, void *dst, uint64_t n, uint64_t e
         }
     }
     if (done) {
-        /* seq_cst fence: notifier half of the Dekker handshake before the load
-         * of not_full.sleepers (pairs with rx_event_prepare + fence) */
-        rx_fence_seqcst();
+        /* light barrier: StoreLoad before the check for a parked producer;
+         * pairs with the heavy barrier of the waiter */
+        rx_light_barrier();
         rx_event_notify(&r->not_full);
         return (int64_t)done;
     }
@@ -367,7 +421,7 @@ RX_INLINE int64_t rx_mpmc_try_pop_(rx_mpmc *r, void *dst, uint64_t n, uint64_t e
 }
 
 static inline int rx_mpmc_can_pop(rx_mpmc *r) {
-    /* seq_cst loads: the waiter's re-check in the Dekker handshake */
+    /* seq_cst loads: the waiter's re-check, after its heavy barrier */
     uint64_t pos = rx_load64_seqcst(&r->deq);
     uint64_t e = rx_load64_seqcst(&r->enq);
     if (e & RX_CLOSED_BIT) return 1;
@@ -375,7 +429,7 @@ static inline int rx_mpmc_can_pop(rx_mpmc *r) {
 }
 
 static inline int rx_mpmc_can_push(rx_mpmc *r) {
-    /* seq_cst loads: the waiter's re-check in the Dekker handshake */
+    /* seq_cst loads: the waiter's re-check, after its heavy barrier */
     uint64_t pos = rx_load64_seqcst(&r->enq);
     if (pos & RX_CLOSED_BIT) return 1;
     return rx_load64_seqcst((uint64_t *)RX_SLOT(r, pos)) == pos;
