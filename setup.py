@@ -8,6 +8,9 @@ Build modes, chosen by environment variables at build time:
                             when running Python)
   REFLUX_PARK=portable      park on a mutex + condition variable instead of the
                             futex (the fallback other platforms use), to test it here
+  REFLUX_BARRIER=fence      seq_cst fences on both sides of every Dekker handshake
+                            instead of membarrier (what platforms without an
+                            asymmetric barrier use), to test it here
 """
 import os
 import sys
@@ -19,6 +22,7 @@ from setuptools.command.build_ext import build_ext
 DEBUG = os.environ.get("REFLUX_DEBUG", "") not in ("", "0")
 SANITIZE = os.environ.get("REFLUX_SANITIZE", "")
 PARK = os.environ.get("REFLUX_PARK", "")
+BARRIER = os.environ.get("REFLUX_BARRIER", "")
 
 # one extension module per public .pxd / internal helper module
 MODULES = ["channel", "_stress"]
@@ -28,10 +32,34 @@ if PARK == "portable":
     define_macros.append(("RX_PARK_PORTABLE", "1"))
 elif PARK not in ("", "auto"):
     sys.exit(f"REFLUX_PARK must be 'portable' or unset, got {PARK!r}")
+if BARRIER == "fence":
+    define_macros.append(("RX_NO_ASYM_BARRIER", "1"))
+elif BARRIER not in ("", "auto"):
+    sys.exit(f"REFLUX_BARRIER must be 'fence' or unset, got {BARRIER!r}")
+
+
+MODE_TAG = f"debug={int(DEBUG)} sanitize={SANITIZE or '-'} park={PARK or 'auto'} barrier={BARRIER or 'auto'}"
 
 
 class BuildExt(build_ext):
-    """Adds the flags each compiler needs (C11 atomics on MSVC, build modes)."""
+    """Adds the flags each compiler needs (C11 atomics on MSVC, build modes).
+
+    Rebuilds everything when the build mode differs from the one the
+    existing build outputs were made with (pip builds in the source tree, so
+    a debug build must never be reused by a later release build)."""
+
+    def run(self):
+        stamp = os.path.join(self.build_temp, "reflux-build-mode")
+        previous = None
+        if os.path.exists(stamp):
+            with open(stamp, encoding="utf-8") as f:
+                previous = f.read()
+        if previous != MODE_TAG:
+            self.force = True
+        super().run()
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w", encoding="utf-8") as f:
+            f.write(MODE_TAG)
 
     def build_extensions(self):
         msvc = self.compiler.compiler_type == "msvc"
@@ -70,7 +98,7 @@ setup(
             "wraparound": False,
             "initializedcheck": DEBUG,
         },
-        force=DEBUG or bool(SANITIZE) or bool(PARK),
+        force=DEBUG or bool(SANITIZE) or bool(PARK) or bool(BARRIER),
     ),
     cmdclass={"build_ext": BuildExt},
 )
