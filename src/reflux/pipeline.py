@@ -591,18 +591,25 @@ class Pipeline:
         Raises :class:`TimeoutError` if it is still running after ``timeout``
         seconds (the run goes on), and :class:`~reflux.NodeError` if a node
         failed under ``on_error="raise"`` (its ``result`` attribute holds the
-        partial result).
+        partial result).  Ctrl-C while waiting stops the pipeline (abandoning
+        in-flight items), joins every worker and raises
+        :class:`~reflux.PipelineInterrupted` (a ``KeyboardInterrupt``) carrying
+        the partial result.
         """
         rt = self._runtime
         if rt is None:
             raise RuntimeError(f"Pipeline '{self.name}' was not started")
         if self._result is None:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not rt.wait(self.POLL):
-                rt.detach_stalled_sources(self.stop_grace)
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
-            self._finish()
+            try:
+                while not rt.wait(self.POLL):
+                    rt.detach_stalled_sources(self.stop_grace)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
+                self._finish()
+            except KeyboardInterrupt:
+                self._interrupt()
+                raise PipelineInterrupted(self._result) from None
         if self._error is not None:
             raise self._error
         assert self._result is not None
@@ -658,9 +665,6 @@ class Pipeline:
             self._stopped = True
             self._finish()
             raise
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise PipelineInterrupted(self._result) from None
 
     def _interrupt(self) -> None:
         self._interrupted = True
@@ -689,9 +693,5 @@ class Pipeline:
             except BaseException:  # noqa: BLE001 - never mask the block's own exception
                 logger.exception("Pipeline '%s': error while stopping", self.name)
             return
-        try:
-            self.join()
-        except KeyboardInterrupt:
-            self._interrupt()
-            raise PipelineInterrupted(self._result) from None
+        self.join()
 
