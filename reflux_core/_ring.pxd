@@ -56,6 +56,7 @@ cdef extern from "reflux_core/rings.h" nogil:
     int rx_spsc_can_push(rx_spsc* r)
     uint64_t rx_spsc_len(rx_spsc* r)
     int rx_spsc_closed(rx_spsc* r)
+    int rx_spsc_drained(rx_spsc* r)
     int rx_spsc_close(rx_spsc* r)
 
     ctypedef struct rx_mpmc:
@@ -77,6 +78,7 @@ cdef extern from "reflux_core/rings.h" nogil:
     int rx_mpmc_can_push(rx_mpmc* r)
     uint64_t rx_mpmc_len(rx_mpmc* r)
     int rx_mpmc_closed(rx_mpmc* r)
+    int rx_mpmc_drained(rx_mpmc* r)
     int rx_mpmc_close(rx_mpmc* r)
 
 cdef extern from *:

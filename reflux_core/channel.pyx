@@ -28,13 +28,15 @@ cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE
-from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy
 
 from reflux_core._ring cimport *
 
 cdef extern from "Python.h":
+    # declared without an exception value on purpose: called from nogil
+    # code, which leaves the exception set and reports SIGNALLED
+    int _check_signals_noexc "PyErr_CheckSignals"() noexcept
     object PyList_New(Py_ssize_t n)
     # PyList_SET_ITEM steals the reference it is given; declared with a raw
     # pointer so Cython does not add an INCREF of its own.
@@ -181,6 +183,10 @@ cdef int64_t _deadline(object timeout) except -2:
     except TypeError:
         raise TypeError(
             f"timeout must be a number of seconds or None, got {type(timeout).__name__}") from None
+    except OverflowError:
+        if timeout > 0:
+            return -1  # longer than any wait: forever
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}") from None
     if t != t:
         raise ValueError("timeout must be >= 0 or None, got nan")
     if t < 0:
@@ -205,7 +211,8 @@ cdef Py_ssize_t _check_count(object n, str what) except -1:
         raise TypeError(f"{what} must be an integer, got {type(n).__name__}") from None
     if v < 1:
         raise ValueError(f"{what} must be >= 1, got {v}")
-    return v
+    # no channel holds more than MAX_CAPACITY; larger requests mean "all"
+    return v if v <= RX_MAX_CAPACITY else RX_MAX_CAPACITY
 
 
 # ---------------------------------------------------------------- ring dispatch
@@ -262,6 +269,18 @@ cdef inline uint64_t _ring_capacity(ring_kind k, void* r) noexcept nogil:
 
 cdef inline uint64_t _len(ring_kind k, void* r) noexcept nogil:
     return rx_spsc_len(<rx_spsc*>r) if k == RING_SPSC else rx_mpmc_len(<rx_mpmc*>r)
+
+
+cdef inline bint _drained(ring_kind k, void* r) noexcept nogil:
+    """End of stream: closed, nothing in flight, nothing left."""
+    return rx_spsc_drained(<rx_spsc*>r) if k == RING_SPSC else rx_mpmc_drained(<rx_mpmc*>r)
+
+
+cdef enum:
+    # how RecordChannel pops behave when nothing is there
+    POP_WAIT = 0     # pop(): wait up to the timeout, then Empty
+    POP_TRY = 1      # try_pop(): an empty array at once
+    POP_ITER = 2     # iteration: wait; StopIteration at the end
 
 
 cdef inline bint _is_closed(ring_kind k, void* r) noexcept nogil:
@@ -377,7 +396,7 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
             break
         if from_python:
             with gil:
-                failed = PyErr_CheckSignals() < 0
+                failed = _check_signals_noexc() < 0
             if failed:
                 result = SIGNALLED
     return result
@@ -956,13 +975,13 @@ cdef class RecordChannel:
         Raises :class:`Empty` on timeout and :class:`ChannelClosed` once the
         channel is closed and drained.
         """
-        return _pop_array(self, max_records, _deadline(timeout), False)
+        return _pop_array(self, max_records, _deadline(timeout), POP_WAIT)
 
     def try_pop(self, max_records=None):
         """Take up to ``max_records`` records available now; returns an array,
         empty when nothing is there.  Raises :class:`ChannelClosed` once the
         channel is closed and drained."""
-        return _pop_array(self, max_records, 0, False)
+        return _pop_array(self, max_records, 0, POP_TRY)
 
     def __iter__(self):
         """Iterate over arrays of records as they arrive, until closed and drained."""
@@ -1034,7 +1053,7 @@ cdef class _RecordIterator:
         return self
 
     def __next__(self):
-        return _pop_array(self.ch, None, -1, True)
+        return _pop_array(self.ch, None, -1, POP_ITER)
 
 
 def _debug_build():
@@ -1131,7 +1150,7 @@ cdef object _push_impl(RecordChannel self, object records, int64_t deadline, bin
     _raise_push_failure(self, status, "push")
 
 
-cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline, bint for_iter):
+cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline, int mode):
     import numpy as np
     cdef Py_ssize_t want = self.capacity
     cdef Py_ssize_t avail
@@ -1160,18 +1179,19 @@ cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline,
                     PyBuffer_Release(&view)
                 if got > 0:
                     return out if got == len(out) else out[:got]
-            # closed first, then empty: after close nothing more can arrive
-            if _is_closed(self._kind, self._ring) and _len(self._kind, self._ring) == 0:
-                if for_iter:
+            if _drained(self._kind, self._ring):
+                if mode == POP_ITER:
                     raise StopIteration
                 raise ChannelClosed("RecordChannel: channel closed and drained")
-            if deadline == 0:
+            if deadline == 0 and mode == POP_TRY:
                 return np.empty(0, dtype=self.dtype)
-            if not ready:
+            if deadline == 0 or not ready:
                 raise Empty("RecordChannel: pop timed out, channel empty")
             with nogil:
                 ready = <int>_wait_first(self._kind, self._ring, deadline,
                                          _slow_guard(self._kind, self._ring, 0))
+            if ready == SIGNALLED:
+                _propagate()
             if ready == MISUSE:
                 _raise_misuse(self, 0)
     finally:

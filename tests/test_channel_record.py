@@ -400,11 +400,8 @@ def test_pop_timeout_raises_empty(mode):
     assert elapsed >= 0.05 - EARLY_SLACK and elapsed < WATCHDOG
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: RecordChannel.pop(timeout=0) on an empty channel returns an empty array, "
-    "but its docstring (and SPSCChannel/MPMCChannel.pop) promise at least one record or "
-    "Empty on timeout; only try_pop should return an empty array"))
 def test_pop_zero_timeout_raises_empty(mode):
+    # regression: pop(timeout=0) on an empty channel used to return an empty array
     ch = RecordChannel(REC, 4, mode=mode)
     with pytest.raises(Empty):
         ch.pop(timeout=0)

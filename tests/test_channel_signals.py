@@ -38,20 +38,6 @@ CPU_BOUND = 0.2  # CPU seconds a thread may use while parked for ~1 s
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-CTRL_C_BUG = (
-    "core bug: Ctrl-C does not interrupt a blocked call.  _wait_ready() is declared "
-    "`noexcept nogil`, so the KeyboardInterrupt raised by PyErr_CheckSignals() inside its "
-    "`with gil:` block is printed as 'Exception ignored in: reflux_core.channel._wait_ready' "
-    "and swallowed; the wait then reports a timeout, so pop() raises Empty and push() raises "
-    "Full, even with timeout=None"
-)
-RECORD_CTRL_C_BUG = CTRL_C_BUG + (
-    ".  RecordChannel.pop/iteration additionally treat a SIGNALLED wait result as 'ready' "
-    "(_pop_array only checks `ready == MISUSE`), so they would keep waiting with the "
-    "exception pending even once _wait_ready propagates it"
-)
-
-
 # ---------------------------------------------------------------- Ctrl-C in a child process
 
 _CHILD = """
@@ -153,7 +139,6 @@ def _check_interrupted(out, err, returncode, latency):
     assert latency is not None and latency < EXIT_BOUND
 
 
-@pytest.mark.xfail(strict=True, reason=CTRL_C_BUG)
 @pytest.mark.parametrize("case", list(_CTRL_C_CASES))
 def test_ctrl_c_interrupts_a_blocked_call(case, record_property):
     setup, call, waits = _CTRL_C_CASES[case]
@@ -161,7 +146,6 @@ def test_ctrl_c_interrupts_a_blocked_call(case, record_property):
     _check_interrupted(*interrupt_child(code, record_property))
 
 
-@pytest.mark.xfail(strict=True, reason=RECORD_CTRL_C_BUG)
 @pytest.mark.parametrize("case", list(_RECORD_POP_CASES))
 def test_ctrl_c_interrupts_a_blocked_record_pop(case, record_property):
     setup, call, waits = _RECORD_POP_CASES[case]

@@ -246,6 +246,13 @@ static inline int rx_spsc_closed(rx_spsc *r) {
     return rx_load32_acquire(&r->closed) != 0;
 }
 
+/* End of stream: close() finished and everything pushed was popped. */
+static inline int rx_spsc_drained(rx_spsc *r) {
+    /* acquire `ended` first (pairs with close()'s release); tail is final then */
+    return rx_load32_acquire(&r->ended) &&
+           rx_load64_acquire(&r->tail) == rx_load64_acquire(&r->head);
+}
+
 /* Any thread.  Returns 1 if this call closed the ring, 0 if it was closed.
  * When it returns, no push is in flight and tail is final, so consumers
  * drain exactly what was pushed. */
@@ -445,6 +452,13 @@ static inline uint64_t rx_mpmc_len(rx_mpmc *r) {
 static inline int rx_mpmc_closed(rx_mpmc *r) {
     /* acquire: pairs with close's seq_cst fetch_or */
     return (rx_load64_acquire(&r->enq) & RX_CLOSED_BIT) != 0;
+}
+
+/* End of stream: closed and every claimed position consumed. */
+static inline int rx_mpmc_drained(rx_mpmc *r) {
+    /* acquire: pairs with close's fetch_or and the consumers' claims */
+    uint64_t e = rx_load64_acquire(&r->enq);
+    return (e & RX_CLOSED_BIT) && (e & RX_POS_MASK) == rx_load64_acquire(&r->deq);
 }
 
 static inline int rx_mpmc_close(rx_mpmc *r) {
