@@ -10,7 +10,8 @@ import textwrap
 import threading
 import time
 import traceback
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,6 @@ from reflux import (
     Loader,
     NodeError,
     Pipeline,
-    PipelineInterrupted,
     Transformer,
     TransformError,
 )

@@ -5,7 +5,8 @@ import asyncio
 import os
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -354,7 +355,7 @@ class TestBroadcast:
 
     def test_copy(self) -> None:
         a, b = Loader.to_list(name="a"), Loader.to_list(name="b")
-        p = Pipeline(Extractor([[1], [2]]) >> Broadcast(copy=list) >> [a, Transformer(lambda l: l.append(0) or l) >> b])
+        p = Pipeline(Extractor([[1], [2]]) >> Broadcast(copy=list) >> [a, Transformer(lambda lst: lst.append(0) or lst) >> b])
         result = p.run(timeout=HANG)
         assert result.results["a"] == [[1], [2]]  # untouched by the other branch
         assert result.results["b"] == [[1, 0], [2, 0]]

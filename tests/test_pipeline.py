@@ -5,7 +5,8 @@ import gc
 import threading
 import time
 import tracemalloc
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 

@@ -16,8 +16,9 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -173,9 +174,7 @@ class Builder:
         elif kind == "broadcast":
             router = Broadcast(name=self.name("broadcast"))
         else:
-            m = len(children)
-            has_default = spec[1]
-            key_mod = m + 1
+            key_mod = len(children) + 1
 
             def key(item: Item, key_mod: int = key_mod) -> int:
                 return item[0] % key_mod
@@ -282,7 +281,7 @@ def test_random_pipelines_account_for_every_item(spec: Any, n_sources: int, n_it
 def test_random_failing_pipelines_still_account(spec: Any, n_items: int, capacity: int, batch: int,
                                                 raise_at: int) -> None:
     """A node failing under "raise" abandons the run: the counters still add up."""
-    p, b, _ = build_pipeline(("map", 97, "skip", spec), 1, n_items, capacity, batch, False, raise_at % n_items)
+    p, _, _ = build_pipeline(("map", 97, "skip", spec), 1, n_items, capacity, batch, False, raise_at % n_items)
     with pytest.raises(NodeError):
         p.run(timeout=HANG)
     result = p.result

@@ -36,10 +36,16 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Iterable, Sized
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence, Union
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any, ClassVar, Union, cast
 
-from .errors import ErrorRecord, NotCallableError, RoutingError, TransformError, ValidationError
+from .errors import (
+    ErrorRecord,
+    NotCallableError,
+    RoutingError,
+    TransformError,
+    ValidationError,
+)
 from .policies import ErrorPolicy
 from .result import NodeStats
 
@@ -243,8 +249,12 @@ def _default_name(fn: Any) -> str | None:
 def _is_generator_callable(fn: Any) -> bool:
     if inspect.isgeneratorfunction(fn):
         return True
-    call = getattr(type(fn), "__call__", None)
-    return call is not None and not inspect.isroutine(fn) and inspect.isgeneratorfunction(call)
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False
+    for klass in type(fn).__mro__:
+        if "__call__" in klass.__dict__:
+            return inspect.isgeneratorfunction(klass.__dict__["__call__"])
+    return False
 
 
 def _hook(obj: Any, name: str) -> Callable[[], Any] | None:
@@ -299,7 +309,6 @@ class Node:
     is_sink: ClassVar[bool] = False
     #: routing nodes have one output per receiver; others have one output
     routes: ClassVar[bool] = False
-    _counter: ClassVar[itertools.count] = itertools.count(1)
 
     def __init__(self, *, name: str | None = None, capacity: int | None = None,
                  batch_size: int | None = None, on_error: str = "raise", retries: int = 0,
@@ -419,7 +428,7 @@ class NodeLogic:
             attempts += 1
             try:
                 value = fn(arg)
-            except Exception as e:  # noqa: BLE001 - user code
+            except Exception as e:  # user code
                 exc = e
                 continue
             if value.__class__ is Error:
@@ -450,7 +459,7 @@ class NodeLogic:
         failure was handled (skip, log, dead-letter; ``"raise"`` raises)."""
         try:
             value = fn(item)
-        except Exception as exc:  # noqa: BLE001 - user code
+        except Exception as exc:  # user code
             ok, value, attempts = self.retry(fn, item, exc)
         else:
             if value.__class__ is not Error:
@@ -599,7 +608,7 @@ class ExtractorLogic(NodeLogic):
                 buf.append(next(self._it))
         except StopIteration:
             self._done = True
-        except Exception as exc:  # noqa: BLE001 - user code
+        except Exception as exc:  # user code
             self._done = True
             self.stats.received += len(buf) - before
             self.fail(None, exc, 1, out)
@@ -617,7 +626,7 @@ class ExtractorLogic(NodeLogic):
             except StopIteration:
                 self._done = True
                 return False
-            except Exception as exc:  # noqa: BLE001 - user code
+            except Exception as exc:  # user code
                 ok, item, attempts = self.retry(lambda _: fn(), None, exc)
                 if not ok:
                     if isinstance(item, StopIteration):
@@ -642,7 +651,7 @@ class ExtractorLogic(NodeLogic):
                 fut.cancel()
                 try:
                     loop.run_until_complete(fut)
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001 - cancelled user code
+                except (asyncio.CancelledError, Exception):  # cancelled user code
                     pass
                 self._done = True
                 return False
@@ -651,7 +660,7 @@ class ExtractorLogic(NodeLogic):
         except StopAsyncIteration:
             self._done = True
             return False
-        except Exception as exc:  # noqa: BLE001 - user code
+        except Exception as exc:  # user code
             self._done = True
             self.fail(None, exc, 1, out)
             return False
@@ -718,7 +727,7 @@ class TransformerLogic(NodeLogic):
         for item in batch:
             try:
                 r = fn(item)
-            except Exception as exc:  # noqa: BLE001 - user code
+            except Exception as exc:  # user code
                 self._slow(item, exc, out)
                 continue
             if isinstance(r, _Signal):
@@ -776,12 +785,12 @@ class FlatTransformerLogic(TransformerLogic):
                             self.stats.fed_back += 1
                             self.pending.append(r.item)
                         else:
-                            self.fail(item, r.exception, 1, out)
+                            self.fail(item, cast(Error, r).exception, 1, out)
                     else:
                         emit(r)
             except (Abort, NodeFailure):
                 raise
-            except Exception as exc:  # noqa: BLE001 - user code
+            except Exception as exc:  # user code
                 if produced or self.policy.retries == 0:
                     # outputs already sent: a retry would send them twice
                     self.remaining -= 1
@@ -798,7 +807,7 @@ class FlatTransformerLogic(TransformerLogic):
                             self.stats.fed_back += 1
                             self.pending.append(r.item)
                         else:
-                            self.fail(item, r.exception, 1, out)
+                            self.fail(item, cast(Error, r).exception, 1, out)
                     else:
                         emit(r)
                 continue
@@ -843,7 +852,7 @@ class FilterLogic(NodeLogic):
             for item in batch:
                 try:
                     keep = pred(item)
-                except Exception as exc:  # noqa: BLE001 - user code
+                except Exception as exc:  # user code
                     keep = Error(exc)
                 if keep.__class__ is Error:
                     ok, keep, attempts = self.retry(pred, item, keep.exception)
@@ -924,6 +933,8 @@ class Broadcast(Node):
 
 
 class BroadcastLogic(NodeLogic):
+    node: Broadcast
+
     def __init__(self, node: Broadcast, ctx: NodeContext, n_ports: int) -> None:
         super().__init__(node, ctx)
         self.n = n_ports
@@ -1009,6 +1020,8 @@ class Messenger(Node):
 
 
 class MessengerLogic(NodeLogic):
+    node: Messenger
+
     def __init__(self, node: Messenger, ctx: NodeContext, ports: dict[Any, int], default: int | None) -> None:
         super().__init__(node, ctx)
         self.ports = ports
@@ -1029,7 +1042,7 @@ class MessengerLogic(NodeLogic):
         for item in batch:
             try:
                 k = key(item)
-            except Exception as exc:  # noqa: BLE001 - user code
+            except Exception as exc:  # user code
                 k = Error(exc)
             if k.__class__ is Error:
                 ok, k, attempts = self.retry(key, item, k.exception)
@@ -1216,7 +1229,7 @@ class LoaderLogic(NodeLogic):
             for item in batch:
                 try:
                     r = fn(item)
-                except Exception as exc:  # noqa: BLE001 - user code
+                except Exception as exc:  # user code
                     r = Error(exc)
                 if r is None:
                     self.remaining -= 1
@@ -1238,7 +1251,7 @@ class LoaderLogic(NodeLogic):
     def _call_batch(self, fn: Callable[[Any], Any], batch: list[Any]) -> tuple[bool, Any]:
         try:
             value = fn(batch)
-        except Exception as exc:  # noqa: BLE001 - user code
+        except Exception as exc:  # user code
             value = Error(exc)
         if value.__class__ is not Error:
             return True, value

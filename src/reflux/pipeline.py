@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from reflux_core.channel import Channel, MPMCChannel, SPSCChannel
 
@@ -32,6 +33,9 @@ from .errors import ErrorRecord, NodeError, PipelineInterrupted, ValidationError
 from .nodes import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Loader, Messenger, Node
 from .result import NodeStats, RunResult
 from .sinks import ListSink
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import ThreadRuntime
 
 __all__ = ["Flow", "Pipeline", "Plan", "Task", "Inbox"]
 
@@ -60,7 +64,7 @@ class Flow:
     Pass flows to :class:`Pipeline` (or :meth:`Pipeline.add`).
     """
 
-    __slots__ = ("nodes", "edges", "heads", "tails")
+    __slots__ = ("edges", "heads", "nodes", "tails")
 
     def __init__(self, nodes: list[Node], edges: list[tuple[Node, Node]], heads: list[Node],
                  tails: list[Node]) -> None:
@@ -215,7 +219,7 @@ class Pipeline:
         self._edges: list[tuple[Node, Node]] = []
         self._dead_letter = dead_letter
         self._auto_dead_letter: Loader | None = None
-        self._runtime: Any = None
+        self._runtime: ThreadRuntime | None = None
         self._result: RunResult | None = None
         self._error: BaseException | None = None
         self._finish_lock = threading.Lock()
@@ -615,12 +619,17 @@ class Pipeline:
         assert self._result is not None
         return self._result
 
+    def _rt(self) -> ThreadRuntime:
+        if self._runtime is None:
+            raise RuntimeError(f"Pipeline '{self.name}' was not started")
+        return self._runtime
+
     def _finish(self, status: str | None = None) -> RunResult:
         """Join the workers, collect the counters, build the result (once)."""
         with self._finish_lock:
             if self._result is not None:
                 return self._result
-            rt = self._runtime
+            rt = self._rt()
             stuck = rt.join_threads(self.join_timeout)
             if stuck:
                 logger.warning("Pipeline '%s': node(s) %s did not end within %.1fs (stuck in user "
@@ -661,20 +670,20 @@ class Pipeline:
         try:
             return self.join(timeout)
         except TimeoutError:
-            self._runtime.abort()
+            self._rt().abort()
             self._stopped = True
             self._finish()
             raise
 
     def _interrupt(self) -> None:
         self._interrupted = True
-        self._runtime.abort()
+        self._rt().abort()
         while True:
             try:
                 result = self._finish("interrupted")
                 break
             except KeyboardInterrupt:  # a second Ctrl-C while shutting down: keep shutting down
-                self._runtime.abort()
+                self._rt().abort()
         logger.warning("Pipeline '%s' interrupted: %r", self.name, result)
 
     def __enter__(self) -> Pipeline:
@@ -690,7 +699,7 @@ class Pipeline:
             self.stop(drain=False)
             try:
                 self._finish()
-            except BaseException:  # noqa: BLE001 - never mask the block's own exception
+            except BaseException:  # never mask the block's own exception
                 logger.exception("Pipeline '%s': error while stopping", self.name)
             return
         self.join()

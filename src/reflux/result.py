@@ -1,8 +1,9 @@
 """Counters of a run: per-node statistics and the :class:`RunResult` of a pipeline."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import AccountingError, ErrorRecord
 

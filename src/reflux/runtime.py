@@ -324,7 +324,7 @@ class ThreadRuntime:
         except NodeFailure as f:
             abandoned = True
             self._fail(f.record)
-        except BaseException as exc:  # noqa: BLE001 - a hook or reflux itself failed: fail the run
+        except BaseException as exc:  # a hook or reflux itself failed: fail the run
             abandoned = True
             self._fail(ErrorRecord.from_exception(task.name, None, exc))
         finally:
@@ -333,14 +333,14 @@ class ThreadRuntime:
                     if opened:
                         try:
                             logic.close()
-                        except BaseException as exc:  # noqa: BLE001 - user close() hook
+                        except BaseException as exc:  # user close() hook
                             abandoned = True
                             self._fail(ErrorRecord.from_exception(task.name, None, exc))
                     if abandoned or self._aborted:
                         task.stats.dropped += logic.abandon()
                     try:
                         self._results[task.name] = logic.result()
-                    except BaseException as exc:  # noqa: BLE001 - user result() hook
+                    except BaseException as exc:  # user result() hook
                         self._fail(ErrorRecord.from_exception(task.name, None, exc))
                 task.stats.dropped += out.discard()
             finally:

@@ -10,7 +10,8 @@ Each is a callable object taking a batch (``batched = True``), with a
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 __all__ = ["ListSink", "FileSink", "CallbackSink"]
 
@@ -59,7 +60,7 @@ class FileSink:
 
     def open(self) -> None:
         """Open the file (called by the Loader's worker)."""
-        self._file = open(self.path, self.mode, encoding=self.encoding)  # noqa: SIM115
+        self._file = open(self.path, self.mode, encoding=self.encoding)
 
     def __call__(self, batch: list[Any]) -> None:
         if self._file is None:
