@@ -109,6 +109,12 @@ class TestPolicies:
         assert result.edges[("f", "quarantine")] == 4 and result.edges[("t", "quarantine")] == 2
         result.check_accounting()
 
+    def test_unused_dead_letter_loader(self) -> None:
+        dl = Loader.to_list(name="quarantine")
+        result = Pipeline(Extractor(range(3)) >> Loader.to_list(name="out"), dead_letter=dl).run(timeout=HANG)
+        assert result.results == {"quarantine": [], "out": [0, 1, 2]}
+        result.check_accounting()
+
     def test_per_node_dead_letter_target(self) -> None:
         mine: list[ErrorRecord] = []
         dl = Loader(mine.append, name="mine")

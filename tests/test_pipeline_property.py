@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -41,6 +42,8 @@ from reflux import (
 )
 
 HANG = 60
+#: more examples for a stress run: REFLUX_PROPERTY_EXAMPLES=2000 pytest tests/test_pipeline_property.py
+EXAMPLES = int(os.environ.get("REFLUX_PROPERTY_EXAMPLES", "60"))
 
 Item = tuple  # (root id, weight, hops)
 
@@ -259,7 +262,7 @@ def quiet_log_policy() -> Iterator[None]:
     log.disabled = old
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=specs, n_sources=st.integers(1, 3), n_items=st.integers(0, 60), capacity=st.integers(1, 8),
        batch=st.integers(1, 8), use_funnel=st.booleans())
 def test_random_pipelines_account_for_every_item(spec: Any, n_sources: int, n_items: int, capacity: int,
@@ -275,7 +278,7 @@ def test_random_pipelines_account_for_every_item(spec: Any, n_sources: int, n_it
     assert not [t for t in threading.enumerate() if t.name.startswith("reflux:")]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(1, EXAMPLES // 2), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=specs, n_items=st.integers(1, 60), capacity=st.integers(1, 8), batch=st.integers(1, 8),
        raise_at=st.integers(0, 59))
 def test_random_failing_pipelines_still_account(spec: Any, n_items: int, capacity: int, batch: int,

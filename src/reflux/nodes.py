@@ -81,6 +81,8 @@ DEFAULT_BATCH_SIZE = 256
 # --------------------------------------------------------------------------- results of a Transformer
 
 class _Signal:
+    """Base of the special values a node function may return (NeedsMoreWork, Error)."""
+
     __slots__ = ()
 
 
@@ -227,11 +229,6 @@ class Outbox:
 
 # --------------------------------------------------------------------------- helpers
 
-def _describe_callable(fn: Any) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    return name if isinstance(name, str) else type(fn).__name__
-
-
 def _default_name(fn: Any) -> str | None:
     """A readable default node name from a user function (``None`` for lambdas and the like)."""
     preferred = getattr(fn, "reflux_name", None)
@@ -247,6 +244,7 @@ def _default_name(fn: Any) -> str | None:
 
 
 def _is_generator_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` makes a generator (a generator function or an instance whose ``__call__`` is one)."""
     if inspect.isgeneratorfunction(fn):
         return True
     if inspect.isroutine(fn) or isinstance(fn, type):
@@ -266,11 +264,13 @@ def _hook(obj: Any, name: str) -> Callable[[], Any] | None:
 
 
 def _check_callable(owner: str, fn: Any, what: str = "function") -> None:
+    """Refuse a non-callable with a message naming the node."""
     if not callable(fn):
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
 
 
 def _check_positive_int(owner: str, label: str, value: Any, allow_none: bool = True) -> None:
+    """Refuse anything but a positive int (or None) with a message naming the node."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -472,12 +472,14 @@ class NodeLogic:
 
 
 def _open_hook(fn: Any) -> None:
+    """Call ``fn.open()`` if the user object has one."""
     h = _hook(fn, "open")
     if h is not None:
         h()
 
 
 def _close_hook(fn: Any) -> None:
+    """Call ``fn.close()`` if the user object has one."""
     h = _hook(fn, "close")
     if h is not None:
         h()
@@ -835,6 +837,8 @@ class Filter(Node):
 
 
 class FilterLogic(NodeLogic):
+    """Keeps the items whose predicate is true; counts the rest as filtered."""
+
     node: Filter
 
     def open(self) -> None:
@@ -889,6 +893,8 @@ class Balancer(Node):
 
 
 class BalancerLogic(NodeLogic):
+    """Round-robin over the output ports, continued across batches."""
+
     def __init__(self, node: Balancer, ctx: NodeContext, n_ports: int) -> None:
         super().__init__(node, ctx)
         self.n = n_ports
@@ -933,6 +939,8 @@ class Broadcast(Node):
 
 
 class BroadcastLogic(NodeLogic):
+    """Every item to every output port (copied for ports after the first when ``copy`` is set)."""
+
     node: Broadcast
 
     def __init__(self, node: Broadcast, ctx: NodeContext, n_ports: int) -> None:
@@ -978,6 +986,8 @@ class Funnel(Node):
 
 
 class FunnelLogic(NodeLogic):
+    """Forwards its (merged) input unchanged."""
+
     def process(self, batch: list[Any], out: Outbox) -> None:
         out.ports[0].extend(batch)
 
@@ -1020,6 +1030,8 @@ class Messenger(Node):
 
 
 class MessengerLogic(NodeLogic):
+    """Sends each item to the port its key maps to (or the default port)."""
+
     node: Messenger
 
     def __init__(self, node: Messenger, ctx: NodeContext, ports: dict[Any, int], default: int | None) -> None:
@@ -1096,6 +1108,8 @@ class Accumulator(Node):
 
 
 class AccumulatorLogic(NodeLogic):
+    """Collects items into groups closed by count, by time window, or at end of stream."""
+
     node: Accumulator
 
     def __init__(self, node: Accumulator, ctx: NodeContext) -> None:
@@ -1193,6 +1207,8 @@ class Loader(Node):
 
 
 class LoaderLogic(NodeLogic):
+    """Calls the Loader's function per item or per batch and keeps what it returned."""
+
     node: Loader
 
     def __init__(self, node: Loader, ctx: NodeContext) -> None:

@@ -152,6 +152,7 @@ class Task:
 
     @property
     def name(self) -> str:
+        """The node's name."""
         return self.node.name
 
 
@@ -401,7 +402,7 @@ class Pipeline:
             outs[id(a)].append(b)
             ins[id(b)].append(a)
         for node in self._nodes:
-            fed_dead = any(t is node for t in dead.values())
+            fed_dead = any(t is node for t in dead.values()) or node is self._dead_letter
             if not node.is_source and not ins[id(node)] and not fed_dead:
                 raise ValidationError(f"{node.label} has no input (connect a node to it)")
             receivers = outs[id(node)]
@@ -547,7 +548,11 @@ class Pipeline:
         self._started_at = time.monotonic()
         self._runtime = ThreadRuntime(plan, max_error_records=self.max_error_records, poll=self.POLL)
         logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
-        self._runtime.start()
+        try:
+            self._runtime.start()
+        except BaseException:
+            self._runtime = None
+            raise
         return self
 
     def stop(self, drain: bool = True) -> None:

@@ -160,8 +160,21 @@ class ThreadRuntime:
             t = threading.Thread(target=self._run_task, args=(task,), daemon=True,
                                  name=f"reflux:{self.plan.name}:{task.name}")
             self._threads[task.name] = t
-        for t in self._threads.values():
-            t.start()
+        # an input nobody feeds (the pipeline's dead-letter Loader when no node
+        # uses it) is at its end from the start
+        for box in self.plan.inboxes:
+            if box.producers == 0:
+                box.channel.close()
+        try:
+            for t in self._threads.values():
+                t.start()
+        except BaseException:
+            # could not start every thread (resources): end the ones that did start
+            self.abort()
+            for t in self._threads.values():
+                if t.ident is not None:
+                    t.join(self.poll * 20)
+            raise
 
     def stop_sources(self) -> None:
         """Make the Extractors end (everything extracted still flows to the end)."""
@@ -196,6 +209,7 @@ class ThreadRuntime:
 
     @property
     def paused(self) -> bool:
+        """``True`` between :meth:`pause` and :meth:`resume`."""
         return self._paused
 
     @property
@@ -305,6 +319,7 @@ class ThreadRuntime:
             self._resumed.wait(self.poll)
 
     def _run_task(self, task: Task) -> None:
+        """Thread body: open the logic, run it to its end (or an abort), close it, end the outputs."""
         ctx = _Context(self, task.stats)
         out = _ChannelOutbox(self, task)
         self._outboxes[task.name] = out
@@ -347,6 +362,7 @@ class ThreadRuntime:
                 self._retire(task)
 
     def _run_source(self, task: Task, logic: Any, out: _ChannelOutbox) -> None:
+        """An Extractor: pull from the source and push until it ends or extraction stops."""
         batch = task.batch_size
         while True:
             if self._paused:
@@ -361,6 +377,7 @@ class ThreadRuntime:
                 return
 
     def _run_stage(self, task: Task, logic: NodeLogic, out: _ChannelOutbox) -> None:
+        """Any other node: feedback first, then batches from the input, until end of stream."""
         assert task.inbox is not None
         pop_many = task.inbox.channel.pop_many
         batch_size = task.batch_size
