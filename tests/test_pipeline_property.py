@@ -204,12 +204,26 @@ class Builder:
 
 
 def build_pipeline(spec: Any, n_sources: int, n_items: int, capacity: int, batch: int, use_funnel: bool,
-                   raise_at: int | None = None) -> tuple[Pipeline, Builder, list[int]]:
+                   raise_at: int | None = None, pulled: list[int] | None = None
+                   ) -> tuple[Pipeline, Builder, list[int]]:
+    """The pipeline of ``spec`` fed by ``n_sources`` Extractors sharing ``n_items`` roots.
+
+    With ``pulled``, the sources are generators that record each root they yield."""
     p = Pipeline(capacity=capacity, batch_size=batch)
     b = Builder(p, raise_at)
     roots = list(range(n_items))
-    sources = [Extractor([(r, Fraction(1), 0) for r in roots[k::n_sources]], name=f"src{k}")
-               for k in range(n_sources)]
+    if pulled is None:
+        sources = [Extractor([(r, Fraction(1), 0) for r in roots[k::n_sources]], name=f"src{k}")
+                   for k in range(n_sources)]
+    else:
+        def gen(mine: list[int]) -> Any:
+            def source() -> Iterator[Item]:
+                for r in mine:
+                    pulled.append(r)
+                    yield (r, Fraction(1), 0)
+            return source
+
+        sources = [Extractor(gen(roots[k::n_sources]), name=f"src{k}") for k in range(n_sources)]
     head = b.branch_head(1)
     p.add(head)
     if use_funnel and n_sources > 1:
@@ -294,3 +308,25 @@ def test_random_failing_pipelines_still_account(spec: Any, n_items: int, capacit
     while [t for t in threading.enumerate() if t.name.startswith("reflux:")] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not [t for t in threading.enumerate() if t.name.startswith("reflux:")]
+
+
+@settings(max_examples=max(1, EXAMPLES // 2), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=specs, n_sources=st.integers(1, 3), capacity=st.integers(1, 8), batch=st.integers(1, 8),
+       drain=st.booleans(), delay=st.floats(0, 0.03))
+def test_random_pipelines_stopped_midway(spec: Any, n_sources: int, capacity: int, batch: int, drain: bool,
+                                         delay: float) -> None:
+    """stop() at a random moment: with drain=True every item extracted reaches an
+    outcome; with drain=False the abandoned ones are counted as dropped."""
+    pulled: list[int] = []
+    p, b, _ = build_pipeline(spec, n_sources, 10**6, capacity, batch, True, pulled=pulled)
+    p.start()
+    time.sleep(delay)
+    p.stop(drain=drain)
+    result = p.join(HANG)
+    assert result.status == "stopped"
+    result.check_accounting()
+    assert result.extracted == len(pulled) < 10**6
+    if drain:
+        assert result.dropped == 0
+        check_weights(result, b, pulled)
+        check_counters(result, b)

@@ -40,6 +40,13 @@ BATCH_BUDGET = 0.05
 logger = logging.getLogger("reflux")
 
 
+def _drop_inputs(stats: NodeStats, n: int, *, received: bool) -> None:
+    """Count ``n`` input items of a node as abandoned (a Broadcast drops one copy per receiver)."""
+    if received:
+        stats.received += n
+    stats.dropped += n * stats.fanout if stats.law == "fanout" else n
+
+
 class _Context(NodeContext):
     """What a task's logic sees of the runtime."""
 
@@ -412,7 +419,7 @@ class ThreadRuntime:
             n = len(batch)
             stats.received += n
             if self._aborted:
-                stats.dropped += n
+                _drop_inputs(stats, n, received=False)
                 raise Abort()
             t0 = monotonic()
             logic.process(batch, out)
@@ -445,9 +452,7 @@ class ThreadRuntime:
                 except (Empty, ChannelClosed):
                     break
             if left:
-                st = by_owner[box.owner].stats
-                st.received += left
-                st.dropped += left
+                _drop_inputs(by_owner[box.owner].stats, left, received=True)
         edges: dict[tuple[str, str], int] = {}
         for task in self.plan.tasks:
             out = self._outboxes.get(task.name)
