@@ -37,7 +37,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence, Sized
-from typing import TYPE_CHECKING, Any, ClassVar, Union, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Union, cast, final
 
 from .errors import (
     ErrorRecord,
@@ -86,6 +86,7 @@ class _Signal:
     __slots__ = ()
 
 
+@final
 class NeedsMoreWork(_Signal):
     """Returned (or yielded) by a Transformer: feed ``item`` back into the same
     Transformer for more work, e.g. a sub-directory while walking a tree.
@@ -103,6 +104,7 @@ class NeedsMoreWork(_Signal):
         return f"NeedsMoreWork({self.item!r})"
 
 
+@final
 class Error(_Signal):
     """Returned (or yielded) by a node's function to report a failure without
     raising.  ``error`` is an exception, or any value (wrapped in
