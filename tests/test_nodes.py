@@ -355,7 +355,8 @@ class TestBroadcast:
 
     def test_copy(self) -> None:
         a, b = Loader.to_list(name="a"), Loader.to_list(name="b")
-        p = Pipeline(Extractor([[1], [2]]) >> Broadcast(copy=list) >> [a, Transformer(lambda lst: lst.append(0) or lst) >> b])
+        mutate = Transformer(lambda lst: lst.append(0) or lst)
+        p = Pipeline(Extractor([[1], [2]]) >> Broadcast(copy=list) >> [a, mutate >> b])
         result = p.run(timeout=HANG)
         assert result.results["a"] == [[1], [2]]  # untouched by the other branch
         assert result.results["b"] == [[1, 0], [2, 0]]
