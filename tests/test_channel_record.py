@@ -28,41 +28,7 @@ REC = np.dtype([("id", "<u4"), ("x", "<f8")])
 
 
 
-class Worker(threading.Thread):
-    def __init__(self, fn, *args, name="worker"):
-        super().__init__(daemon=True, name=name)
-        self.fn, self.args = fn, args
-        self.result = None
-        self.error = None
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # noqa: BLE001
-            self.error = exc
-
-    def finish(self, timeout=WATCHDOG, on_hang=None):
-        self.join(timeout)
-        if self.is_alive():
-            if on_hang is not None:
-                on_hang()
-                self.join(5)
-            pytest.fail(f"{self.name} still blocked after {timeout} s (hang)")
-        return self
-
-
-def start(fn, *args, name="worker"):
-    w = Worker(fn, *args, name=name)
-    w.start()
-    return w
-
-
-def wait_until(cond, what, timeout=WATCHDOG):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.001)
+from support import Worker, start, wait_until  # noqa: E402
 
 
 def records(ids, dtype=REC):

@@ -22,18 +22,7 @@ from reflux_core.channel import ChannelClosed, MPMCChannel, RecordChannel, SPSCC
 WATCHDOG = 120.0  # seconds for a whole run: a hang guard only
 
 
-class Worker(threading.Thread):
-    def __init__(self, fn, *args, name="worker"):
-        super().__init__(daemon=True, name=name)
-        self.fn, self.args = fn, args
-        self.result = None
-        self.error = None
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # noqa: BLE001 - checked by the test
-            self.error = exc
+from support import Worker  # noqa: E402
 
 
 def join_all(threads, deadline, ch, what):

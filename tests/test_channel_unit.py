@@ -46,43 +46,7 @@ EARLY_SLACK = 0.002  # clock granularity allowed when checking "not earlier than
 # ---------------------------------------------------------------- helpers
 
 
-class Worker(threading.Thread):
-    """A daemon thread running fn(*args); keeps its result or exception."""
-
-    def __init__(self, fn, *args, name="worker"):
-        super().__init__(daemon=True, name=name)
-        self.fn, self.args = fn, args
-        self.result = None
-        self.error = None
-
-    def run(self):
-        try:
-            self.result = self.fn(*self.args)
-        except BaseException as exc:  # noqa: BLE001 - reported by finish()
-            self.error = exc
-
-    def finish(self, timeout=WATCHDOG, on_hang=None):
-        self.join(timeout)
-        if self.is_alive():
-            if on_hang is not None:
-                on_hang()
-                self.join(5)
-            pytest.fail(f"{self.name} still blocked after {timeout} s (hang)")
-        return self
-
-
-def start(fn, *args, name="worker"):
-    w = Worker(fn, *args, name=name)
-    w.start()
-    return w
-
-
-def wait_until(cond, what, timeout=WATCHDOG):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.001)
+from support import Worker, start, wait_until  # noqa: E402
 
 
 def wait_blocked(ch, consumers=0, producers=0):

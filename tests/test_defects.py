@@ -25,27 +25,9 @@ from reflux import (
     Transformer,
     ValidationError,
 )
+from support import forever
 
 HANG = 60
-
-
-@pytest.fixture(autouse=True)
-def no_thread_leak() -> Iterator[None]:
-    yield
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        left = [t.name for t in threading.enumerate() if t.name.startswith("reflux:")]
-        if not left:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"reflux threads left behind: {left}")
-
-
-def forever() -> Iterator[int]:
-    i = 0
-    while True:
-        yield i
-        i += 1
 
 
 # 1. Extractor and Loader hand items over through an overwritten cell: items are lost.

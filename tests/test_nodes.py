@@ -37,18 +37,6 @@ from reflux.nodes import LocalContext, Outbox
 HANG = 60  # generous hang guard (seconds) for every run
 
 
-@pytest.fixture(autouse=True)
-def no_thread_leak() -> Iterator[None]:
-    yield
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        left = [t.name for t in threading.enumerate() if t.name.startswith("reflux:")]
-        if not left:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"reflux threads left behind: {left}")
-
-
 def run_to_list(*stages: Any, source: Any, **kwargs: Any) -> tuple[list[Any], Any]:
     """Run ``source >> stages... >> list sink``; return the loaded items and the result."""
     sink = Loader.to_list()
