@@ -354,9 +354,12 @@ class Node:
 
     # -- running
 
+    #: how this node's counters relate (see reflux.result.LAWS)
+    stats_law = "one"
+
     def make_stats(self) -> NodeStats:
         """Fresh counters for one run."""
-        return NodeStats(self.name, self.kind)
+        return NodeStats(self.name, self.kind, law=self.stats_law)
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
         """The per-run logic of this node (see the module docs)."""
@@ -541,10 +544,7 @@ class Extractor(Node):
         self.source = source
         self.sentinel = sentinel
 
-    def make_stats(self) -> NodeStats:
-        st = super().make_stats()
-        st.law = "source"
-        return st
+    stats_law = "source"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> ExtractorLogic:
         return ExtractorLogic(self, ctx)
@@ -699,10 +699,9 @@ class Transformer(Node):
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
 
-    def make_stats(self) -> NodeStats:
-        st = super().make_stats()
-        st.law = "free" if self.flat else "one"
-        return st
+    @property  # type: ignore[override]
+    def stats_law(self) -> str:
+        return "free" if self.flat else "one"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
         return (FlatTransformerLogic if self.flat else TransformerLogic)(self, ctx)
@@ -934,10 +933,7 @@ class Broadcast(Node):
         ctx.stats.fanout = n_ports
         return BroadcastLogic(self, ctx, n_ports)
 
-    def make_stats(self) -> NodeStats:
-        st = super().make_stats()
-        st.law = "fanout"
-        return st
+    stats_law = "fanout"
 
 
 class BroadcastLogic(NodeLogic):
@@ -1100,10 +1096,7 @@ class Accumulator(Node):
         self.count = count
         self.window = None if window is None else float(window)
 
-    def make_stats(self) -> NodeStats:
-        st = super().make_stats()
-        st.law = "free"
-        return st
+    stats_law = "free"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> AccumulatorLogic:
         return AccumulatorLogic(self, ctx)
