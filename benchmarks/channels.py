@@ -749,6 +749,14 @@ def _record_items(args, batch):
 
 
 def section_records(bench):
+    # The nogil target compares _stress.run_native (native threads started
+    # from C, timed from before their start to after their end) with the
+    # plain ring on its own pthreads, timed the same way (pr_run_threads):
+    # the fairer pair, since neither side involves Python threads.  The
+    # ctypes-driven ring (two Python threads each calling into C with the GIL
+    # released) is the counterpart of _stress.produce/consume from Python
+    # threads, measured too.  Both sides run the same per-record work
+    # (tagging, order check, per-producer count and sum).
     cap = bench.args.record_capacity
     try:
         ring = _plain_ring.load()
