@@ -195,7 +195,7 @@ done
 cc_var="$("$VW/bin/python" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])')"
 if PATH="$NOCC_PATH" command -v "$cc_var" >/dev/null 2>&1; then compilers="$compilers $cc_var"; fi
 if [ -n "$compilers" ]; then
-    record "4. wheel install without a compiler" 1 "compiler(s) on the restricted PATH:$compilers"
+    record "4a. wheel install without a compiler" 1 "compiler(s) on the restricted PATH:$compilers"
 else
     echo "PATH=$NOCC_PATH: no cc, gcc, clang, ld (nor sysconfig's $cc_var); CC=CXX=LDSHARED=/bin/false"
     T0=$SECONDS
@@ -205,20 +205,20 @@ else
         installed="$("$VW/bin/python" -m pip list --format=freeze 2>/dev/null | tr '\n' ' ')"
         echo "installed in $((SECONDS - T0)) s: $installed"
         if PATH="$NOCC_PATH" "$VW/bin/python" -c 'import Cython' >/dev/null 2>&1; then
-            record "4. wheel install without Cython" 1 "Cython is importable in the wheel venv"
+            record "4a. wheel install without Cython" 1 "Cython is importable in the wheel venv"
         else
             echo "Cython: not installed (import Cython fails)"
-            record "4. pip install --only-binary=:all: wheel[test], no compiler, no Cython" 0
+            record "4a. pip install --only-binary=:all: wheel[test], no compiler, no Cython" 0
             T0=$SECONDS
             env -u CC -u CXX -u LDSHARED PATH="$NOCC_PATH" "$VW/bin/python" "$SRC/tools/run_wheel_tests.py" "$SRC" \
                 >"$LOGS/04-tests-wheel.log" 2>&1
             status=$?
             grep '^run_wheel_tests:' "$LOGS/04-tests-wheel.log" | sed 's/^/   /'
             show_tail "$LOGS/04-tests-wheel.log" $([ $status -eq 0 ] && echo 12 || echo 120)
-            record "4. suite against the installed wheel ($((SECONDS - T0)) s): $(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/04-tests-wheel.log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')" $status
+            record "4b. suite against the installed wheel ($((SECONDS - T0)) s): $(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/04-tests-wheel.log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')" $status
         fi
     else
-        record "4. pip install of the wheel without a compiler" 1 "see $LOGS/04-install-wheel.log"
+        record "4a. pip install of the wheel without a compiler" 1 "see $LOGS/04-install-wheel.log"
     fi
 fi
 
@@ -228,7 +228,7 @@ VS="$WORK/venv-sdist"
 "$PYTHON" -m venv "$VS" || abort "5. venv"
 T0=$SECONDS
 if run_logged "$LOGS/05-install-sdist.log" "$VS/bin/python" -m pip install --no-binary=pyreflux "$SDIST[test]"; then
-    record "5. pip install sdist[test] (built in $((SECONDS - T0)) s)" 0
+    record "5a. pip install sdist[test] (built in $((SECONDS - T0)) s)" 0
     UNPACKED="$WORK/sdist-unpacked"
     mkdir -p "$UNPACKED" && tar -xzf "$SDIST" -C "$UNPACKED"
     SDIST_ROOT=("$UNPACKED"/*)
@@ -237,9 +237,9 @@ if run_logged "$LOGS/05-install-sdist.log" "$VS/bin/python" -m pip install --no-
     status=$?
     grep '^run_wheel_tests:' "$LOGS/05-tests-sdist.log" | sed 's/^/   /'
     show_tail "$LOGS/05-tests-sdist.log" $([ $status -eq 0 ] && echo 12 || echo 120)
-    record "5. suite from the sdist against the sdist install ($((SECONDS - T0)) s): $(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/05-tests-sdist.log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')" $status
+    record "5b. suite from the sdist against the sdist install ($((SECONDS - T0)) s): $(grep -E '^=+ .*(passed|failed|error).* =+$' "$LOGS/05-tests-sdist.log" | tail -1 | tr -d '=' | sed 's/^ *//;s/ *$//')" $status
 else
-    record "5. pip install of the sdist" 1 "see $LOGS/05-install-sdist.log"
+    record "5a. pip install of the sdist" 1 "see $LOGS/05-install-sdist.log"
 fi
 
 summary
