@@ -32,6 +32,7 @@
 
 #if defined(_WIN32)
 #  define RX_PARK_WINDOWS 1
+#  undef RX_PARK_PORTABLE  /* Windows always has WaitOnAddress; no pthreads there */
 #elif defined(__linux__) && !defined(RX_PARK_PORTABLE)
 #  define RX_PARK_FUTEX 1
 #else
