@@ -94,6 +94,7 @@ setup(
         compiler_directives={
             "language_level": 3,
             "embedsignature": True,
+            "embedsignature.format": "clinic",  # inspect.signature() works on methods
             "boundscheck": DEBUG,
             "wraparound": False,
             "initializedcheck": DEBUG,

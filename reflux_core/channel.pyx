@@ -1,4 +1,4 @@
-# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False, cdivision=True, binding=False
+# cython: language_level=3, embedsignature=True, embedsignature.format=clinic, boundscheck=False, wraparound=False, cdivision=True, binding=False
 """Bounded lock-free channels: the transport under every reflux pipeline.
 
 ``SPSCChannel``
