@@ -582,6 +582,8 @@ class Bench:
     def run_rounds(self):
         rows = list(self.rows.values())
         for r in range(self.args.repeat):
+            if self.args.wait_quiet > 0 and r > 0:
+                _wait_quiet(self, self.args.wait_quiet, quiet_note=False)
             t0 = time.monotonic()
             for row in rows:
                 items, label = row["items"], row["label"]
@@ -604,7 +606,10 @@ class Bench:
                         break
                     self.redo_budget -= secs
                     row["discarded"].append(items / secs)
-                    time.sleep(0.2)
+                    if self.args.wait_quiet > 0:
+                        _wait_quiet(self, min(30.0, self.args.wait_quiet), quiet_note=False)
+                    else:
+                        time.sleep(0.2)
                 row["runs"].append(items / secs)
                 row["_extras"].append(extra)
             self.say(f"round {r + 1}/{self.args.repeat} done in {time.monotonic() - t0:.0f} s")
@@ -871,21 +876,24 @@ def print_report(bench):
     return results
 
 
-def _wait_quiet(bench, limit):
-    """Wait until other work takes < 10% of a core over 2 s, or `limit` s pass."""
+def _wait_quiet(bench, limit, quiet_note=True):
+    """Wait until other work takes < 10% of a core over 1 s, or `limit` s pass."""
     cpu = bench.cpu
     if not cpu.enabled:
         return
-    t_end = time.monotonic() + limit
+    t0 = time.monotonic()
     while True:
         before = cpu.snapshot()
-        time.sleep(2.0)
+        time.sleep(1.0)
         foreign = cpu.foreign(before, cpu.snapshot())
-        if foreign < 0.2:
-            bench.say(f"machine quiet ({foreign / 2:.0%} of a core used elsewhere)")
+        if foreign < 0.1:
+            waited = time.monotonic() - t0
+            if quiet_note or waited > 5:
+                bench.say(f"machine quiet after {waited:.0f} s "
+                          f"({foreign:.0%} of a core used elsewhere)")
             return
-        if time.monotonic() > t_end:
-            bench.say(f"still busy after {limit:.0f} s ({foreign / 2:.0%} of a core used "
+        if time.monotonic() > t0 + limit:
+            bench.say(f"still busy after {limit:.0f} s ({foreign:.0%} of a core used "
                       "elsewhere); measuring anyway")
             return
 
@@ -976,7 +984,9 @@ def parse_args(argv=None):
     p.add_argument("--redo-budget", type=float, default=60.0,
                    help="seconds of re-runs at most in all (default 60)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to SECONDS for other processes to leave the CPUs idle")
+                   help="wait up to SECONDS for other processes to leave the CPUs idle before "
+                        "starting and before each round (and up to 30 s before re-doing a "
+                        "disturbed run); for a shared machine")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="print each row as it is measured")
     args = p.parse_args(argv)
