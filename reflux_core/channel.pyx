@@ -89,6 +89,8 @@ MAX_CAPACITY = RX_MAX_CAPACITY
 cdef uint64_t MAX_RECORD_RING_BYTES = (<uint64_t>1) << 32
 
 cdef enum:
+    # probes of _brief_wait before a nogil caller enters _wait_ready
+    BRIEF_PROBES = 16
     # The adaptive spin budget never drops below this, so a side can learn
     # again that spinning pays.
     SPIN_FLOOR_NS = 2000
@@ -409,6 +411,21 @@ cdef enum:
     SIGNALLED = -4       # a signal handler raised (e.g. KeyboardInterrupt); exception set
 
 
+cdef inline bint _brief_wait(ring_kind k, void* r, bint for_push) noexcept nogil:
+    """A few pause-spaced probes before the full wait machinery (clock,
+    counters, parking): a peer on another core often frees a slot or
+    publishes an item within a few hundred nanoseconds."""
+    cdef int i
+    if _spin_ns_nogil == 0:
+        return False
+    for i in range(BRIEF_PROBES):
+        rx_cpu_relax()
+        rx_cpu_relax()
+        if _ready(k, r, for_push):
+            return True
+    return False
+
+
 cdef enum push_status:
     PUSH_DONE = 0
     PUSH_CLOSED = 1
@@ -439,6 +456,8 @@ cdef push_status _push_blocking(ring_kind k, void* r, bint recs, uint64_t elem,
         if deadline == 0 or ready == 0:
             status = PUSH_TIMEOUT
             break
+        if not check_signals and _brief_wait(k, r, 1):
+            continue
         ready = _wait_ready(k, r, 1, deadline, check_signals)
         if ready == SIGNALLED:
             status = PUSH_SIGNALLED
@@ -471,6 +490,8 @@ cdef int64_t _pop_blocking(ring_kind k, void* r, bint recs, char* dst, uint64_t 
         got = _try_pop(k, r, recs, dst, n)
         if got != 0 or deadline == 0 or ready == 0:
             break
+        if not check_signals and _brief_wait(k, r, 0):
+            continue
         ready = _wait_ready(k, r, 0, deadline, check_signals)
         if ready == SIGNALLED:
             got = SIGNALLED

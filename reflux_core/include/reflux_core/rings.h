@@ -127,6 +127,10 @@ static void rx_spsc_free(rx_spsc *r) {
 RX_INLINE void rx_spsc_copy_in(rx_spsc *r, uint64_t pos, const char *src, uint64_t n, uint64_t elem) {
     uint64_t at = pos & r->mask;
     uint64_t first = r->capacity - at;
+    if (n == 1 && elem == 8) {  /* one pointer or one 8-byte record: no memcpy call */
+        memcpy(r->buf + at * 8, src, 8);
+        return;
+    }
     if (first > n) first = n;
     memcpy(r->buf + at * elem, src, (size_t)(first * elem));
     if (n > first) memcpy(r->buf, src + first * elem, (size_t)((n - first) * elem));
@@ -135,6 +139,10 @@ RX_INLINE void rx_spsc_copy_in(rx_spsc *r, uint64_t pos, const char *src, uint64
 RX_INLINE void rx_spsc_copy_out(rx_spsc *r, uint64_t pos, char *dst, uint64_t n, uint64_t elem) {
     uint64_t at = pos & r->mask;
     uint64_t first = r->capacity - at;
+    if (n == 1 && elem == 8) {
+        memcpy(dst, r->buf + at * 8, 8);
+        return;
+    }
     if (first > n) first = n;
     memcpy(dst, r->buf + at * elem, (size_t)(first * elem));
     if (n > first) memcpy(dst + first * elem, r->buf, (size_t)((n - first) * elem));
