@@ -35,8 +35,9 @@ def test_demo_accounts_for_every_event(tmp_path):
     assert stats["purchases"].received + stats["interactions"].received == stats["route_by_kind"].received
 
 
-def test_bad_arguments_exit_with_usage_error():
+def test_bad_arguments_exit_with_usage_error(tmp_path):
+    # cwd away from the checkout: `python -m` puts the cwd on sys.path
     proc = subprocess.run([sys.executable, "-m", "reflux", "demo", "--items", "0"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "--items must be >= 1" in proc.stderr
