@@ -17,10 +17,12 @@ cdef extern from "reflux_core/atomics.h" nogil:
     uint64_t rx_load64_acquire(uint64_t* p)
     uint64_t rx_add64_release(uint64_t* p, uint64_t v)
     uint64_t rx_sub64_acqrel(uint64_t* p, uint64_t v)
+    uint64_t rx_sub64_relaxed(uint64_t* p, uint64_t v)
 
 cdef extern from "reflux_core/park.h" nogil:
     ctypedef struct rx_event:
         uint32_t spin_hint
+        uint32_t gil_hint
     const char* rx_park_backend()
     int64_t rx_now_ns()
     int rx_event_init(rx_event* ev)
