@@ -307,7 +307,7 @@ cdef object _stats(ring_kind k, void* r):
     # relaxed/acquire snapshots: exact only when the channel is quiet
     if k == RING_SPSC:
         s = <rx_spsc*>r
-        return ChannelStats(rx_load64_relaxed(&s.tail) & ~((<uint64_t>1) << 63),
+        return ChannelStats(rx_load64_relaxed(&s.tail),
                             rx_load64_relaxed(&s.head),
                             rx_load64_relaxed(&s.full_waits),
                             rx_load64_relaxed(&s.empty_waits))
