@@ -271,6 +271,17 @@ def _check_callable(owner: str, fn: Any, what: str = "function") -> None:
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
 
 
+def _replicas(owner: str, parallel: Any, ordered: Any) -> tuple[int, bool]:
+    """Validate ``parallel=`` and ``ordered=`` of a Transformer or Filter."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValidationError(f"{owner}: parallel must be a positive integer, got {parallel!r}")
+    if parallel > 1024:
+        raise ValidationError(f"{owner}: parallel={parallel} is more replicas than reflux allows (1024)")
+    if not isinstance(ordered, bool):
+        raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
+    return parallel, ordered
+
+
 def _check_positive_int(owner: str, label: str, value: Any, allow_none: bool = True) -> None:
     """Refuse anything but a positive int (or None) with a message naming the node."""
     if value is None and allow_none:
@@ -301,6 +312,9 @@ class Node:
     ``dead_letter``
         the Loader that receives this node's dead-letter records
         (default: the pipeline's).
+    ``fuse``
+        ``False`` keeps the node out of fused chains (it always runs as a
+        task of its own, with a channel on each side).
     """
 
     #: the node type's name, used in messages
@@ -315,7 +329,8 @@ class Node:
     def __init__(self, *, name: str | None = None, capacity: int | None = None,
                  batch_size: int | None = None, on_error: str = "raise", retries: int = 0,
                  backoff: float = 0.0, backoff_factor: float = 2.0, max_backoff: float = 30.0,
-                 dead_letter: Loader | str | None = None, _default: str | None = None) -> None:
+                 dead_letter: Loader | str | None = None, fuse: bool = True,
+                 _default: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValidationError(f"{self.kind}: name must be a non-empty string, got {name!r}")
         self._explicit_name = name is not None
@@ -331,6 +346,7 @@ class Node:
             raise ValidationError(
                 f"{owner}: dead_letter must be a Loader (or a Loader's name), got {dead_letter!r:.60}")
         self.dead_letter: Loader | str | None = dead_letter
+        self.fuse = bool(fuse)
         #: the pipeline the node belongs to (a node is used in one pipeline only)
         self._pipeline: Any = None
 
@@ -688,13 +704,21 @@ class Transformer(Node):
       ``flat=True``, the iterable a plain function returns is flattened.
     * a class instance with ``__call__`` may keep state; its optional
       ``open()`` and ``close()`` methods are called once per worker.
+
+    ``parallel=N`` runs N replicas of the node, fed from one shared channel
+    (each replica has its own ``open()``/``close()`` and state).  On a GIL
+    build this speeds up functions that release the GIL (numpy, Cython
+    transformers, I/O).  Replicas emit in completion order unless
+    ``ordered=True``, which restores input order (per batch) on output.
     """
 
     kind = "Transformer"
 
-    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
+                 ordered: bool = False, **kwargs: Any) -> None:
         super().__init__(_default=_default_name(fn), **kwargs)
         _check_callable(self.label, fn)
+        self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
@@ -824,13 +848,16 @@ class Filter(Node):
     as ``filtered``.  Never sends an empty batch downstream.
 
     A predicate that raises (or returns ``Error``) goes through the error policy.
+    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`.
     """
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], **kwargs: Any) -> None:
+    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(_default=_default_name(predicate), **kwargs)
         _check_callable(self.label, predicate, "predicate")
+        self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.predicate = predicate
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> FilterLogic:
