@@ -130,6 +130,41 @@ class Error(_Signal):
 
 # --------------------------------------------------------------------------- internal control flow
 
+#: the exact types of the special return values (both classes are final)
+_SIGNAL_TYPES = frozenset((NeedsMoreWork, Error))
+_ERROR_TYPE = frozenset((Error,))
+
+
+def _call_all(fn: Callable[[Any], Any], batch: list[Any], into: list[Any]) -> None:
+    """Append ``fn(item)`` for every item of ``batch`` to ``into``, at C speed.
+
+    An item whose call raised is represented by an :class:`Error` holding the
+    exception (the calls after it go on), so ``into`` grows by exactly
+    ``len(batch)``.  (``list.extend(map(...))`` keeps what it appended before
+    a failure, which is what makes the fast path safe: no call is repeated.)
+    """
+    n = len(batch)
+    start = 0
+    while True:
+        before = len(into)
+        try:
+            into.extend(map(fn, batch[start:] if start else batch))
+        except Exception as exc:  # user code failed on item start + done
+            into.append(Error(exc))
+            start += len(into) - before
+            if start < n:
+                continue
+            return
+        start += len(into) - before
+        if start == n:
+            return
+        # extend() took a StopIteration raised by fn for the end of the map
+        into.append(Error(RuntimeError(f"function raised StopIteration on item {batch[start]!r:.60}")))
+        start += 1
+        if start == n:
+            return
+
+
 class Abort(Exception):
     """Internal: the run is being abandoned; unwind the node's worker."""
 
@@ -748,23 +783,31 @@ class TransformerLogic(NodeLogic):
         _close_hook(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        fn = self.fn
-        append = out.ports[0].append
-        self.remaining = len(batch)
-        for item in batch:
-            try:
-                r = fn(item)
-            except Exception as exc:  # user code
-                self._slow(item, exc, out)
-                continue
-            if isinstance(r, _Signal):
-                self._slow(item, r, out)
-                continue
-            self.remaining -= 1
-            append(r)
+        # Fast path: every call in one C-level loop, then one check for
+        # special values (failures are rare).  Items that failed or fed back
+        # are then handled one by one, in order; a retry of such an item
+        # happens after the first call of the items behind it in the batch.
+        buf = out.ports[0]
+        n = len(batch)
+        self.remaining = n
+        before = len(buf)
+        _call_all(self.fn, batch, buf)
+        if not _SIGNAL_TYPES.isdisjoint(map(type, buf[before:])):
+            results = buf[before:]
+            del buf[before:]
+            append = buf.append
+            for j in range(n):
+                r = results[j]
+                if type(r) in _SIGNAL_TYPES:
+                    self.remaining = n - j
+                    self._slow(batch[j], r, out)
+                else:
+                    append(r)
+        self.remaining = 0
 
     def _slow(self, item: Any, r: Any, out: Outbox) -> None:
-        """A result that is not a plain value: a failure, an Error or NeedsMoreWork."""
+        """A result that is not a plain value: a failure, an Error or NeedsMoreWork.
+        (``remaining`` counts this item; it is decremented once the item is handled.)"""
         if isinstance(r, BaseException) or r.__class__ is Error:
             exc = r if isinstance(r, BaseException) else r.exception
             ok, r, attempts = self.retry(self.fn, item, exc)
@@ -877,22 +920,32 @@ class FilterLogic(NodeLogic):
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         pred = self.node.predicate
-        append = out.ports[0].append
+        buf = out.ports[0]
+        n = len(batch)
+        self.remaining = n
+        flags: list[Any] = []
+        _call_all(pred, batch, flags)
+        if _ERROR_TYPE.isdisjoint(map(type, flags)):
+            # fast path: no failure in the batch
+            before = len(buf)
+            buf.extend(itertools.compress(batch, flags))
+            self.remaining = 0
+            self.stats.filtered += n - (len(buf) - before)
+            return
+        append = buf.append
         rejected = 0
-        self.remaining = len(batch)
         try:
-            for item in batch:
-                try:
-                    keep = pred(item)
-                except Exception as exc:  # user code
-                    keep = Error(exc)
+            for j in range(n):
+                item = batch[j]
+                keep = flags[j]
                 if keep.__class__ is Error:
+                    self.remaining = n - j
                     ok, keep, attempts = self.retry(pred, item, keep.exception)
                     if not ok:
-                        self.remaining -= 1
+                        self.remaining = n - j - 1
                         self.fail(item, keep, attempts, out)
                         continue
-                self.remaining -= 1
+                self.remaining = n - j - 1
                 if keep:
                     append(item)
                 else:
@@ -1262,27 +1315,32 @@ class LoaderLogic(NodeLogic):
                     self.fail(item, value[0], value[1], out)
             return
         returned = self.returned
+        n = len(batch)
+        values: list[Any] = []
+        _call_all(fn, batch, values)
+        if values.count(None) == n:
+            # fast path: every call returned None (the usual sink)
+            self.remaining = 0
+            st.emitted += n
+            return
         loaded = 0
         try:
-            for item in batch:
-                try:
-                    r = fn(item)
-                except Exception as exc:  # user code
-                    r = Error(exc)
+            for j in range(n):
+                r = values[j]
                 if r is None:
-                    self.remaining -= 1
                     loaded += 1
                     continue
                 if r.__class__ is Error:
-                    ok, r, attempts = self.retry(fn, item, r.exception)
+                    self.remaining = n - j
+                    ok, r, attempts = self.retry(fn, batch[j], r.exception)
                     if not ok:
-                        self.remaining -= 1
-                        self.fail(item, r, attempts, out)
+                        self.remaining = n - j - 1
+                        self.fail(batch[j], r, attempts, out)
                         continue
-                self.remaining -= 1
                 loaded += 1
                 if r is not None:
                     returned.append(r)
+            self.remaining = 0
         finally:
             st.emitted += loaded
 

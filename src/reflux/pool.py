@@ -232,11 +232,19 @@ class _PoolOutbox(Outbox):
         pushed = 0
         try:
             if self.blocking:
+                # Push what fits and tell the consumer at once; wait for room
+                # one item at a time (a consumer that is not told about the
+                # items already in its channel would never make that room).
                 while buf:
                     try:
-                        n = ch.push_many(buf, rt.poll)
+                        n = ch.push_many(buf, 0)
                     except Full:
                         n = 0
+                        try:
+                            ch.push(buf[0], rt.poll)
+                            n = 1
+                        except Full:
+                            pass
                     if n:
                         self._count(buf, n, port)
                         del buf[:n]
@@ -555,6 +563,8 @@ class PoolRuntime:
     def _notify(self, u: _Unit) -> None:
         """``u`` may have work: queue it (once), or make it run again if it is running."""
         with self._lock:
+            if u.finalized:
+                return
             st = u.state
             if st == IDLE:
                 u.state = QUEUED
@@ -562,8 +572,11 @@ class PoolRuntime:
                 if st == RUNNING:
                     u.state = RERUN
                 return
-        if not self._ready.try_push(u):  # cannot happen: the queue holds every unit
-            raise RuntimeError("reflux: ready queue overflow")
+        try:
+            if not self._ready.try_push(u):  # cannot happen: the queue holds every unit
+                raise RuntimeError("reflux: ready queue overflow")
+        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
+            pass
 
     def _notify_box(self, box: Inbox) -> None:
         for c in self._consumers.get(id(box), ()):
@@ -675,7 +688,10 @@ class PoolRuntime:
             else:
                 u.state = IDLE
                 return
-        self._ready.try_push(u)
+        try:
+            self._ready.try_push(u)
+        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
+            pass
 
     def _sweep(self) -> None:
         """Safety net, every ``poll``: notify units blocked on a full output."""
