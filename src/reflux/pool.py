@@ -138,7 +138,10 @@ def fuse_chains(plan: Plan) -> list[list[Task]]:
 # --------------------------------------------------------------------------- outboxes
 
 class _ForwardOutbox(Outbox):
-    """Output of a fused stage: a flush hands the buffer straight to the next stage."""
+    """Output of a fused stage.  Its items are handed to the next stage by the
+    runtime (:meth:`PoolRuntime._forward`, a loop, so a chain of any length
+    needs no recursion); a flush only moves dead-letter records to the
+    chain's shared dead-letter output."""
 
     def __init__(self, unit: _Unit, index: int, limit: int) -> None:
         super().__init__(1, limit)
@@ -147,25 +150,13 @@ class _ForwardOutbox(Outbox):
         self.sent_count = 0
 
     def flush(self) -> None:
-        unit = self.unit
         if self.dead:
             # the fused chain shares one dead-letter output (counted per record's node)
-            unit.final.dead.extend(self.dead)
+            final = self.unit.final
+            final.dead.extend(self.dead)
             self.dead.clear()
-        buf = self.ports[0]
-        if not buf:
-            if unit.final.dead:
-                unit.final.flush()
-            return
-        items = buf[:]
-        buf.clear()  # the same list: a logic may hold a bound ``append`` of it
-        n = len(items)
-        i = self.index + 1
-        self.unit.stats[self.index].emitted += n
-        self.sent_count += n
-        unit.stats[i].received += n
-        unit.logics[i].process(items, unit.outs[i])
-        unit.outs[i].flush()
+            if len(final.dead) >= final.limit:
+                final.flush()
 
     def discard(self) -> int:
         n = len(self.ports[0])
@@ -749,7 +740,7 @@ class PoolRuntime:
                 u.ending = True
                 return True
             more = logics[0].pull(u.outs[0], u.head.batch_size)  # type: ignore[attr-defined]
-            u.outs[0].flush()
+            self._forward(u, 0)
             if not more:
                 u.ending = True
                 u.end_stage = 1
@@ -761,7 +752,7 @@ class PoolRuntime:
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                 else:
-                    u.outs[i].flush()
+                    self._forward(u, i)
                 return not out.pending()
         if u.has_timer:
             now = time.monotonic()
@@ -769,7 +760,7 @@ class PoolRuntime:
                 d = logics[i].next_deadline()
                 if d is not None and now >= d:
                     logics[i].tick(now, u.outs[i])
-                    u.outs[i].flush()
+                    self._forward(u, i)
                     self._arm_timer(u)
                     return not out.pending()
         assert u.inbox is not None
@@ -798,7 +789,7 @@ class PoolRuntime:
         if ticket >= 0:
             self._hand_over(u, ticket)
         else:
-            u.outs[0].flush()
+            self._forward(u, 0)
         spent = time.monotonic() - t0
         # Slow items get smaller batches, so one unit holds a worker for about
         # BATCH_BUDGET seconds at most (plus one item).
@@ -812,6 +803,26 @@ class PoolRuntime:
         # A full batch means more may wait; a closed input must be popped again
         # to see its end (its close may have been announced before this pop).
         return n == u.limit or u.inbox.channel.closed
+
+    def _forward(self, u: _Unit, start: int) -> None:
+        """Stage ``start`` of ``u`` wrote its outputs: run them through the
+        stages after it (fused chains), then flush the unit's output."""
+        outs = u.outs
+        last = len(outs) - 1
+        for j in range(start, last):
+            out = outs[j]
+            out.flush()  # dead-letter records
+            buf = out.ports[0]
+            if not buf:
+                continue  # later stages may still hold feedback: handled in their own step
+            items = buf[:]
+            buf.clear()  # the same list: a logic may hold a bound ``append`` of it
+            n = len(items)
+            u.stats[j].emitted += n
+            out.sent_count += n  # type: ignore[attr-defined]
+            u.stats[j + 1].received += n
+            u.logics[j + 1].process(items, outs[j + 1])
+        outs[last].flush()
 
     def _arm_timer(self, u: _Unit) -> None:
         """Schedule a wake-up of ``u`` at the earliest deadline of its stages (Accumulator windows)."""
@@ -858,14 +869,14 @@ class PoolRuntime:
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                     return True
-                u.outs[i].flush()
+                self._forward(u, i)
                 return not u.final.pending()
             if u.group is not None and u.group.ordered:
                 lg.finish(u.private)
                 self._hand_over(u, self._ticket(u))
             else:
                 lg.finish(u.outs[i])
-                u.outs[i].flush()
+                self._forward(u, i)
             u.end_stage += 1
             out = u.group.shared_out if u.group is not None and u.group.ordered else u.final
             if out is not None and out.pending():
@@ -899,15 +910,15 @@ class PoolRuntime:
                 if self._stop_sources:
                     break
                 more = logic.pull(u.outs[0], batch)  # type: ignore[attr-defined]
-                u.outs[0].flush()
+                self._forward(u, 0)
                 if not more:
                     break
             for i in range(1, len(u.logics)):
                 while u.logics[i].has_feedback():
                     u.logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
-                    u.outs[i].flush()
+                    self._forward(u, i)
                 u.logics[i].finish(u.outs[i])
-                u.outs[i].flush()
+                self._forward(u, i)
         except Abort:
             abandoned = True
         except NodeFailure as f:
