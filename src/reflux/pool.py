@@ -62,6 +62,8 @@ IDLE, QUEUED, RUNNING, RERUN, DONE = range(5)
 #: a flat-map stage may hold this many batches of output while its receiver is full
 #: before it waits for room (with a spare worker standing in for it meanwhile)
 HOLD_BATCHES = 8
+#: seconds a worker may keep running the same unit while no other unit is ready
+LOCAL_RUN = 0.01
 
 
 def default_workers() -> int:
@@ -656,6 +658,22 @@ class PoolRuntime:
                     self._finalize(u, abandoned=True)
                 else:
                     more = self._run_step(u)
+                    # Nothing else is waiting: go on with the same unit here
+                    # rather than through the queue, which would wake another
+                    # worker only to hand it the GIL (tens of µs a batch).
+                    # Bounded in time so timers and sweeps still run.
+                    if more and len(ready) == 0:
+                        until = time.monotonic() + LOCAL_RUN
+                        while True:
+                            with self._lock:
+                                if u.finalized or len(ready):
+                                    break
+                                u.state = RUNNING
+                            if self._paused or self._aborted:
+                                break
+                            more = self._run_step(u)
+                            if not more or time.monotonic() >= until:
+                                break
             finally:
                 running.pop(ident, None)
             self._requeue(u, more)
