@@ -15,13 +15,16 @@ Scheduling is notification-driven; nothing polls the channels:
   outbox, registers as a *waiter* on that channel and gives the worker back;
   the consumer notifies it after its next pop;
 * each unit has a state (``IDLE``, ``QUEUED``, ``RUNNING``, ``RERUN``,
-  ``DONE``), changed under one lock, so a unit is in the ready queue at most
-  once, and a notification that arrives while it runs (``RERUN``) makes it
-  run again instead of being lost.
+  ``DONE``), changed by atomic compare-and-swap in the core
+  (:mod:`reflux_core._sched`), so a unit is in the ready queue at most once,
+  and a notification that arrives while it runs (``RERUN``) makes it run
+  again instead of being lost.
 
-The ready queue is a :class:`reflux_core.channel.MPMCChannel` of units:
-idle workers park in it with the GIL released (no CPU while the pipeline
-waits) and wake within microseconds of a push.  Workers also wake every
+The ready queue is an MPMC record channel of unit indices, and the worker
+loop itself is Cython in the core (:func:`reflux_core._sched.worker_loop`):
+idle workers park in the queue with the GIL released (no CPU while the
+pipeline waits) and wake within microseconds of a push; the GIL is taken
+only to run a unit's batch.  Workers also wake every
 ``poll`` seconds to fire due timers (Accumulator windows), re-check units
 blocked on full outputs (a safety net: a missed wake-up costs at most one
 ``poll``, never a hang) and see stop/pause flags.
@@ -43,9 +46,11 @@ import logging
 import os
 import threading
 import time
+from functools import partial
 from typing import Any
 
-from reflux_core.channel import ChannelClosed, Empty, Full, MPMCChannel
+from reflux_core._sched import Scheduler, worker_loop
+from reflux_core.channel import ChannelClosed, Empty, Full
 
 from .errors import ErrorRecord
 from .nodes import Abort, Extractor, Filter, Loader, NodeFailure, NodeLogic, Outbox, Transformer
@@ -57,7 +62,6 @@ __all__ = ["PoolRuntime", "default_workers", "fuse_chains"]
 
 logger = logging.getLogger("reflux")
 
-IDLE, QUEUED, RUNNING, RERUN, DONE = range(5)
 
 #: a flat-map stage may hold this many batches of output while its receiver is full
 #: before it waits for room (with a spare worker standing in for it meanwhile)
@@ -344,7 +348,7 @@ class _Unit:
             # over in ticket order
             self.private = Outbox(len(self.tail.outputs), 1 << 30)
             self.outs[-1] = self.private
-        self.state = IDLE
+        self.index = -1  # in the scheduler
         self.opened = False
         self.finalized = False
         self.ending = False  # input ended: finishing stage by stage
@@ -388,7 +392,10 @@ class PoolRuntime:
         self._spares = 0
         self._waiting_for_room = 0
         self._build_units()
-        self._ready = MPMCChannel(max(2, len(self.units)))
+        for i, u in enumerate(self.units):
+            u.index = i
+        self._sched = Scheduler(len(self.units))
+        self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
         self._pool_live = sum(1 for u in self.units if not u.threaded)
@@ -555,21 +562,8 @@ class PoolRuntime:
 
     def _notify(self, u: _Unit) -> None:
         """``u`` may have work: queue it (once), or make it run again if it is running."""
-        with self._lock:
-            if u.finalized:
-                return
-            st = u.state
-            if st == IDLE:
-                u.state = QUEUED
-            else:
-                if st == RUNNING:
-                    u.state = RERUN
-                return
-        try:
-            if not self._ready.try_push(u):  # cannot happen: the queue holds every unit
-                raise RuntimeError("reflux: ready queue overflow")
-        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
-            pass
+        if not u.threaded:
+            self._sched.notify(u.index)
 
     def _notify_box(self, box: Inbox) -> None:
         for c in self._consumers.get(id(box), ()):
@@ -625,60 +619,55 @@ class PoolRuntime:
     # ------------------------------------------------------------------ workers
 
     def _worker(self, spare: bool) -> None:
+        """A pool thread: the core's worker loop, with this runtime's step and idle hooks."""
+        worker_loop(self._sched, partial(self._run_unit, spare), partial(self._idle, spare), self.poll)
+
+    def _idle(self, spare: bool) -> float:
+        """A worker timed out waiting: sweep, fire timers; the next timeout (< 0: end a spare)."""
+        self._sweep()
+        if spare and self._spare_surplus():
+            return -1.0
+        return self._due_timers() if self._timers else self.poll
+
+    def _run_unit(self, spare: bool, index: int) -> int:
+        """Run unit ``index`` (marked RUNNING by the scheduler) for a batch, or
+        several while nothing else is ready.  Returns 1 if it has more work,
+        plus 2 if this (spare) worker should end."""
+        u = self.units[index]
+        if self._paused and not self._aborted:
+            while self._paused and not self._aborted:
+                self._resumed.wait(self.poll)
         ident = threading.get_ident()
-        ready = self._ready
-        running = self._running
-        last_sweep = time.monotonic()
-        while True:
-            timeout = self._due_timers() if self._timers else self.poll
-            try:
-                u = ready.pop(timeout)
-            except Empty:
-                u = None
-            except ChannelClosed:
-                return
-            if u is None or time.monotonic() - last_sweep >= self.poll:
-                last_sweep = time.monotonic()
-                self._sweep()
-                if spare and self._spare_surplus():
-                    if u is not None:
-                        self._requeue(u, True)
-                    return
-                if u is None:
-                    continue
-            if self._paused and not self._aborted:
-                while self._paused and not self._aborted:
-                    self._resumed.wait(self.poll)
-            with self._lock:
-                u.state = RUNNING
-            running[ident] = u
-            more = False
-            try:
-                if self._aborted:
-                    self._finalize(u, abandoned=True)
-                else:
-                    more = self._run_step(u)
-                    # Nothing else is waiting: go on with the same unit here
-                    # rather than through the queue, which would wake another
-                    # worker only to hand it the GIL (tens of µs a batch).
-                    # Bounded in time so timers and sweeps still run.
-                    if more and len(ready) == 0:
-                        until = time.monotonic() + LOCAL_RUN
-                        while True:
-                            with self._lock:
-                                if u.finalized or len(ready):
-                                    break
-                                u.state = RUNNING
-                            if self._paused or self._aborted:
-                                break
-                            more = self._run_step(u)
-                            if not more or time.monotonic() >= until:
-                                break
-            finally:
-                running.pop(ident, None)
-            self._requeue(u, more)
-            if spare and self._spare_surplus():
-                return
+        self._running[ident] = u
+        more = False
+        try:
+            if self._aborted:
+                self._finalize(u, abandoned=True)
+            else:
+                more = self._run_step(u)
+                # Nothing else is waiting: go on with the same unit here rather
+                # than through the queue, which would wake another worker only
+                # to hand it the GIL (tens of µs a batch).  Bounded in time so
+                # timers and sweeps still run.
+                if more and self._sched.queued() == 0:
+                    sched = self._sched
+                    until = time.monotonic() + LOCAL_RUN
+                    while (not u.finalized and not self._paused and not self._aborted
+                           and sched.queued() == 0 and sched.again(index)):
+                        more = self._run_step(u)
+                        if not more or time.monotonic() >= until:
+                            break
+        finally:
+            self._running.pop(ident, None)
+        if self._timers:
+            self._due_timers()
+        now = time.monotonic()
+        if now - self._last_sweep >= self.poll:
+            self._last_sweep = now
+            self._sweep()
+        if spare and self._spare_surplus():
+            return int(more) | 2
+        return int(more)
 
     def _spare_surplus(self) -> bool:
         with self._lock:
@@ -687,25 +676,10 @@ class PoolRuntime:
                 return True
         return False
 
-    def _requeue(self, u: _Unit, more: bool) -> None:
-        with self._lock:
-            if u.finalized:
-                u.state = DONE
-                return
-            if more or u.state == RERUN:
-                u.state = QUEUED
-            else:
-                u.state = IDLE
-                return
-        try:
-            self._ready.try_push(u)
-        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
-            pass
-
     def _sweep(self) -> None:
         """Safety net, every ``poll``: notify units blocked on a full output."""
         for u in self.units:
-            if not u.finalized and not u.threaded and u.state == IDLE and u.final.pending():
+            if not u.finalized and not u.threaded and u.final.pending():
                 self._notify(u)
 
     def _run_step(self, u: _Unit) -> bool:
@@ -1018,7 +992,7 @@ class PoolRuntime:
         if done:
             self._done.set()
         if done or idle_pool:
-            self._ready.close()
+            self._sched.close()
 
     def _keep_error(self, record: ErrorRecord) -> None:
         with self._lock:
