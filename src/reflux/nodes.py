@@ -271,6 +271,12 @@ def _check_callable(owner: str, fn: Any, what: str = "function") -> None:
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
 
 
+def _plugin_for(owner: str, obj: Any, kind: str) -> Any:
+    """The checked compiled plug-in (see :mod:`reflux.plugins`) when ``obj`` is one, else ``None``."""
+    from . import plugins
+    return plugins.check_plugin(obj, owner, kind) if plugins.is_plugin(obj) else None
+
+
 def _check_positive_int(owner: str, label: str, value: Any, allow_none: bool = True) -> None:
     """Refuse anything but a positive int (or None) with a message naming the node."""
     if value is None and allow_none:
@@ -688,13 +694,21 @@ class Transformer(Node):
       ``flat=True``, the iterable a plain function returns is flattened.
     * a class instance with ``__call__`` may keep state; its optional
       ``open()`` and ``close()`` methods are called once per worker.
+    * a compiled transform plug-in (a ``reflux_core.transform.CTransform``
+      subclass, or a C plug-in) runs over chunks of records without the GIL
+      (see :mod:`reflux.plugins`).
     """
 
     kind = "Transformer"
 
     def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, **kwargs: Any) -> None:
         super().__init__(_default=_default_name(fn), **kwargs)
-        _check_callable(self.label, fn)
+        #: the checked plug-in when ``fn`` is a compiled one (reflux.plugins)
+        self.plugin = _plugin_for(self.label, fn, "transform")
+        if self.plugin is None:
+            _check_callable(self.label, fn)
+        elif flat:
+            raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
@@ -704,6 +718,9 @@ class Transformer(Node):
         return "free" if self.flat else "one"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.plugin is not None:
+            from .plugins import transformer_logic
+            return transformer_logic(self, ctx)
         return (FlatTransformerLogic if self.flat else TransformerLogic)(self, ctx)
 
 
@@ -824,16 +841,24 @@ class Filter(Node):
     as ``filtered``.  Never sends an empty batch downstream.
 
     A predicate that raises (or returns ``Error``) goes through the error policy.
+    A compiled filter plug-in (``reflux_core.transform.CFilter``) filters
+    chunks of records without the GIL (see :mod:`reflux.plugins`).
     """
 
     kind = "Filter"
 
     def __init__(self, predicate: Callable[[Any], Any], **kwargs: Any) -> None:
         super().__init__(_default=_default_name(predicate), **kwargs)
-        _check_callable(self.label, predicate, "predicate")
+        #: the checked plug-in when ``predicate`` is a compiled one (reflux.plugins)
+        self.plugin = _plugin_for(self.label, predicate, "filter")
+        if self.plugin is None:
+            _check_callable(self.label, predicate, "predicate")
         self.predicate = predicate
 
-    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> FilterLogic:
+    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.plugin is not None:
+            from .plugins import filter_logic
+            return filter_logic(self, ctx)
         return FilterLogic(self, ctx)
 
 
@@ -999,6 +1024,11 @@ class Messenger(Node):
     a failure (:class:`~reflux.errors.RoutingError`) handled by the node's
     error policy: never a silent drop.  Nodes named in ``routes`` and
     ``default`` are connected automatically if they are in the pipeline.
+
+    ``key`` may be a compiled key plug-in (``reflux_core.transform.CKey``):
+    each chunk of records is split by key without the GIL and the parts are
+    routed (see :mod:`reflux.plugins`); counters then count chunks in and
+    parts out, so they follow no fixed law.
     """
 
     kind = "Messenger"
@@ -1007,7 +1037,12 @@ class Messenger(Node):
     def __init__(self, key: Callable[[Any], Any], *, routes: Mapping[Any, Node | str] | None = None,
                  default: Node | str | None = None, **kwargs: Any) -> None:
         super().__init__(_default=_default_name(key), **kwargs)
-        _check_callable(self.label, key, "key")
+        #: the checked plug-in when ``key`` is a compiled one (reflux.plugins)
+        self.plugin = _plugin_for(self.label, key, "key")
+        if self.plugin is None:
+            _check_callable(self.label, key, "key")
+        else:
+            self.stats_law = "free"  # one chunk in may leave as several parts
         if routes is not None and not isinstance(routes, Mapping):
             raise ValidationError(f"{self.label}: routes must be a mapping of key to node, got {routes!r:.60}")
         for k, target in (routes or {}).items():
@@ -1023,7 +1058,10 @@ class Messenger(Node):
         self._ports: dict[Any, int] = {}
         self._default_port: int | None = None
 
-    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> MessengerLogic:
+    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.plugin is not None:
+            from .plugins import messenger_logic
+            return messenger_logic(self, ctx, dict(self._ports), self._default_port)
         return MessengerLogic(self, ctx, dict(self._ports), self._default_port)
 
 
