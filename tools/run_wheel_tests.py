@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-COPY = ["tests", "README.md", "docs", "benchmarks", "pyproject.toml"]
+COPY = ["tests", "README.md", "docs", "benchmarks", "examples", "pyproject.toml"]
 REQUIRED = ["tests", "README.md", "pyproject.toml"]
 
 PROBE = r"""
