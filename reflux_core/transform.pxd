@@ -85,7 +85,7 @@ cdef class CKey(CPlugin):
 
 
 cdef enum pump_status:
-    PUMP_END = 0          # the input ended and was drained; outputs closed
+    PUMP_END = 0          # the input ended and was drained (outputs closed if close_outputs)
     PUMP_STOPPED = 1      # stop() was called
     PUMP_ERROR = 2        # a record failed (see RecordPump.error_*); call run_nogil again to go on
     PUMP_CLOSED = 3       # an output channel was closed by its consumer
@@ -108,6 +108,7 @@ cdef class RecordPump:
     cdef Py_ssize_t pos               # next record of inbuf to process
     cdef uint32_t stop_flag           # written by stop() (release), read by the loop (acquire)
     cdef double slice_s               # longest single wait, so stop() is seen
+    cdef bint close_outputs           # close every output at the end of the input
     # counters in records; written by the pump's thread only (relaxed atomic
     # stores), read by any thread as a snapshot (relaxed atomic loads)
     cdef uint64_t n_received, n_emitted, n_filtered, n_errors, n_dropped

@@ -399,7 +399,9 @@ cdef class RecordPump:
 
     :meth:`run` releases the GIL and loops (pop a batch of up to
     ``batch_size`` records, run the plug-in once, push the outputs) until the
-    input ends (then it closes every output), :meth:`stop` is called, an
+    input ends (then it closes every output, unless ``close_outputs=False``:
+    several pumps sharing MPMC channels leave closing to their owner),
+    :meth:`stop` is called, an
     output is closed by its consumer, or a record fails (``on_error``).  A
     wait lasts at most ``slice`` seconds at a time, so :meth:`stop` is seen.
 
@@ -417,7 +419,7 @@ cdef class RecordPump:
         self.errbuf = NULL
 
     def __init__(self, RecordChannel src not None, plugin, dst, *, Py_ssize_t batch_size=256,
-                 double slice=0.05):
+                 double slice=0.05, bint close_outputs=True):
         cdef Py_ssize_t i
         if self.inbuf != NULL:
             raise RuntimeError("RecordPump: already initialised")
@@ -452,6 +454,7 @@ cdef class RecordPump:
         self.n_out = len(outs)
         self.batch = batch_size
         self.slice_s = slice
+        self.close_outputs = close_outputs
         self.out_ptrs = <void**>PyMem_Malloc(self.n_out * sizeof(void*))
         self.inbuf = <char*>PyMem_Malloc(batch_size * self.plug.in_itemsize)
         self.outbuf = <char*>PyMem_Malloc(batch_size * max(out_size, self.plug.in_itemsize))
@@ -537,8 +540,9 @@ cdef class RecordPump:
                 if r == 0:
                     continue
                 if r < 0:
-                    for i in range(self.n_out):
-                        (<RecordChannel>self.out_ptrs[i]).close_nogil()
+                    if self.close_outputs:
+                        for i in range(self.n_out):
+                            (<RecordChannel>self.out_ptrs[i]).close_nogil()
                     return PUMP_END
                 self.got = r
                 self.pos = 0
