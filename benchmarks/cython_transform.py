@@ -50,6 +50,8 @@ from reflux_core.channel import RecordChannel  # noqa: E402
 from reflux_core.transform import RecordPump  # noqa: E402
 
 HEADER = "benchmark"
+#: CPU seconds (all threads of this process) of the last run, appended by the runners
+_CPU: list[float] = []
 REC = np.dtype(_testplugins.RECORD)
 
 
@@ -130,9 +132,10 @@ def np_newton(rounds: int) -> Callable[[np.ndarray], np.ndarray]:
 def run_pipeline(source: list[Any], middle: Any) -> tuple[float, int, float]:
     sink = Tally()
     pipe = Pipeline(Extractor(source) >> middle >> Loader(sink, name="sink"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = pipe.run()
     secs = time.perf_counter() - t0
+    _CPU.append(time.process_time() - c0)
     if result.status != "completed":
         raise RuntimeError(f"run ended {result.status}: {result.errors[:1]}")
     count, total = result.results["sink"]
@@ -163,7 +166,7 @@ def run_pumps(a: np.ndarray, rounds: int, pumps: int, batch: int) -> tuple[float
 
     pump_threads = [threading.Thread(target=w.run, name=f"bench-pump{i}") for i, w in enumerate(workers)]
     others = [threading.Thread(target=feed, name="bench-feed"), threading.Thread(target=drain, name="bench-drain")]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in pump_threads + others:
         t.start()
     for t in pump_threads:
@@ -172,6 +175,7 @@ def run_pumps(a: np.ndarray, rounds: int, pumps: int, batch: int) -> tuple[float
     for t in others:
         t.join()
     secs = time.perf_counter() - t0
+    _CPU.append(time.process_time() - c0)
     return secs, count[0], float(sum(sums))
 
 
@@ -203,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         "record pump x2 (nogil)": lambda: run_pumps(data, rounds, 2, 1024),
     }
     samples: dict[str, list[float]] = {k: [] for k in rows}
+    cores: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(repeat):
         for name, fn in rows.items():
             secs, count, total = fn()
+            cores[name].append(_CPU[-1] / secs)
             if count != n or not np.isclose(total, want_sum, rtol=1e-9):
                 raise RuntimeError(f"{name}: got {count} records summing {total}, want {n} summing {want_sum}")
             samples[name].append(secs)
@@ -216,10 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Cython transformer benchmark: {n:,} records, {rounds} Newton steps each, chunks of {chunk}, "
           f"median of {repeat} run(s); {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"{HEADER:<28} {'items/s':>14} {'seconds':>9} {'vs python per item':>20} {'vs cython parallel=1':>22}")
+    print(f"{HEADER:<28} {'items/s':>14} {'seconds':>9} {'vs python per item':>20} {'vs cython parallel=1':>22}"
+          f" {'cores used':>11}")
     for name in rows:
         print(f"{name:<28} {rate[name]:>14,.0f} {med[name]:>9.3f} {rate[name] / py:>19.1f}x "
-              f"{rate[name] / cy1:>21.2f}x")
+              f"{rate[name] / cy1:>21.2f}x {statistics.median(cores[name]):>11.2f}")
+    print("cores used: CPU seconds of all this process's threads per wall-clock second (median); "
+          "below ~1.9 for a 2-replica row, other processes held the second core")
     print("== targets (issue 5, this run)")
     for label, value, goal in (("cython parallel=2 vs parallel=1", cy2 / cy1, 1.8),
                                ("cython parallel=2 vs python per item", cy2 / py, 20.0)):
@@ -227,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump({"records": n, "rounds": rounds, "chunk": chunk, "repeat": repeat,
-                       "seconds": samples, "median_seconds": med, "records_per_s": rate}, f, indent=2)
+                       "seconds": samples, "median_seconds": med, "records_per_s": rate,
+                       "cores_used": cores}, f, indent=2)
     return 0
 
 
