@@ -102,6 +102,19 @@ def test_abi_header_compiles_as_c_and_is_usable(tmp_path):
     assert subprocess.run([str(tmp_path / "plug")], timeout=60).returncode == 0
 
 
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
+def test_abi_header_compiles_as_cxx(tmp_path):
+    src = tmp_path / "plug.cpp"
+    src.write_text('#include "reflux_core/abi.h"\n'
+                   "static_assert(REFLUX_ABI_VERSION >= 1, \"version\");\n"
+                   "extern \"C\" int64_t k(void *, const void *, int64_t, int64_t *, reflux_status *) { return 0; }\n"
+                   "int main() { reflux_plugin p{}; p.key = k; return p.key == nullptr; }\n")
+    cxx = os.environ.get("CXX", "c++")
+    proc = subprocess.run([cxx, "-std=c++11", "-fsyntax-only", "-Wall", "-Werror", "-I", reflux_core.get_include(),
+                           str(src)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_capsule_of_a_cython_plugin():
     p = P.NewtonSqrt(4)
     cap = p.__reflux_plugin__
