@@ -89,6 +89,7 @@ cdef enum pump_status:
     PUMP_STOPPED = 1      # stop() was called
     PUMP_ERROR = 2        # a record failed (see RecordPump.error_*); call run_nogil again to go on
     PUMP_CLOSED = 3       # an output channel was closed by its consumer
+    PUMP_YIELD = 4        # about `slice` seconds passed: check signals / run other work, then call again
 
 
 cdef class RecordPump:
@@ -115,5 +116,9 @@ cdef class RecordPump:
     cdef int32_t last_error           # code of the last failing record
     cdef char* errbuf                 # a copy of that record (in_itemsize bytes)
 
+    # One slice of work without the GIL: returns PUMP_YIELD after about
+    # slice_s seconds (working or waiting), or another status when the pump
+    # is done (END, CLOSED), stopped, or a record failed (ERROR: call again
+    # to go on after it).  Safe to call again after any status but END/CLOSED.
     cdef pump_status run_nogil(self) noexcept nogil
     cdef void stop_nogil(self) noexcept nogil

@@ -26,6 +26,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_C_CONTIG
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cpython.pycapsule cimport (PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid,
                                  PyCapsule_GetContext, PyCapsule_SetContext, PyCapsule_Destructor)
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -38,6 +39,9 @@ cdef extern from "reflux_core/atomics.h" nogil:
     void rx_store32_release(uint32_t* p, uint32_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
     void rx_store64_relaxed(uint64_t* p, uint64_t v)
+
+cdef extern from "reflux_core/park.h" nogil:
+    int64_t rx_now_ns()
 
 __all__ = [
     "ABI_VERSION", "CAPSULE_NAME", "CPlugin", "CTransform", "CFilter", "CKey", "RecordPump",
@@ -401,9 +405,12 @@ cdef class RecordPump:
     ``batch_size`` records, run the plug-in once, push the outputs) until the
     input ends (then it closes every output, unless ``close_outputs=False``:
     several pumps sharing MPMC channels leave closing to their owner),
-    :meth:`stop` is called, an
-    output is closed by its consumer, or a record fails (``on_error``).  A
-    wait lasts at most ``slice`` seconds at a time, so :meth:`stop` is seen.
+    :meth:`stop` is called, an output is closed by its consumer, or a record
+    fails (``on_error``).  A wait lasts at most ``slice`` seconds at a time,
+    so :meth:`stop` is seen, and about every ``slice`` seconds the loop takes
+    the GIL once to run signal handlers (Ctrl-C).  From Cython, the
+    ``run_nogil()`` method runs one such slice without the GIL (see
+    ``transform.pxd``), so a worker loop can interleave pumps with other work.
 
     Counters (records): ``received == emitted + filtered + errors + dropped``
     once :meth:`run` returned; ``dropped`` counts records abandoned by a stop
@@ -532,10 +539,13 @@ cdef class RecordPump:
         cdef Py_ssize_t n, i, j, kept, rest, size = p.in_itemsize
         cdef int64_t r
         cdef int pushed
+        cdef int64_t yield_at = rx_now_ns() + <int64_t>(self.slice_s * 1e9)
         while True:
             if self.pos >= self.got:
                 if _stopping(self):
                     return PUMP_STOPPED
+                if rx_now_ns() >= yield_at:
+                    return PUMP_YIELD
                 r = self.src.pop_records(self.inbuf, self.batch, self.slice_s)
                 if r == 0:
                     continue
@@ -615,11 +625,16 @@ cdef class RecordPump:
         goes on.  ``name`` names the node in messages.
         """
         cdef pump_status status
+        if self.inbuf == NULL:
+            raise RuntimeError("RecordPump: not initialised")
         if on_error not in ("raise", "skip") and not callable(on_error):
             raise ValueError(f"RecordPump: on_error must be 'raise', 'skip' or a callable, got {on_error!r}")
         while True:
             with nogil:
                 status = self.run_nogil()
+            if status == PUMP_YIELD:
+                PyErr_CheckSignals()  # Ctrl-C reaches a pump run from the main thread
+                continue
             if status == PUMP_ERROR:
                 if on_error == "skip":
                     continue

@@ -564,3 +564,27 @@ def test_transformer_plugin_runs_while_the_main_thread_holds_the_gil():
     if p0 < n:
         assert p1 > p0, "the Transformer's plug-in made no progress while the GIL was held elsewhere"
     assert result.status == "completed" and plugin.progress() == n
+
+
+def test_ctrl_c_reaches_a_pump_run_from_the_main_thread(tmp_path):
+    """run() takes the GIL about once per slice to run signal handlers, so
+    Ctrl-C interrupts a pump waiting on an input that never ends."""
+    code = r"""
+import os, signal, threading, time
+import numpy as np
+from reflux_core import _testplugins as P
+from reflux_core.channel import RecordChannel
+from reflux_core.transform import RecordPump
+signal.signal(signal.SIGINT, signal.default_int_handler)
+src, dst = RecordChannel(P.RECORD, 64), RecordChannel(P.RECORD, 64)
+pump = RecordPump(src, P.NewtonSqrt(), dst, slice=0.02)
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+t0 = time.monotonic()
+try:
+    pump.run()
+except KeyboardInterrupt:
+    print("INTERRUPTED", round(time.monotonic() - t0, 2))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "INTERRUPTED" in proc.stdout
