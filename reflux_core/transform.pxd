@@ -97,7 +97,8 @@ cdef class RecordPump:
     cdef RecordChannel src
     cdef list outputs                 # RecordChannel, one per key value (kind KEY) or one
     cdef void** out_ptrs              # borrowed RecordChannel pointers (outputs holds them)
-    cdef Py_ssize_t n_out
+    cdef Py_ssize_t n_out             # outputs addressed by key (kind KEY) or 1
+    cdef Py_ssize_t default_out       # index in out_ptrs of the default output, or -1
     cdef object plugin_owner          # keeps the plug-in (and its capsule) alive
     cdef const reflux_plugin* plug
     cdef char* inbuf

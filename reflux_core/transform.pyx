@@ -398,8 +398,9 @@ cdef class RecordPump:
     ``plugin`` is any object with a ``__reflux_plugin__`` capsule (a
     :class:`CTransform`, :class:`CFilter` or :class:`CKey`, or a C plug-in).
     ``dst`` is a RecordChannel, or for a key plug-in a list of them: a
-    record whose key is ``k`` goes to ``dst[k]`` (a key outside
-    ``range(len(dst))`` is an error, code ``ERR_ROUTE``).
+    record whose key is ``k`` goes to ``dst[k]``; a key outside
+    ``range(len(dst))`` goes to ``default`` if given, else it is an error
+    (code ``ERR_ROUTE``).
 
     :meth:`run` releases the GIL and loops (pop a batch of up to
     ``batch_size`` records, run the plug-in once, push the outputs) until the
@@ -426,7 +427,7 @@ cdef class RecordPump:
         self.errbuf = NULL
 
     def __init__(self, RecordChannel src not None, plugin, dst, *, Py_ssize_t batch_size=256,
-                 double slice=0.05, bint close_outputs=True):
+                 double slice=0.05, bint close_outputs=True, RecordChannel default=None):
         cdef Py_ssize_t i
         if self.inbuf != NULL:
             raise RuntimeError("RecordPump: already initialised")
@@ -446,8 +447,13 @@ cdef class RecordPump:
         for ch in outs:
             if not isinstance(ch, RecordChannel):
                 raise TypeError(f"RecordPump: outputs must be RecordChannels, got {ch!r:.80}")
-        if self.plug.kind != REFLUX_PLUGIN_KEY and len(outs) != 1:
-            raise ValueError("RecordPump: only a key plug-in feeds several outputs")
+        if self.plug.kind != REFLUX_PLUGIN_KEY and (len(outs) != 1 or default is not None):
+            raise ValueError("RecordPump: only a key plug-in feeds several outputs or a default")
+        self.n_out = len(outs)
+        self.default_out = -1
+        if default is not None:
+            self.default_out = len(outs)
+            outs.append(default)
         if src.itemsize != self.plug.in_itemsize:
             raise TypeError(f"RecordPump: src holds {src.itemsize}-byte records, the plug-in "
                             f"takes {self.plug.in_itemsize}")
@@ -458,11 +464,10 @@ cdef class RecordPump:
                                 f"records, the plug-in makes {out_size}")
         self.src = src
         self.outputs = outs
-        self.n_out = len(outs)
         self.batch = batch_size
         self.slice_s = slice
         self.close_outputs = close_outputs
-        self.out_ptrs = <void**>PyMem_Malloc(self.n_out * sizeof(void*))
+        self.out_ptrs = <void**>PyMem_Malloc(len(outs) * sizeof(void*))
         self.inbuf = <char*>PyMem_Malloc(batch_size * self.plug.in_itemsize)
         self.outbuf = <char*>PyMem_Malloc(batch_size * max(out_size, self.plug.in_itemsize))
         self.mask = <uint8_t*>PyMem_Malloc(batch_size)
@@ -471,7 +476,7 @@ cdef class RecordPump:
         if (self.out_ptrs == NULL or self.inbuf == NULL or self.outbuf == NULL or self.mask == NULL
                 or self.keys == NULL or self.errbuf == NULL):
             raise MemoryError("RecordPump: cannot allocate its buffers")
-        for i in range(self.n_out):
+        for i in range(len(outs)):
             self.out_ptrs[i] = <void*>outs[i]   # borrowed: self.outputs holds them
         self.got = 0
         self.pos = 0
@@ -536,7 +541,7 @@ cdef class RecordPump:
     cdef pump_status run_nogil(self) noexcept nogil:
         cdef const reflux_plugin* p = self.plug
         cdef reflux_status st
-        cdef Py_ssize_t n, i, j, kept, rest, size = p.in_itemsize
+        cdef Py_ssize_t n, i, j, kept, rest, port, size = p.in_itemsize
         cdef int64_t r
         cdef int pushed
         cdef int64_t yield_at = rx_now_ns() + <int64_t>(self.slice_s * 1e9)
@@ -551,7 +556,7 @@ cdef class RecordPump:
                     continue
                 if r < 0:
                     if self.close_outputs:
-                        for i in range(self.n_out):
+                        for i in range(self.n_out + (self.default_out >= 0)):
                             (<RecordChannel>self.out_ptrs[i]).close_nogil()
                     return PUMP_END
                 self.got = r
@@ -589,7 +594,11 @@ cdef class RecordPump:
                 pushed = 0
                 i = 0
                 while i < n and pushed == 0:
-                    if self.keys[i] < 0 or self.keys[i] >= self.n_out:
+                    if 0 <= self.keys[i] < self.n_out:
+                        port = <Py_ssize_t>self.keys[i]
+                    elif self.default_out >= 0:
+                        port = self.default_out
+                    else:
                         # a key naming no output fails like a plug-in error
                         st.error = REFLUX_ERR_ROUTE
                         n = i
@@ -598,8 +607,7 @@ cdef class RecordPump:
                     j = i + 1
                     while j < n and self.keys[j] == self.keys[i]:
                         j += 1
-                    pushed = _push(self, <Py_ssize_t>self.keys[i],
-                                   self.inbuf + (self.pos + i) * size, j - i)
+                    pushed = _push(self, port, self.inbuf + (self.pos + i) * size, j - i)
                     i = j
                 if pushed != 0:
                     # records of this batch after the interrupted run never went out

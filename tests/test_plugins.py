@@ -588,3 +588,52 @@ except KeyboardInterrupt:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "INTERRUPTED" in proc.stdout
+
+
+def test_two_plugin_nodes_joined_by_a_record_channel_run_without_the_gil():
+    """The record edge a runtime builds between two plug-in nodes (pump_for):
+    records flow source -> Transformer -> Filter -> sink through record
+    channels while this thread holds the GIL without a break."""
+    from reflux.plugins import pump_for, record_dtypes
+
+    t, f = Transformer(P.NewtonSqrt(40), name="t"), Filter(P.AtLeast(3.0), name="f")
+    assert record_dtypes(t) == (REC, REC) and record_dtypes(f) == (REC, REC)
+    assert record_dtypes(Transformer(abs)) is None
+    n = 1 << 17
+    a = records(n)
+    src, mid, dst = (RecordChannel(REC, 1 << 17) for _ in range(3))
+    src.push(a)
+    src.close()
+    p1, p2 = pump_for(t, src, [mid], batch_size=64), pump_for(f, mid, [dst], batch_size=64)
+    with GilHold() as g:
+        w1, w2 = start(p1.run, name="pump-t"), start(p2.run, name="pump-f")
+        wait_until(lambda: p2.received > 0, "records to reach the second node")
+        (e1, r2), (e1b, r2b), ticks = g.hold(0.5, lambda: (p1.emitted, p2.received))
+        for w in (w1, w2):
+            w.finish(on_hang=lambda: (p1.stop(), p2.stop()))
+    assert ticks == 0, "the GIL hold was not real"
+    if e1 < n:
+        assert e1b > e1, "the first node made no progress while the GIL was held"
+    if r2 < n:
+        assert r2b > r2, "no record crossed the record edge while the GIL was held"
+    ref = newton_ref(a, 40)
+    np.testing.assert_array_equal(dst.pop(n)["id"], ref[ref["x"] >= 3.0]["id"])
+
+
+def test_pump_for_a_messenger_routes_by_port():
+    from reflux.plugins import pump_for
+
+    zero, one = Loader.to_list(name="zero"), Loader.to_list(name="one")
+    m = Messenger(P.IdModulo(3), routes={0: zero, 1: one}, default=one, name="m")
+    Pipeline(Extractor([]) >> m >> [zero, one]).compile()  # fills the Messenger's port table
+    outs = [RecordChannel(REC, 64) for _ in range(2)]
+    src = RecordChannel(REC, 64)
+    src.push(records(9))
+    src.close()
+    pump = pump_for(m, src, outs)
+    assert pump.run() == "end"
+    zero_port = m._ports[0]
+    np.testing.assert_array_equal(outs[zero_port].pop(64)["id"], [0, 3, 6])
+    np.testing.assert_array_equal(outs[1 - zero_port].pop(64)["id"], [1, 2, 4, 5, 7, 8])
+    with pytest.raises(Exception, match="Transformer 'plain': not made with a compiled plug-in"):
+        pump_for(Transformer(abs, name="plain"), src, outs[:1])

@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from reflux_core import transform as _core
-from reflux_core.transform import RecordError
+from reflux_core.channel import RecordChannel
+from reflux_core.transform import RecordError, RecordPump
 
 from .errors import ValidationError
 from .nodes import NodeLogic, Outbox, _close_hook, _open_hook, RoutingError
@@ -57,6 +58,8 @@ __all__ = [
     "c_plugin",
     "is_plugin",
     "check_plugin",
+    "record_dtypes",
+    "pump_for",
     "ABI_VERSION",
 ]
 
@@ -342,3 +345,56 @@ def messenger_logic(node: Messenger, ctx: NodeContext, ports: dict[Any, int],
                     default: int | None) -> PluginMessengerLogic:
     """The logic of a Messenger made with a key plug-in."""
     return PluginMessengerLogic(node, ctx, node.plugin, ports, default)
+
+
+# --------------------------------------------------------------------------- record edges (for the runtime)
+
+def record_dtypes(node: Any) -> tuple[np.dtype, np.dtype] | None:
+    """``(in_dtype, out_dtype)`` of a node made with a plug-in, else ``None``.
+
+    A runtime can connect two such nodes whose dtypes agree with a
+    :class:`~reflux_core.channel.RecordChannel` and run each with
+    :func:`pump_for`: records then go from node to node without the GIL.
+    """
+    plugin = getattr(node, "plugin", None)
+    if not isinstance(plugin, Plugin):
+        return None
+    return plugin.in_dtype, plugin.out_dtype
+
+
+def pump_for(node: Any, src: RecordChannel, outputs: list[RecordChannel], *, batch_size: int = 256,
+             slice: float = 0.05, close_outputs: bool = True) -> RecordPump:
+    """A nogil :class:`~reflux_core.transform.RecordPump` running ``node``'s plug-in
+    from ``src`` into its output channels (one per output port, in port order).
+
+    A Transformer or Filter has one output.  A Messenger's routes must map
+    the keys ``0..k`` (every one of them, or through ``default``) to ports:
+    the pump sends a record with key ``i`` to the channel of that port, and
+    any other key to the default port (without one, it fails with
+    ``ERR_ROUTE``).  With ``close_outputs`` the pump closes its outputs at
+    the end of its input (each once, also a port several keys share).
+    """
+    owner = getattr(node, "label", repr(node))
+    plugin = getattr(node, "plugin", None)
+    if not isinstance(plugin, Plugin):
+        raise ValidationError(f"{owner}: not made with a compiled plug-in, it cannot run as a record pump")
+    if plugin.kind != "key":
+        if len(outputs) != 1:
+            raise ValidationError(f"{owner}: a record pump for a {plugin.kind} has one output, got {len(outputs)}")
+        dst: Any = outputs[0]
+    else:
+        ports: dict[Any, int] = getattr(node, "_ports", {})
+        default = getattr(node, "_default_port", None)
+        int_keys = [k for k in ports if isinstance(k, int) and not isinstance(k, bool) and k >= 0]
+        if not int_keys:
+            raise ValidationError(f"{owner}: a record pump needs routes for the int keys 0..k")
+        table = []
+        for k in range(max(int_keys) + 1):
+            port = ports.get(k, default)
+            if port is None:
+                raise ValidationError(f"{owner}: key {k} has no route and there is no default route, "
+                                      "so it cannot run as a record pump")
+            table.append(outputs[port])
+        return RecordPump(src, plugin.owner, table, batch_size=batch_size, slice=slice,
+                          close_outputs=close_outputs, default=None if default is None else outputs[default])
+    return RecordPump(src, plugin.owner, dst, batch_size=batch_size, slice=slice, close_outputs=close_outputs)
