@@ -5,7 +5,7 @@ Run from the repository root::
     python -m benchmarks.cython_transform [--quick] [--records N] [--rounds R]
                                           [--chunk C] [--repeat K] [--json PATH]
 
-The transform: ``x -> sqrt(x)`` by ``--rounds`` Newton steps per record (32 by
+The transform: ``x -> sqrt(x)`` by ``--rounds`` Newton steps per record (128 by
 default), over records ``[("id", "<i8"), ("x", "<f8")]``.  Rows:
 
 ``python per item``        a Python function, one record (a float) per item
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cython_transform", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, one run each: a smoke run")
     p.add_argument("--records", type=int, help="records per row (default 1,000,000)")
-    p.add_argument("--rounds", type=int, default=32, help="Newton steps per record (default 32)")
+    p.add_argument("--rounds", type=int, default=128, help="Newton steps per record (default 128)")
     p.add_argument("--chunk", type=int, default=4096, help="records per chunk item (default 4096)")
     p.add_argument("--repeat", type=int, help="runs per row, median reported (default 3)")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")

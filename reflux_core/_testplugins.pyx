@@ -36,6 +36,9 @@ cdef extern from "reflux_core/atomics.h" nogil:
 
 RECORD = [("id", "<i8"), ("x", "<f8")]
 
+cdef enum:
+    LANES = 8  # records NewtonSqrt works on side by side
+
 cdef packed struct rec:
     int64_t id
     double x
@@ -60,17 +63,35 @@ cdef class NewtonSqrt(CTransform):
                               reflux_status* status) noexcept nogil:
         cdef const rec* a = <const rec*>src
         cdef rec* b = <rec*>dst
-        cdef Py_ssize_t i, m = 0
+        cdef Py_ssize_t i, m = 0, base, j, cnt
+        cdef int k
+        cdef double xs[LANES]
+        cdef double ys[LANES]
+        # pass 1: drop and check, copying the records that stay
         for i in range(n):
             if isnan(a[i].x):
                 status.index = i
                 status.error = 1
-                return m
+                break
             if a[i].x < 0:
                 continue
-            b[m].id = a[i].id
-            b[m].x = _newton_sqrt(a[i].x, self.rounds)
+            b[m] = a[i]
             m += 1
+        # pass 2: Newton over blocks of LANES independent records, so the
+        # divisions overlap (and the compiler may use SIMD); per record the
+        # same operations in the same order as _newton_sqrt
+        base = 0
+        while base < m:
+            cnt = min(<Py_ssize_t>LANES, m - base)
+            for j in range(LANES):
+                xs[j] = b[base + j].x if j < cnt else 1.0
+                ys[j] = xs[j] + 1.0
+            for k in range(self.rounds):
+                for j in range(LANES):
+                    ys[j] = 0.5 * (ys[j] + xs[j] / ys[j])
+            for j in range(cnt):
+                b[base + j].x = ys[j]
+            base += LANES
         return m
 
 
