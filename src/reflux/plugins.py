@@ -44,8 +44,8 @@ from reflux_core import transform as _core
 from reflux_core.channel import RecordChannel
 from reflux_core.transform import RecordError, RecordPump
 
-from .errors import ValidationError
-from .nodes import NodeLogic, Outbox, _close_hook, _open_hook, RoutingError
+from .errors import RoutingError, ValidationError
+from .nodes import NodeLogic, Outbox, _close_hook, _open_hook
 
 if TYPE_CHECKING:  # pragma: no cover
     from .nodes import Filter, Messenger, NodeContext, Transformer
