@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Hot paths for a reflux pipeline, in Cython.
 
-calibrate (record lane): a CTransform over sensor readings, run by reflux
+Calibrate (record lane): a CTransform over sensor readings, run by reflux
     without the GIL once per chunk of records.
 blur3x3 (object lane): a plain function over a numpy image tile that
     releases the GIL for its loops, so Transformer replicas run in parallel.
