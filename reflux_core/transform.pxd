@@ -109,6 +109,7 @@ cdef class RecordPump:
     cdef Py_ssize_t got               # records in inbuf
     cdef Py_ssize_t pos               # next record of inbuf to process
     cdef uint32_t stop_flag           # written by stop() (release), read by the loop (acquire)
+    cdef uint32_t running             # 1 while run() runs (exchange acq_rel): one thread at a time
     cdef double slice_s               # longest single wait, so stop() is seen
     cdef bint close_outputs           # close every output at the end of the input
     # counters in records; written by the pump's thread only (relaxed atomic
@@ -121,5 +122,6 @@ cdef class RecordPump:
     # slice_s seconds (working or waiting), or another status when the pump
     # is done (END, CLOSED), stopped, or a record failed (ERROR: call again
     # to go on after it).  Safe to call again after any status but END/CLOSED.
+    # One thread at a time: the caller makes sure of it (run() checks).
     cdef pump_status run_nogil(self) noexcept nogil
     cdef void stop_nogil(self) noexcept nogil

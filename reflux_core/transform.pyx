@@ -37,6 +37,7 @@ cdef extern from "reflux_core/atomics.h" nogil:
     # private to the core (never in a .pxd)
     uint32_t rx_load32_acquire(uint32_t* p)
     void rx_store32_release(uint32_t* p, uint32_t v)
+    uint32_t rx_xchg32_acqrel(uint32_t* p, uint32_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
     void rx_store64_relaxed(uint64_t* p, uint64_t v)
 
@@ -630,13 +631,24 @@ cdef class RecordPump:
         failing record (the pump can be run again to go on after it);
         ``"skip"`` counts failures in ``errors`` and goes on; a callable is
         called as ``on_error(record_bytes, code)`` with the GIL, then the pump
-        goes on.  ``name`` names the node in messages.
+        goes on.  ``name`` names the node in messages.  One thread at a time.
         """
-        cdef pump_status status
         if self.inbuf == NULL:
             raise RuntimeError("RecordPump: not initialised")
         if on_error not in ("raise", "skip") and not callable(on_error):
             raise ValueError(f"RecordPump: on_error must be 'raise', 'skip' or a callable, got {on_error!r}")
+        # acq_rel exchange: pairs with the release store below, so a later
+        # run() in another thread sees everything this run wrote
+        if rx_xchg32_acqrel(&self.running, 1):
+            raise RuntimeError("RecordPump: run() is already running in another thread")
+        try:
+            return self._run(on_error, name)
+        finally:
+            rx_store32_release(&self.running, 0)
+
+    def _run(self, on_error, name):
+        """The body of :meth:`run` (which guards it)."""
+        cdef pump_status status
         while True:
             with nogil:
                 status = self.run_nogil()

@@ -637,3 +637,16 @@ def test_pump_for_a_messenger_routes_by_port():
     np.testing.assert_array_equal(outs[1 - zero_port].pop(64)["id"], [1, 2, 4, 5, 7, 8])
     with pytest.raises(Exception, match="Transformer 'plain': not made with a compiled plug-in"):
         pump_for(Transformer(abs, name="plain"), src, outs[:1])
+
+
+def test_pump_runs_in_one_thread_at_a_time():
+    src, dst = RecordChannel(REC, 64), RecordChannel(REC, 64)
+    pump = RecordPump(src, P.NewtonSqrt(), dst, slice=0.01)
+    src.push(records(1))
+    w = start(pump.run, name="pump")
+    wait_until(lambda: pump.received == 1, "the pump thread to be inside run()")
+    with pytest.raises(RuntimeError, match="already running"):
+        pump.run()
+    src.close()
+    w.finish()
+    assert w.result == "end"
