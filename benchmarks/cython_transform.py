@@ -185,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, help="records per row (default 1,000,000)")
     p.add_argument("--rounds", type=int, default=128, help="Newton steps per record (default 128)")
     p.add_argument("--chunk", type=int, default=4096, help="records per chunk item (default 4096)")
-    p.add_argument("--repeat", type=int, help="runs per row, median reported (default 3)")
+    p.add_argument("--repeat", type=int, help="runs per row, median reported (default 5)")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     a = p.parse_args(argv)
     n = a.records or (20_000 if a.quick else 1_000_000)
-    repeat = a.repeat or (1 if a.quick else 3)
+    repeat = a.repeat or (1 if a.quick else 5)
     rounds, chunk = a.rounds, a.chunk
 
     data = make_records(n)
