@@ -650,3 +650,12 @@ def test_pump_runs_in_one_thread_at_a_time():
     src.close()
     w.finish()
     assert w.result == "end"
+
+
+def test_plain_python_nodes_do_not_load_the_plugin_layer():
+    """A pipeline of Python functions never imports reflux.plugins (nor numpy): no start-up cost."""
+    code = ("import sys\nfrom reflux import Filter, Messenger, Transformer\n"
+            "Transformer(abs); Filter(bool); Messenger(len)\n"
+            "assert 'reflux.plugins' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -272,9 +272,19 @@ def _check_callable(owner: str, fn: Any, what: str = "function") -> None:
 
 
 def _plugin_for(owner: str, obj: Any, kind: str) -> Any:
-    """The checked compiled plug-in (see :mod:`reflux.plugins`) when ``obj`` is one, else ``None``."""
+    """The checked compiled plug-in (see :mod:`reflux.plugins`) when ``obj`` is one, else ``None``.
+
+    Plain callables never import reflux.plugins (nor numpy)."""
+    if isinstance(obj, type):
+        return None
+    try:
+        offered = getattr(obj, "__reflux_plugin__", None) is not None
+    except Exception:  # a plug-in whose capsule property fails: check_plugin reports it
+        offered = True
+    if not offered:
+        return None
     from . import plugins
-    return plugins.check_plugin(obj, owner, kind) if plugins.is_plugin(obj) else None
+    return plugins.check_plugin(obj, owner, kind)
 
 
 def _check_positive_int(owner: str, label: str, value: Any, allow_none: bool = True) -> None:
