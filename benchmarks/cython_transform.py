@@ -14,7 +14,7 @@ default), over records ``[("id", "<i8"), ("x", "<f8")]``.  Rows:
 ``cython parallel=1``      ``Transformer(NewtonSqrt(rounds))``: the compiled
                            plug-in (reflux_core._testplugins) over the same chunks,
                            GIL released per chunk
-``cython parallel=2``      two replicas of it (see :func:`replicated`)
+``cython parallel=2``      two replicas of it (``parallel=2``, see :func:`replicated`)
 ``record pump x1 / x2``    the nogil RecordPump moving records channel to
                            channel, no Python at all per batch (1 or 2 pumps
                            sharing MPMC channels)
@@ -58,10 +58,9 @@ REC = np.dtype(_testplugins.RECORD)
 def replicated(make: Callable[[str], Transformer], n: int, name: str) -> Any:
     """``n`` replicas of a Transformer as one flow.
 
-    Today: a Balancer in front of ``n`` Transformers and a Funnel behind them
-    (each node runs in its own thread).  Once ``Transformer(..., parallel=n)``
-    exists this returns that single node instead, so the rows switch over by
-    themselves.
+    With the worker pool, ``Transformer(..., parallel=n)``: one node whose
+    replicas share its input.  Without it (an older runtime), a Balancer in
+    front of ``n`` Transformers and a Funnel behind them.
     """
     if n > 1 and "parallel" in inspect.signature(Transformer.__init__).parameters:
         node = make(name)

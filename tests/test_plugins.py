@@ -659,3 +659,23 @@ def test_plain_python_nodes_do_not_load_the_plugin_layer():
             "assert 'reflux.plugins' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_plugin_replicas_on_the_pool(ordered):
+    """parallel=N replicas share one plug-in object (its method must be reentrant)."""
+    a = records(20000)
+    chunks = chunks_of(a, 500)
+    sink = Loader.to_list()
+    result = Pipeline(Extractor(chunks) >> Transformer(P.NewtonSqrt(16), name="t", parallel=2, ordered=ordered)
+                      >> Filter(P.AtLeast(2.0), name="f") >> sink).run()
+    assert result.status == "completed"
+    got = result.results[sink.name]
+    assert len(got) == len(chunks)
+    ref = newton_ref(a, 16)
+    ref = ref[ref["x"] >= 2.0]
+    out = np.concatenate(got)
+    if not ordered:
+        out = np.sort(out, order="id")
+    np.testing.assert_array_equal(out["id"], ref["id"])
+    np.testing.assert_allclose(out["x"], ref["x"], rtol=1e-12)
