@@ -679,3 +679,11 @@ def test_plugin_replicas_on_the_pool(ordered):
         out = np.sort(out, order="id")
     np.testing.assert_array_equal(out["id"], ref["id"])
     np.testing.assert_allclose(out["x"], ref["x"], rtol=1e-12)
+
+
+def test_plugin_nodes_take_one_chunk_per_batch_by_default():
+    assert Transformer(P.NewtonSqrt()).batch_size == 1
+    assert Filter(P.AtLeast(1.0)).batch_size == 1
+    assert Messenger(P.IdModulo(2)).batch_size == 1
+    assert Transformer(P.NewtonSqrt(), batch_size=8).batch_size == 8
+    assert Transformer(abs).batch_size is None

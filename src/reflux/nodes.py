@@ -305,6 +305,15 @@ def _plugin_for(owner: str, obj: Any, kind: str) -> Any:
     return plugins.check_plugin(obj, owner, kind)
 
 
+def _chunk_batches(node: Node) -> None:
+    """A node given a plug-in takes one item (a chunk of records) per batch
+    unless ``batch_size`` says otherwise: a chunk is a batch already, and
+    replicas (``parallel=N``) then share the chunks instead of one replica
+    taking a whole batch of them."""
+    if node.batch_size is None:
+        node.batch_size = 1
+
+
 def _replicas(owner: str, parallel: Any, ordered: Any) -> tuple[int, bool]:
     """Validate ``parallel=`` and ``ordered=`` of a Transformer or Filter."""
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
@@ -760,6 +769,8 @@ class Transformer(Node):
             _check_callable(self.label, fn)
         elif flat:
             raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
+        else:
+            _chunk_batches(self)
         self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.fn = fn
         self.generator = _is_generator_callable(fn)
@@ -915,6 +926,8 @@ class Filter(Node):
         self.plugin = _plugin_for(self.label, predicate, "filter")
         if self.plugin is None:
             _check_callable(self.label, predicate, "predicate")
+        else:
+            _chunk_batches(self)
         self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.predicate = predicate
 
@@ -1116,6 +1129,7 @@ class Messenger(Node):
             _check_callable(self.label, key, "key")
         else:
             self.stats_law = "free"  # one chunk in may leave as several parts
+            _chunk_batches(self)
         if routes is not None and not isinstance(routes, Mapping):
             raise ValidationError(f"{self.label}: routes must be a mapping of key to node, got {routes!r:.60}")
         for k, target in (routes or {}).items():
