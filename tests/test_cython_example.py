@@ -73,6 +73,14 @@ def blur_ref(t):
 tiles = [rng.random((48, 80), dtype=np.float32) for _ in range(12)]
 for i, t in enumerate(tiles):
     t[0, 0] = i  # tags each tile so outputs can be matched after merging
+# two replicas on the worker pool, in input order
+res = Pipeline(Extractor(tiles) >> Transformer(hotpath.blur3x3, name="blur", parallel=2, ordered=True,
+                                               batch_size=1) >> Loader.to_list(name="out")).run()
+out = res.results["out"]
+assert len(out) == len(tiles) and res.nodes["blur"].emitted == len(tiles)
+for o, t in zip(out, tiles):
+    np.testing.assert_allclose(o, blur_ref(t), rtol=1e-5, atol=1e-5)
+# and behind a Balancer, merged by a Funnel (completion order)
 replicas = [Transformer(hotpath.blur3x3, name=f"blur{i}") for i in range(2)]
 res = Pipeline(Extractor(tiles) >> Balancer() >> replicas >> Funnel() >> Loader.to_list(name="out")).run()
 out = res.results["out"]

@@ -2,7 +2,7 @@
 import numpy as np
 
 import hotpath
-from reflux import Balancer, Extractor, Funnel, Loader, Pipeline, Transformer
+from reflux import Extractor, Loader, Pipeline, Transformer
 
 # record lane: chunks of readings through the CTransform, no GIL per chunk
 rng = np.random.default_rng(7)
@@ -13,10 +13,8 @@ chunks = [readings[i:i + 1000] for i in range(0, 10_000, 1000)]
 cal = Pipeline(Extractor(chunks) >> Transformer(hotpath.Calibrate(0.1, -40.0)) >> Loader.to_list(name="out"))
 celsius = np.concatenate(cal.run().results["out"])
 
-# object lane: image tiles through two replicas of blur3x3 behind a Balancer
+# object lane: image tiles through two replicas of blur3x3, in input order
 tiles = [rng.random((64, 64), dtype=np.float32) for _ in range(8)]
-balance, merge = Balancer(), Funnel()
-replicas = [Transformer(hotpath.blur3x3, name=f"blur{i}") for i in range(2)]
-blur = Pipeline(Extractor(tiles) >> balance >> replicas >> merge >> Loader.to_list(name="out"))
-blurred = blur.run().results["out"]
+blur3 = Transformer(hotpath.blur3x3, parallel=2, ordered=True, batch_size=1)
+blurred = Pipeline(Extractor(tiles) >> blur3 >> Loader.to_list(name="out")).run().results["out"]
 print(len(celsius), "readings,", len(blurred), "tiles")
