@@ -688,22 +688,34 @@ class Transformer(Node):
       ``flat=True``, the iterable a plain function returns is flattened.
     * a class instance with ``__call__`` may keep state; its optional
       ``open()`` and ``close()`` methods are called once per worker.
+
+    ``executor="process"`` runs ``fn`` in ``workers`` worker processes
+    (default: one per CPU) for CPU-bound pure Python; ``fn`` (with its state)
+    must be picklable and is sent once per worker, items and results travel
+    pickled.  ``ordered=False`` emits results as they complete instead of in
+    input order.  See :mod:`reflux.process`.
     """
 
     kind = "Transformer"
 
-    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, executor: str | None = None,
+                 workers: int | None = None, ordered: bool = True, **kwargs: Any) -> None:
         super().__init__(_default=_default_name(fn), **kwargs)
         _check_callable(self.label, fn)
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
+        from .process import check_executor
+        self.executor, self.workers, self.ordered = check_executor(self.label, executor, workers, ordered)
 
     @property  # type: ignore[override]
     def stats_law(self) -> str:
         return "free" if self.flat else "one"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.executor == "process":
+            from .process import ProcessTransformerLogic
+            return ProcessTransformerLogic(self, ctx)
         return (FlatTransformerLogic if self.flat else TransformerLogic)(self, ctx)
 
 
