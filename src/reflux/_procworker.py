@@ -254,15 +254,21 @@ def _send_done(wfd: int, seq: int, values: list[Any], errors: list[tuple[Any, ..
     write_all(wfd, parts)
 
 
-def _reader(rfd: int, inbox: deque[Any], wake: threading.Semaphore) -> None:
+def _reader(rfd: int, inbox: deque[Any], wake: threading.Semaphore, parent: int) -> None:
     """Reader thread: drain the input pipe as fast as it fills, so the parent never
-    blocks on a full pipe while this worker blocks on a full result pipe."""
+    blocks on a full pipe while this worker blocks on a full result pipe.
+
+    At the end of input: if the parent died (this process was re-parented), leave at
+    once, abandoning any chunk queued or running; else let the queued chunks finish.
+    """
     try:
         while True:
             inbox.append(read_raw(rfd))
             wake.release()
     except (EOFError, OSError):
         pass
+    if os.getppid() != parent:
+        os._exit(0)
     inbox.append(None)
     wake.release()
 
@@ -284,14 +290,24 @@ def main(argv: list[str]) -> int:
     # SIGINT to the whole process group, so ignore it here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pid = os.getpid()
+    parent = os.getppid()
     try:
         _, prep, fn_pickle, opts = read_msg(rfd)
     except (EOFError, OSError):
         return 0
     try:
         if prep:
+            import multiprocessing.process
             import multiprocessing.spawn
-            multiprocessing.spawn.prepare(prep)  # sys.path, cwd, the parent's __main__
+            # as multiprocessing's spawn does: while the parent's __main__ is imported
+            # here, starting processes is refused with an explanation (a script
+            # without an ``if __name__ == "__main__":`` guard would else recurse)
+            me = multiprocessing.process.current_process()
+            me._inheriting = True  # type: ignore[attr-defined]
+            try:
+                multiprocessing.spawn.prepare(prep)  # sys.path, cwd, the parent's __main__
+            finally:
+                me._inheriting = False  # type: ignore[attr-defined]
         fn = pickle.loads(fn_pickle)
         hook = _hook(fn, "open")
         if hook is not None:
@@ -305,7 +321,7 @@ def main(argv: list[str]) -> int:
     write_all(wfd, encode((READY, pid)))
     inbox: deque[Any] = deque()
     wake = threading.Semaphore(0)
-    reader = threading.Thread(target=_reader, args=(rfd, inbox, wake), daemon=True,
+    reader = threading.Thread(target=_reader, args=(rfd, inbox, wake, parent), daemon=True,
                               name="reflux-worker-reader")
     reader.start()
     perf = time.perf_counter
@@ -336,5 +352,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Leave quickly, as multiprocessing's forked children do: flush what the user may
+    have buffered (stdio, logging), then ``os._exit`` (no interpreter tear-down, which
+    costs tens of milliseconds with numpy loaded and would only delay the pipeline)."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        try:
+            logging.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(code)
+
+
 if __name__ == "__reflux_worker__":
-    sys.exit(main(sys.argv))
+    _exit(main(sys.argv))

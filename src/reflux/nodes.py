@@ -706,7 +706,7 @@ class Transformer(Node):
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
         from .process import check_executor
-        self.executor, self.workers, self.ordered = check_executor(self.label, executor, workers, ordered)
+        self.executor, self.workers, self.ordered = check_executor(self.label, executor, workers, ordered, fn)
 
     @property  # type: ignore[override]
     def stats_law(self) -> str:

@@ -61,6 +61,7 @@ __all__ = [
     "RemoteError",
     "ProcessTransformerLogic",
     "check_executor",
+    "check_picklable",
     "default_workers",
 ]
 
@@ -102,8 +103,9 @@ def default_workers() -> int:
 
 
 def check_executor(owner: str, executor: str | None, workers: int | None,
-                   ordered: bool) -> tuple[str, int | None, bool]:
-    """Check a Transformer's ``executor``/``workers``/``ordered`` (errors name ``owner``).
+                   ordered: bool, fn: Any = None) -> tuple[str, int | None, bool]:
+    """Check a Transformer's ``executor``/``workers``/``ordered`` (errors name ``owner``);
+    with ``executor="process"``, also that ``fn`` can be pickled.
 
     Returns ``(executor, workers, ordered)`` normalised (``executor`` None is "thread").
     """
@@ -119,9 +121,23 @@ def check_executor(owner: str, executor: str | None, workers: int | None,
             raise ValidationError(f"{owner}: workers must be a positive integer, got {workers!r}")
     if not isinstance(ordered, bool):
         raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
-    if executor == "process" and os.name != "posix":
-        raise ValidationError(f"{owner}: executor='process' is not available on {sys.platform} yet")
+    if executor == "process":
+        if os.name != "posix":
+            raise ValidationError(f"{owner}: executor='process' is not available on {sys.platform} yet")
+        if fn is not None:
+            check_picklable(owner, fn)
     return executor, workers, ordered
+
+
+def check_picklable(owner: str, fn: Any) -> bytes:
+    """Pickle ``fn`` as it will be sent to the workers; a clear error naming ``owner`` if it cannot be."""
+    try:
+        return pickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise ValidationError(
+            f"{owner}: executor='process' sends the function to worker processes, but it cannot be "
+            f"pickled ({type(exc).__name__}: {exc}); use a module-level function or a picklable "
+            f"callable object") from exc
 
 
 # ---------------------------------------------------------------- a safety net for the parent's exit
@@ -220,13 +236,7 @@ class ProcessTransformerLogic(NodeLogic):
     def open(self) -> None:
         """Pickle the function (once) and start the worker processes."""
         node = self.node
-        try:
-            fn_pickle = pickle.dumps(node.fn, protocol=5)
-        except Exception as exc:
-            raise ValidationError(
-                f"{node.label}: executor='process' sends the function to worker processes, but it "
-                f"cannot be pickled ({type(exc).__name__}: {exc}); use a module-level function or "
-                f"a picklable callable object") from exc
+        fn_pickle = check_picklable(node.label, node.fn)  # its state may have changed since
         pol = self.policy
         opts = {"flat": self.flat, "retries": pol.retries, "backoff": pol.backoff,
                 "backoff_factor": pol.backoff_factor, "max_backoff": pol.max_backoff}
