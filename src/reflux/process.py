@@ -15,8 +15,9 @@ How it works
   functions defined in the user's script work as with ``multiprocessing``.
   The workers start while the pipeline runs; nothing waits for them.
 * ``process(batch)`` cuts the batch into chunks (sized from the measured cost
-  per item: cheap items travel as whole batches, costly ones in pieces of
-  about :data:`CHUNK_SECONDS` of work), sends each chunk to the least busy
+  per item: one item per chunk until the first result is back, then cheap
+  items travel as whole batches, costly ones in pieces of about
+  :data:`CHUNK_SECONDS` of work), sends each chunk to the least busy
   worker and emits whatever results are back.  It blocks (in ``poll``, the
   GIL released) only while ``workers * PREFETCH`` chunks are in flight.
 * Items travel as pickle protocol 5 with out-of-band buffers over OS pipes
@@ -337,17 +338,18 @@ class ProcessTransformerLogic(NodeLogic):
 
     # ------------------------------------------------------------------ sending
 
-    def _split(self, items: list[Any]) -> list[list[Any]]:
-        """Cut a batch into chunks of about CHUNK_SECONDS of work each."""
-        n = len(items)
+    def _chunk_size(self, left: int) -> int:
+        """Items for the next chunk, ``left`` items of the batch still to send.
+
+        Until the first result tells the cost of an item, chunks hold one item
+        (an item may take seconds: a big first chunk would hold everything up);
+        then about CHUNK_SECONDS of work each.
+        """
         if self._cost is None:
-            parts = min(n, self.n_workers)
-        else:
-            parts = max(1, min(n, math.ceil(n * self._cost / CHUNK_SECONDS)))
-        if parts == 1:
-            return [items]
-        size = math.ceil(n / parts)
-        return [items[i:i + size] for i in range(0, n, size)]
+            return 1
+        if self._cost <= 0:
+            return left
+        return max(1, min(left, math.ceil(CHUNK_SECONDS / self._cost)))
 
     def _submit(self, items: list[Any], out: Outbox) -> None:
         """Send one chunk to the least busy worker (items that cannot be pickled fail here)."""
@@ -385,10 +387,13 @@ class ProcessTransformerLogic(NodeLogic):
 
     def _send(self, items: list[Any], out: Outbox) -> None:
         """Send ``items`` (already counted in ``remaining``), waiting while too many are in flight."""
-        for chunk in self._split(items):
+        i, n = 0, len(items)
+        while i < n:
             while len(self._chunks) >= self.max_chunks:
                 self._wait(out)
-            self._submit(chunk, out)
+            size = self._chunk_size(n - i)
+            self._submit(items if size == n else items[i:i + size], out)
+            i += size
 
     # ------------------------------------------------------------------ receiving
 
@@ -428,7 +433,7 @@ class ProcessTransformerLogic(NodeLogic):
             chunk.result = msg
             chunk.pid = w.pid
             busy, n = msg[5], len(chunk.items)
-            if n and busy > 0:
+            if n:
                 per = busy / n
                 self._cost = per if self._cost is None else 0.7 * self._cost + 0.3 * per
             self._done.append(chunk)
@@ -448,6 +453,8 @@ class ProcessTransformerLogic(NodeLogic):
 
         Raises :class:`~reflux.nodes.Abort` (through ``ctx.sleep(0)``) when the run is abandoned.
         """
+        if out.held():  # about to block: hand on what is ready first
+            out.flush()
         self._collect(WAIT_SLICE)
         self._emit(out)
         self.ctx.sleep(0)  # raises Abort if the run is being abandoned
@@ -566,8 +573,7 @@ class ProcessTransformerLogic(NodeLogic):
                 pending = self.pending
                 batch = [pending.pop() for _ in range(min(len(pending), 256))]
                 self.remaining += len(batch)
-                for chunk in self._split(batch):
-                    self._submit(chunk, out)
+                self._send(batch, out)
             if self._chunks:
                 self._wait(out)
         self._deadline = None
