@@ -8,8 +8,9 @@ logics runs it: the runtime hands it batches, it hands results to the outbox.
 How it works
 ------------
 * ``open()`` pickles the function once (with its state: a callable object's
-  attributes) and starts ``N`` fresh interpreters (``subprocess``, the
-  equivalent of multiprocessing's "spawn": no fork of a threaded process).
+  attributes) and starts a fresh interpreter (``subprocess``, the equivalent
+  of multiprocessing's "spawn": no fork of a threaded process); more start,
+  up to ``N``, as soon as a chunk finds every worker busy.
   Each gets the function once, with the data multiprocessing's spawn sends
   (``sys.path``, the working directory, the parent's ``__main__``), so
   functions defined in the user's script work as with ``multiprocessing``.
@@ -245,9 +246,9 @@ class ProcessTransformerLogic(NodeLogic):
         if "authkey" in prep:  # an AuthenticationString refuses plain pickling
             prep["authkey"] = bytes(prep["authkey"])
         self._setup = wire.encode((wire.SETUP, prep, fn_pickle, opts))
-        started = [self._spawn(i) for i in range(self.n_workers)]
-        for w in started:  # after every spawn, so the interpreters start side by side
-            self._send_setup(w)
+        # one worker now; the others when there is work for them (see _pick), so a
+        # short run starts (and ends) one interpreter, not ``workers`` of them
+        self._send_setup(self._spawn(0))
 
     def _spawn(self, index: int) -> _Worker:
         """Start one worker interpreter with a pipe each way."""
@@ -375,7 +376,7 @@ class ProcessTransformerLogic(NodeLogic):
         self._next_seq = seq + 1
         chunk = _Chunk(seq, items)
         self._chunks[seq] = chunk
-        w = min((w for w in self.workers if not w.closed), key=lambda w: len(w.inflight))
+        w = self._pick()
         w.inflight.append(chunk)
         try:
             wire.write_all(w.wfd, parts)
@@ -384,6 +385,19 @@ class ProcessTransformerLogic(NodeLogic):
         if self._deadline is None:
             self._interval = MIN_POLL
             self._deadline = time.monotonic() + MIN_POLL
+
+    def _pick(self) -> _Worker:
+        """The worker for the next chunk: an idle one, else a new one while fewer than
+        ``workers`` run, else the least busy."""
+        live = [w for w in self.workers if not w.closed]
+        for w in live:
+            if not w.inflight:
+                return w
+        if len(self.workers) < self.n_workers:
+            w = self._spawn(len(self.workers))
+            self._send_setup(w)
+            return w
+        return min(live, key=lambda w: len(w.inflight))
 
     def _send(self, items: list[Any], out: Outbox) -> None:
         """Send ``items`` (already counted in ``remaining``), waiting while too many are in flight."""
