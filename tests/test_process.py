@@ -521,3 +521,65 @@ def test_workers_exit_when_the_parent_dies(tmp_path: Any, cost: float) -> None:
     while [w for w in workers if alive(w)] and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not [w for w in workers if alive(w)]
+
+
+# --------------------------------------------------------------------------- no runtime at all
+
+
+def _logic(node: Transformer) -> tuple[Any, Any, Any]:
+    from reflux.nodes import LocalContext, Outbox
+    ctx = LocalContext(node.make_stats())
+    return node.make_logic(ctx, 1, ["out"]), Outbox(), ctx
+
+
+def test_the_logic_runs_without_a_runtime() -> None:
+    """Driven by hand through the logic contract (open, process, tick, finish, close)."""
+    logic, out, ctx = _logic(Transformer(procfns.fail_on_3, executor="process", workers=2,
+                                         on_error="dead_letter"))
+    logic.open()
+    try:
+        for s in range(0, 300, 50):
+            logic.process(list(range(s, s + 50)), out)
+            deadline = logic.next_deadline()
+            if deadline is not None:
+                logic.tick(max(deadline, time.monotonic()), out)
+        logic.finish(out)
+        out.flush()
+    finally:
+        logic.close()
+    assert out.sent[0] == [x for x in range(300) if x % 3]
+    assert [r.item for r in out.dead_sent] == list(range(0, 300, 3))
+    assert ctx.stats.errors == 100 and logic.abandon() == 0
+
+
+def test_non_blocking_hooks_for_a_pool_runtime() -> None:
+    """busy() / wait_handles() / drain_step(): a runtime can drive the node without blocking."""
+    import select
+    logic, out, _ = _logic(Transformer(procfns.countdown, executor="process", workers=2))
+    logic.open()
+    try:
+        items = list(range(40))
+        while items:
+            if logic.busy():
+                select.select(logic.wait_handles(), [], [], 5)
+                logic.drain_step(out)
+                continue
+            logic.process([items.pop()], out)
+        while not logic.drain_step(out):
+            assert logic.wait_handles()
+            select.select(logic.wait_handles(), [], [], 5)
+        out.flush()
+    finally:
+        logic.close()
+    assert out.sent[0] == ["done"] * 40
+    assert logic.stats.fed_back == sum(range(40))
+
+
+def test_abandon_counts_what_is_in_flight_and_ends_the_workers() -> None:
+    logic, out, _ = _logic(Transformer(procfns.sleepy, executor="process", workers=2))
+    logic.open()
+    logic.process([0.5] * 4, out)
+    pids = list(logic.pids)
+    assert logic.abandon() == 4 - len(out.ports[0])
+    logic.close()
+    assert not [p for p in pids if alive(p)]

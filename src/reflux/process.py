@@ -33,6 +33,11 @@ How it works
   through the node's error policy per item.  Retries run in the worker.
   A worker that dies fails the items it held (``ProcessWorkerError``, through
   the policy) and is replaced.
+* For a runtime whose threads must not block, the logic also offers
+  :meth:`~ProcessTransformerLogic.busy` (``process()`` would block),
+  :meth:`~ProcessTransformerLogic.wait_handles` (fds readable when results
+  are back) and :meth:`~ProcessTransformerLogic.drain_step` (a non-blocking
+  step of ``finish()``).
 * The workers end with the node: on a normal end they finish their input,
   run the function's ``close()`` and exit; on an abort (a failure, ``stop
   (drain=False)``, Ctrl-C) they are terminated.  A worker whose parent dies
@@ -582,15 +587,43 @@ class ProcessTransformerLogic(NodeLogic):
 
     def finish(self, out: Outbox) -> None:
         """End of stream: wait for every result (and the work fed back meanwhile)."""
-        while self._chunks or self.pending:
-            while self.pending and len(self._chunks) < self.max_chunks:
-                pending = self.pending
-                batch = [pending.pop() for _ in range(min(len(pending), 256))]
-                self.remaining += len(batch)
-                self._send(batch, out)
-            if self._chunks:
-                self._wait(out)
+        while not self.drain_step(out):
+            self._wait(out)
         self._deadline = None
+
+    # ------------------------------------------------------------------ for a runtime that never blocks
+    # Optional hooks beyond the logic contract: a worker-pool runtime can use them to
+    # keep this node from blocking one of its threads (see the module docs).
+
+    def busy(self) -> bool:
+        """``True`` while every in-flight slot is taken: ``process()`` would block now."""
+        return len(self._chunks) >= self.max_chunks
+
+    def wait_handles(self) -> list[int]:
+        """File descriptors that become readable when a worker has sent something;
+        a runtime may poll them to know when :meth:`tick` / :meth:`drain_step` has work."""
+        return list(self._by_fd)
+
+    def drain_step(self, out: Outbox) -> bool:
+        """One non-blocking step of :meth:`finish`: emit what is back, send fed-back items
+        while slots are free; ``True`` once nothing is in flight or pending."""
+        if self._collect(0):
+            self._interval = MIN_POLL
+        self._emit(out)
+        pending = self.pending
+        while pending and len(self._chunks) < self.max_chunks:
+            batch = [pending.pop() for _ in range(min(len(pending), 256))]
+            self.remaining += len(batch)
+            i, n = 0, len(batch)
+            while i < n:
+                if len(self._chunks) >= self.max_chunks:  # no room: keep the rest for later
+                    pending.extend(reversed(batch[i:]))
+                    self.remaining -= n - i
+                    break
+                size = self._chunk_size(n - i)
+                self._submit(batch[i:i + size], out)
+                i += size
+        return not self._chunks and not pending
 
     def close(self) -> None:
         """Stop the workers: gracefully once everything is done, else terminate them."""
