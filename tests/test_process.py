@@ -583,3 +583,26 @@ def test_abandon_counts_what_is_in_flight_and_ends_the_workers() -> None:
     assert logic.abandon() == 4 - len(out.ports[0])
     logic.close()
     assert not [p for p in pids if alive(p)]
+
+
+NO_GUARD = textwrap.dedent("""
+    from reflux import Extractor, Transformer, Loader, Pipeline
+
+    def square(x):
+        return x * x
+
+    # no `if __name__ == "__main__":` guard: each worker imports this file again
+    Pipeline(Extractor(range(10)) >> Transformer(square, executor="process", workers=2)
+             >> Loader.to_list(name="out")).run(timeout=60)
+""")
+
+
+def test_a_script_without_main_guard_fails_clearly(tmp_path: Any) -> None:
+    """As with multiprocessing's spawn: a clear error naming the idiom, never a cascade of workers."""
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=HANG,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert "NodeError: Transformer 'square' failed" in proc.stderr
+    assert "if __name__ == '__main__':" in proc.stderr
