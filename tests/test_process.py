@@ -606,3 +606,17 @@ def test_a_script_without_main_guard_fails_clearly(tmp_path: Any) -> None:
     assert proc.returncode == 1
     assert "NodeError: Transformer 'square' failed" in proc.stderr
     assert "if __name__ == '__main__':" in proc.stderr
+
+
+def test_pipeline_default_executor() -> None:
+    t = Transformer(procfns.pid, name="pid")
+    mine = Transformer(procfns.pid, executor="thread", name="mine")
+    r = run(Extractor(range(5)) >> t >> Loader.to_list(name="a"), executor="process")
+    assert os.getpid() not in r.results["a"]
+    r = run(Extractor(range(5)) >> mine >> Loader.to_list(name="b"), executor="process")
+    assert r.results["b"] == [os.getpid()] * 5
+    with pytest.raises(ValidationError, match="Transformer 'lam': executor='process' .* cannot be pickled"):
+        Pipeline(Extractor(range(5)) >> Transformer(lambda x: x, name="lam") >> Loader.to_list(),
+                 executor="process").run(timeout=HANG)
+    with pytest.raises(ValidationError, match="Pipeline 'p': executor must be one of"):
+        Pipeline(name="p", executor="fork")

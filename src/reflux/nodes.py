@@ -707,6 +707,8 @@ class Transformer(Node):
         self.flat = bool(flat) or self.generator
         from .process import check_executor
         self.executor, self.workers, self.ordered = check_executor(self.label, executor, workers, ordered, fn)
+        #: False when the pipeline's default executor applies
+        self.executor_chosen = executor is not None
 
     @property  # type: ignore[override]
     def stats_law(self) -> str:

@@ -173,7 +173,7 @@ class Pipeline:
     """A graph of nodes joined by bounded channels; runs them and accounts for every item.
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
-    dead_letter=None, max_error_records=1000, join_timeout=10.0)``
+    dead_letter=None, max_error_records=1000, join_timeout=10.0, executor=None)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -193,6 +193,9 @@ class Pipeline:
         seconds to wait for each worker to end once the run is over or
         abandoned; a worker stuck in user code past it is reported in
         :attr:`RunResult.stuck` (and logged) instead of hanging the caller.
+    ``executor``
+        the default ``executor`` of the pipeline's Transformers (``"thread"``
+        or ``"process"``); a Transformer's own ``executor=`` wins.
     """
 
     #: seconds between checks of stop / pause flags while waiting
@@ -202,7 +205,8 @@ class Pipeline:
 
     def __init__(self, *parts: Part, name: str = "pipeline", capacity: int = DEFAULT_CAPACITY,
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
-                 max_error_records: int = 1000, join_timeout: float = 10.0) -> None:
+                 max_error_records: int = 1000, join_timeout: float = 10.0,
+                 executor: str | None = None) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"Pipeline '{name}': {label} must be a positive integer, got {value!r}")
@@ -211,6 +215,10 @@ class Pipeline:
                 f"Pipeline '{name}': max_error_records must be an integer >= 0, got {max_error_records!r}")
         if dead_letter is not None and not isinstance(dead_letter, Loader):
             raise ValidationError(f"Pipeline '{name}': dead_letter must be a Loader, got {dead_letter!r:.60}")
+        from .process import check_executor
+        #: default executor of the Transformers that do not choose one (None: "thread")
+        self.executor: str | None = None if executor is None else \
+            check_executor(f"Pipeline '{name}'", executor, None, True)[0]
         self.name = name
         self.capacity = capacity
         self.batch_size = batch_size
@@ -487,6 +495,9 @@ class Pipeline:
             box = Inbox(node.name, ch, n_prod)
             inbox[id(node)] = box
             inboxes.append(box)
+        if self.executor is not None:
+            from .process import apply_default_executor
+            apply_default_executor(self._nodes, self.executor)
         tasks: list[Task] = []
         for node in self._nodes:
             receivers = [b for a, b in edges if a is node]

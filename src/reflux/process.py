@@ -67,6 +67,7 @@ __all__ = [
     "ProcessWorkerError",
     "RemoteError",
     "ProcessTransformerLogic",
+    "apply_default_executor",
     "check_executor",
     "check_picklable",
     "default_workers",
@@ -134,6 +135,17 @@ def check_executor(owner: str, executor: str | None, workers: int | None,
         if fn is not None:
             check_picklable(owner, fn)
     return executor, workers, ordered
+
+
+def apply_default_executor(nodes: Any, executor: str) -> None:
+    """Give a pipeline's default ``executor`` to its Transformers that did not choose one
+    (checking, for ``"process"``, that their function can be pickled)."""
+    from .nodes import Transformer
+    for node in nodes:
+        if isinstance(node, Transformer) and not node.executor_chosen:
+            if executor == "process":
+                check_picklable(node.label, node.fn)
+            node.executor = executor
 
 
 def check_picklable(owner: str, fn: Any) -> bytes:
