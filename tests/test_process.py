@@ -620,3 +620,23 @@ def test_pipeline_default_executor() -> None:
                  executor="process").run(timeout=HANG)
     with pytest.raises(ValidationError, match="Pipeline 'p': executor must be one of"):
         Pipeline(name="p", executor="fork")
+
+
+@pytest.mark.slow
+def test_stress_random_shapes() -> None:
+    """Many runs with random sizes, batch sizes, worker counts, order and failures."""
+    import random
+    rng = random.Random(4)
+    for _ in range(30):
+        n = rng.randrange(0, 3000)
+        workers = rng.randrange(1, 4)
+        ordered = rng.random() < 0.5
+        batch = rng.choice([1, 7, 64, 256])
+        r = run(Extractor(range(n)) >> Transformer(procfns.fail_on_3, executor="process", workers=workers,
+                                                   ordered=ordered, on_error="skip")
+                >> Loader.to_list(name="out"), batch_size=batch)
+        want = [x for x in range(n) if x % 3]
+        got = r.results["out"]
+        assert (got if ordered else sorted(got)) == want, (n, workers, ordered, batch)
+        assert r.nodes["fail_on_3"].errors == n - len(want)
+        assert not r.accounting_problems()
