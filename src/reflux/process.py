@@ -399,7 +399,7 @@ class ProcessTransformerLogic(NodeLogic):
             wire.write_all(w.wfd, parts)
         except OSError:  # it died: reading its pipe's end fails what it held
             pass
-        if self._deadline is None:
+        if len(self._chunks) == 1:  # the only chunk in flight: look for it soon
             self._interval = MIN_POLL
             self._deadline = time.monotonic() + MIN_POLL
 
