@@ -705,8 +705,13 @@ class Transformer(Node):
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
-        from .process import check_executor
-        self.executor, self.workers, self.ordered = check_executor(self.label, executor, workers, ordered, fn)
+        self.executor: str = "thread"
+        self.workers: int | None = None
+        self.ordered: bool = True
+        if executor is not None or workers is not None or ordered is not True:
+            from .process import check_executor  # imported only when asked for (start-up time)
+            self.executor, self.workers, self.ordered = check_executor(self.label, executor, workers,
+                                                                       ordered, fn)
         #: False when the pipeline's default executor applies
         self.executor_chosen = executor is not None
 

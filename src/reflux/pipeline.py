@@ -215,10 +215,11 @@ class Pipeline:
                 f"Pipeline '{name}': max_error_records must be an integer >= 0, got {max_error_records!r}")
         if dead_letter is not None and not isinstance(dead_letter, Loader):
             raise ValidationError(f"Pipeline '{name}': dead_letter must be a Loader, got {dead_letter!r:.60}")
-        from .process import check_executor
         #: default executor of the Transformers that do not choose one (None: "thread")
-        self.executor: str | None = None if executor is None else \
-            check_executor(f"Pipeline '{name}'", executor, None, True)[0]
+        self.executor: str | None = None
+        if executor is not None:
+            from .process import check_executor
+            self.executor = check_executor(f"Pipeline '{name}'", executor, None, True)[0]
         self.name = name
         self.capacity = capacity
         self.batch_size = batch_size
