@@ -30,7 +30,6 @@ Sources instead implement ``pull(out, max_items) -> bool`` (False at the end).
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
@@ -52,6 +51,8 @@ from .policies import ErrorPolicy
 from .result import NodeStats
 
 if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
     from .pipeline import Flow
 
 __all__ = [
@@ -632,6 +633,8 @@ class ExtractorLogic(NodeLogic):
         elif self.mode in ("async", "asyncgen"):
             self._it = src() if self.mode == "asyncgen" else src
             self._it = self._it.__aiter__()
+            import asyncio  # only for async sources (it takes ~20 ms to import)
+
             self._loop = asyncio.new_event_loop()
 
     def close(self) -> None:
@@ -705,6 +708,7 @@ class ExtractorLogic(NodeLogic):
         return True
 
     def _pull_async(self, out: Outbox) -> bool:
+        import asyncio
         loop = self._loop
         assert loop is not None
         fut = loop.create_task(self._it.__anext__())
