@@ -807,8 +807,10 @@ class PoolRuntime:
             buf = out.ports[0]
             if not buf:
                 continue  # later stages may still hold feedback: handled in their own step
-            items = buf[:]
-            buf.clear()  # the same list: a logic may hold a bound ``append`` of it
+            # a fresh buffer for the stage: the logic that filled this one has
+            # returned, so nothing holds it any more
+            out.ports[0] = []
+            items = buf
             n = len(items)
             u.stats[j].emitted += n
             out.sent_count += n  # type: ignore[attr-defined]
