@@ -33,37 +33,53 @@ _STATE_STYLE = {"running": "green", "done": "dim", "failed": "bold red", "clogge
                 "blocked": "yellow", "stuck": "bold red"}
 
 
-def _count(n: int) -> str:
-    return f"{n:,}"
+def _count(n: float) -> str:
+    """Compact counts: 9,999 then 12.3k, 1.23M."""
+    if n < 10_000:
+        return f"{n:,.0f}"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            v = n / div
+            return f"{v:.3g}{unit}" if v < 1000 else f"{v:.0f}{unit}"
+    return f"{n:,.0f}"  # pragma: no cover
 
 
-def render_stats(stats: PipelineStats) -> RenderableType:
-    """A ``rich`` table of a :class:`~reflux.monitor.PipelineStats` snapshot."""
+def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableType:
+    """A ``rich`` table of a :class:`~reflux.monitor.PipelineStats` snapshot
+    (the ``kind`` column is left out on terminals narrower than 100 columns)."""
+    from rich import box
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
+    show_kind = width is None or width >= 100
     table = Table(title=f"reflux · {stats.pipeline} · {stats.status} · {stats.elapsed:.1f}s",
-                  title_justify="left", expand=False, pad_edge=False)
-    table.add_column("node", no_wrap=True)
-    table.add_column("kind", style="cyan", no_wrap=True)
-    for col in ("in", "out", "filtered", "errors", "in/s"):
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, expand=False,
+                  collapse_padding=True)
+    table.add_column("node", no_wrap=True, max_width=24)
+    if show_kind:
+        table.add_column("kind", style="cyan", no_wrap=True)
+    for col in ("in", "out", "filt", "err", "in/s", "busy"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("busy", justify="right", no_wrap=True)
     table.add_column("input", no_wrap=True)
     table.add_column("state", no_wrap=True)
     for s in stats.nodes.values():
         if s.queued is None or not s.capacity:
             fill: Any = Text("-", style="dim")
         else:
-            fill = Group(ProgressBar(total=s.capacity, completed=s.queued, width=12),
-                         Text(f"{s.queued}/{s.capacity}", style="dim"))
-        state = s.state if not s.stalled else f"{s.state} ({s.stalled:.0f}s)"
-        table.add_row(s.name, s.kind, _count(s.received), _count(s.emitted), _count(s.filtered),
-                      Text(_count(s.errors), style="red" if s.errors else ""),
-                      f"{s.rate_in:,.0f}", f"{s.busy:.0%}", fill,
-                      Text(state, style=_STATE_STYLE.get(s.state, "")))
+            fill = Table.grid(padding=(0, 1))
+            fill.add_row(ProgressBar(total=s.capacity, completed=s.queued, width=6),
+                         Text(f"{s.queued / s.capacity:>4.0%}", style="dim"))
+        state = s.state if not s.stalled else f"{s.state} {s.stalled:.0f}s"
+        cells: list[Any] = [s.name]
+        if show_kind:
+            cells.append(s.kind)
+        cells += [_count(s.received), _count(s.emitted), _count(s.filtered),
+                  Text(_count(s.errors), style="red" if s.errors else ""),
+                  _count(s.rate_in), f"{s.busy:.0%}", fill,
+                  Text(state, style=_STATE_STYLE.get(s.state, ""))]
+        table.add_row(*cells)
     alerts = [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
               for a in stats.alerts[-3:]]
     return Group(table, *alerts) if alerts else table
@@ -89,7 +105,7 @@ class LiveProgress:
 
     def render(self) -> RenderableType:
         """What the view shows now."""
-        return render_stats(self.pipeline.stats())
+        return render_stats(self.pipeline.stats(), self.console.width)
 
     def __enter__(self) -> LiveProgress:
         if not self.enabled:
