@@ -256,6 +256,8 @@ class Monitor:
         self._alerts: deque[Alert] = deque(maxlen=self.MAX_ALERTS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: monotonic time the watchdog failed the run (``on_clog="stop"``)
+        self.stopped_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -281,6 +283,12 @@ class Monitor:
                 self.check()
             except Exception:  # never let the watchdog die silently
                 logger.exception("Pipeline '%s': watchdog check failed", self.name)
+
+    def gave_up(self, grace: float) -> bool:
+        """``True`` once the watchdog stopped the run at least ``grace`` seconds
+        ago: the caller stops waiting for the clogged node (it is stuck in user
+        code) and finishes the run without it (it is reported as stuck)."""
+        return self.stopped_at is not None and time.monotonic() - self.stopped_at >= grace
 
     # ------------------------------------------------------------------ alerts
 
@@ -390,6 +398,7 @@ class Monitor:
                 exc.record = record
             self._alert(Alert("clogged", owner, msg, record=record), logging.WARNING)
             if record is not None:
+                self.stopped_at = time.monotonic()
                 fail = getattr(self.runtime, "fail", None) or getattr(self.runtime, "_fail")
                 fail(record)
         return newly

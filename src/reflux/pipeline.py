@@ -686,6 +686,8 @@ class Pipeline:
             try:
                 while not rt.wait(self.POLL):
                     rt.detach_stalled_sources(self.stop_grace)
+                    if self._monitor is not None and self._monitor.gave_up(self.stop_grace):
+                        break  # the watchdog stopped the run; the clogged node is stuck in user code
                     if deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
                 self._finish()
