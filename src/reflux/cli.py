@@ -170,6 +170,7 @@ def _setup_logging(console: Console | None) -> logging.Handler:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("reflux: %(levelname)s: %(message)s"))
     log = logging.getLogger("reflux")
+    handler._reflux_saved = (log.level, log.propagate)  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -179,8 +180,7 @@ def _setup_logging(console: Console | None) -> logging.Handler:
 def _teardown_logging(handler: logging.Handler) -> None:
     log = logging.getLogger("reflux")
     log.removeHandler(handler)
-    log.setLevel(logging.NOTSET)
-    log.propagate = True
+    log.level, log.propagate = handler._reflux_saved  # type: ignore[attr-defined]
 
 
 def _report(pipeline: Pipeline, result: RunResult | None) -> str:
