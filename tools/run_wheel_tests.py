@@ -5,7 +5,8 @@
 
 PROJECT_DIR (default: the folder above tools/) is a checkout or an unpacked
 sdist.  Its tests/, README.md and docs/ (their examples are tests), benchmarks/
-(the benchmark smoke test runs ``python -m benchmarks.channels``) and
+(the benchmark smoke test runs ``python -m benchmarks.channels``), examples/
+(tests run each example) and
 pyproject.toml (for the ``[tool.pytest.ini_options]`` the suite relies on:
 importlib import mode, ``filterwarnings = error``, the ``slow`` marker) are
 copied to a fresh temporary folder, and pytest runs there with
@@ -29,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-COPY = ["tests", "README.md", "docs", "benchmarks", "pyproject.toml"]
+COPY = ["tests", "README.md", "docs", "benchmarks", "examples", "pyproject.toml"]
 REQUIRED = ["tests", "README.md", "pyproject.toml"]
 
 PROBE = r"""
