@@ -255,3 +255,39 @@ def test_demo_shows_every_node_type(tmp_path: Path) -> None:
     assert result["score-1"].received > 0 and result["score-2"].received > 0
     assert result["score-1"].received + result["score-2"].received == result["spread"].received
     result.check_accounting()
+
+
+def test_ctrl_c_during_reflux_run_exits_130(tmp_path: Path) -> None:
+    import signal
+
+    started = tmp_path / "started"
+    path = tmp_path / "forever.py"
+    path.write_text(textwrap.dedent(f'''
+        import itertools, pathlib, signal
+        from reflux import Extractor, Loader, Pipeline, Transformer
+
+        # a background process starts with SIGINT ignored: take Ctrl-C as Python does
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        def numbers():
+            pathlib.Path({str(started)!r}).write_text("yes")
+            yield from itertools.count()
+
+        pipeline = Pipeline(Extractor(numbers()) >> Transformer(lambda x: x) >> Loader(lambda x: None))
+    '''))
+    proc = subprocess.Popen([sys.executable, "-m", "reflux", "run", str(path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + HANG
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert json.loads(out)["status"] == "interrupted"
