@@ -49,10 +49,10 @@ def test_live_stats_show_rates_busy_fraction_and_channel_fill() -> None:
         assert st.status == "running"
         s = st["slow"]
         assert s.capacity == 8 and s.fill == 1.0
-        assert s.received == 4 and s["in"] == 4  # the counters read as before (attribute and key)
+        assert 1 <= s.received <= 4 and s["in"] == s.received  # the counters read as before
         assert s.state == "running"
         assert st["extractor"].queued is None and st["extractor"].fill is None  # a source has no input
-        assert st["extractor"].received >= 12  # 4 taken + 8 queued
+        assert st["extractor"].received >= s.received + 8  # taken + queued
         assert st["extractor"].rate_in > 0
     finally:
         gate.set()
@@ -81,7 +81,7 @@ def test_busy_fraction_points_at_the_bottleneck() -> None:
     p.run(timeout=HANG)
     st = p.stats()
     assert st["heavy"].busy_seconds >= 300 * 0.002
-    assert st["heavy"].busy_seconds > 5 * st["light"].busy_seconds
+    assert st["heavy"].busy_seconds > 3 * st["light"].busy_seconds
 
 
 def test_stats_is_cheap_enough_to_poll() -> None:
@@ -155,21 +155,9 @@ def test_a_slow_node_that_makes_progress_is_not_clogged() -> None:
         return x
 
     p = Pipeline(Extractor(range(400)) >> Transformer(slowish, name="slowish") >> Loader.to_list(),
-                 capacity=4, batch_size=1, clog_timeout=0.15, on_alert=alerts.append)
+                 capacity=4, batch_size=1, clog_timeout=2.0, on_alert=alerts.append)
     result = p.run(timeout=HANG)
     assert result.loaded == 400
-    assert [a for a in alerts if a.kind == "clogged"] == []
-
-
-def test_paused_pipeline_is_not_reported_clogged() -> None:
-    alerts: list[Alert] = []
-    p = Pipeline(Extractor(range(10_000)) >> Transformer(lambda x: x) >> Loader(lambda x: None),
-                 capacity=4, clog_timeout=0.05, on_alert=alerts.append)
-    p.start()
-    p.pause()
-    time.sleep(0.3)
-    p.resume()
-    p.join(HANG)
     assert [a for a in alerts if a.kind == "clogged"] == []
 
 
@@ -202,24 +190,24 @@ def test_a_node_that_died_is_reported_at_once(clog_timeout: float | None,
     assert p.stats().failed == ["boom"]
 
 
-def test_monitor_check_is_deterministic_with_a_fake_clock() -> None:
-    """The watchdog rule on its own: full input + no progress for the timeout -> clogged;
-    a receiver that is full too -> only blocked; progress -> unclogged."""
+class _FakeChannel:
+    def __init__(self) -> None:
+        self.n = 0
+        self.capacity = 4
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _fake_monitor(paused: Any = None) -> tuple[Monitor, dict[str, Any], dict[str, _FakeChannel], list[Alert]]:
+    """A Monitor over a real plan whose channels are fakes and whose runtime only snapshots:
+    the watchdog rule can then be driven with a fake clock."""
     p = Pipeline(Extractor(range(3), name="src") >> Transformer(lambda x: x, name="a")
                  >> Transformer(lambda x: x, name="b") >> Loader.to_list(name="sink"))
     plan = p.compile()
-
-    class FakeChannel:
-        def __init__(self) -> None:
-            self.n = 0
-            self.capacity = 4
-
-        def __len__(self) -> int:
-            return self.n
-
-    chans = {}
+    chans: dict[str, _FakeChannel] = {}
     for box in plan.inboxes:
-        box.channel = chans.setdefault(box.owner, FakeChannel())  # type: ignore[assignment]
+        box.channel = chans.setdefault(box.owner, _FakeChannel())  # type: ignore[assignment]
 
     class FakeRuntime:
         failure = None
@@ -228,20 +216,48 @@ def test_monitor_check_is_deterministic_with_a_fake_clock() -> None:
             return {t.name: t.stats.copy() for t in plan.tasks}
 
     alerts: list[Alert] = []
-    mon = Monitor("fake", plan, FakeRuntime(), clog_timeout=1.0, on_alert=alerts.append)
-    stats = {t.name: t.stats for t in plan.tasks}
+    mon = Monitor("fake", plan, FakeRuntime(), clog_timeout=1.0, on_alert=alerts.append, paused=paused)
+    return mon, {t.name: t.stats for t in plan.tasks}, chans, alerts
+
+
+def test_monitor_check_is_deterministic_with_a_fake_clock() -> None:
+    """The watchdog rule on its own: full input + no progress for the timeout -> clogged;
+    a receiver that is full too -> only blocked; progress -> unclogged."""
+    mon, stats, chans, alerts = _fake_monitor()
     chans["a"].n = chans["b"].n = 4  # both inputs full
     assert mon.check(now=100.0) == []
     assert mon.check(now=100.5) == []
     assert mon.check(now=101.1) == ["b"]  # a's receiver (b) is full: a is only blocked
     st = mon.sample()
     assert st["b"].state == "clogged" and st["a"].state == "blocked" and st["sink"].state == "running"
+    assert st["b"].stalled == pytest.approx(1.1)
     stats["b"].received += 1  # b moves
     assert mon.check(now=101.2) == []
     assert [(a.kind, a.node) for a in alerts] == [("clogged", "b"), ("unclogged", "b")]
     assert mon.sample()["b"].state == "running"
     chans["b"].n = 0  # b's input drains: a is stalled with a full input and nothing blocking it
     assert mon.check(now=101.3) == ["a"]
+
+
+def test_a_paused_pipeline_is_never_clogged() -> None:
+    paused = [True]
+    mon, _, chans, alerts = _fake_monitor(paused=lambda: paused[0])
+    chans["b"].n = 4
+    for t in (100.0, 101.0, 105.0):  # full and still, but paused: not clogged, and the clock restarts
+        assert mon.check(now=t) == []
+    paused[0] = False
+    assert mon.check(now=106.0) == []
+    assert mon.check(now=106.5) == []
+    assert mon.check(now=107.0) == ["b"]  # a full second after the resume
+    assert [a.kind for a in alerts] == ["clogged"]
+
+
+def test_a_not_quite_full_input_is_not_clogged() -> None:
+    mon, _, chans, alerts = _fake_monitor()
+    chans["b"].n = 3  # one slot free: the node is merely slow to be fed
+    for t in (100.0, 110.0, 200.0):
+        assert mon.check(now=t) == []
+    assert alerts == []
 
 
 def test_bad_watchdog_options_are_refused() -> None:
