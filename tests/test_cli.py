@@ -143,8 +143,10 @@ def test_run_without_a_name_and_several_pipelines_asks_for_one(tmp_path: Path,
 
 
 def test_run_in_process_with_workers_is_accepted(pfile: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", f"{pfile}:build", "--workers", "2", "--json"]) == EXIT_OK
-    assert json.loads(capsys.readouterr().out)["loaded"] == 34
+    assert main(["run", f"{pfile}:build", "--workers", "3", "--json"]) == EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["loaded"] == 34
+    assert data["workers"] == 3  # reached the pipeline's worker pool
 
 
 @pytest.mark.parametrize(("target", "code", "message"), [

@@ -206,7 +206,8 @@ def test_join_does_not_hang_on_blocked_send() -> None:
     def stuck(x: int) -> None:
         gate.wait(HANG)
 
-    p = Pipeline(Extractor(forever) >> Filter(lambda x: True) >> Loader(stuck), capacity=4)
+    # fuse=False: the Filter must be a task of its own, blocked sending into a full channel
+    p = Pipeline(Extractor(forever) >> Filter(lambda x: True) >> Loader(stuck), capacity=4, fuse=False)
     p.start()
     try:
         deadline = time.monotonic() + HANG

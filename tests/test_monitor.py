@@ -39,8 +39,9 @@ def test_live_stats_show_rates_busy_fraction_and_channel_fill() -> None:
         gate.wait(HANG)
         return x
 
+    # fuse=False: every node has its own input channel (a fused chain hands lists over directly)
     p = Pipeline(Extractor(range(1000)) >> Transformer(slow, name="slow") >> Loader.to_list(name="sink"),
-                 capacity=8, batch_size=4)
+                 capacity=8, batch_size=4, fuse=False)
     p.start()
     try:
         # the slow node holds one batch; its input fills up behind it
@@ -105,7 +106,7 @@ def _clogging_pipeline(gate: threading.Event, **kwargs: Any) -> Pipeline:
 
     return Pipeline(Extractor(range(200), name="src") >> Transformer(lambda x: x, name="up")
                     >> Transformer(stuck, name="stuck") >> Loader.to_list(name="sink"),
-                    capacity=4, batch_size=2, **kwargs)
+                    capacity=4, batch_size=2, fuse=False, **kwargs)
 
 
 def test_watchdog_reports_the_stuck_node_and_warns(caplog: pytest.LogCaptureFixture) -> None:
@@ -155,7 +156,7 @@ def test_a_slow_node_that_makes_progress_is_not_clogged() -> None:
         return x
 
     p = Pipeline(Extractor(range(400)) >> Transformer(slowish, name="slowish") >> Loader.to_list(),
-                 capacity=4, batch_size=1, clog_timeout=2.0, on_alert=alerts.append)
+                 capacity=4, batch_size=1, clog_timeout=2.0, on_alert=alerts.append, fuse=False)
     result = p.run(timeout=HANG)
     assert result.loaded == 400
     assert [a for a in alerts if a.kind == "clogged"] == []
@@ -285,3 +286,33 @@ def test_filter_counts_in_stats() -> None:
     p.run(timeout=HANG)
     s = p.stats()["odd"]
     assert (s.received, s.emitted, s.filtered, s.errors) == (10, 5, 5, 0)
+
+
+def test_watchdog_names_the_stuck_node_inside_a_fused_chain() -> None:
+    """With the default fusion, 'up' >> 'stuck' >> sink run as one task behind one channel:
+    the report still names the node that holds the items, not the chain's first node."""
+    from reflux import Funnel
+
+    gate = threading.Event()
+    alerts: list[Alert] = []
+
+    def stuck(x: int) -> int:
+        gate.wait(HANG)
+        return x
+
+    # the Funnel has an input channel and ends the chain in front of it; 'up' heads a fused chain
+    p = Pipeline(Extractor(range(200), name="src") >> Funnel(name="gate")
+                 >> Transformer(lambda x: x, name="up") >> Transformer(stuck, name="stuck")
+                 >> Loader.to_list(name="sink"), capacity=4, batch_size=2, clog_timeout=0.2,
+                 on_alert=alerts.append)
+    p.start()
+    try:
+        _wait_for(lambda: any(a.kind == "clogged" for a in alerts), "a clog alert")
+        assert [a.node for a in alerts if a.kind == "clogged"] == ["stuck"]
+        assert p.stats().clogged == ["stuck"]
+        assert p.stats()["up"].state != "clogged"
+        if ["up", "stuck", "sink"] in p._runtime.fused_chains():  # type: ignore[union-attr]
+            assert "input channel of its fused chain (at Transformer 'up')" in alerts[0].message
+    finally:
+        gate.set()
+    assert p.join(HANG).loaded == 200

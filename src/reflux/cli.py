@@ -195,6 +195,9 @@ def _report(pipeline: Pipeline, result: RunResult | None) -> str:
 
 def _json_report(pipeline: Pipeline, result: RunResult | None, error: BaseException | None) -> str:
     data = pipeline.stats().as_dict()
+    workers = getattr(pipeline, "workers", None)
+    if workers is not None:
+        data["workers"] = workers
     if result is not None:
         data.update(extracted=result.extracted, loaded=result.loaded, filtered=result.filtered,
                     error_count=result.error_count, dropped=result.dropped,
@@ -217,7 +220,7 @@ def _run_kwargs(pipeline: Pipeline, workers: int | None) -> dict[str, Any]:
     if hasattr(pipeline, "workers"):
         pipeline.workers = workers
         return {}
-    logger.info("--workers %d ignored: this release runs one thread per node", workers)
+    logger.info("--workers %d ignored: this pipeline's runtime has no worker setting", workers)
     return {}
 
 
@@ -268,7 +271,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     pipeline, sinks = build_demo(args.items, out_dir)
     t0 = time.perf_counter()
     code, result = _execute(pipeline, progress=args.progress, console=args.console, as_json=False,
-                            metrics_port=args.metrics_port, metrics_host="127.0.0.1", workers=None,
+                            metrics_port=args.metrics_port, metrics_host="127.0.0.1", workers=args.workers,
                             timeout=None)
     elapsed = time.perf_counter() - t0
     if result is not None and code == EXIT_OK:
@@ -328,6 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the built-in demo pipeline on generated data")
     demo.add_argument("--items", type=int, default=1_000_000, help="events to generate (default 1000000)")
     demo.add_argument("--out", help="folder for the result file (default: the temp folder)")
+    demo.add_argument("--workers", type=_positive_int, metavar="N", help="threads of the worker pool")
     watch_options(demo)
     demo.set_defaults(func=_cmd_demo)
 
@@ -336,7 +340,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="the file, and the name of a Pipeline or of a function returning one")
     watch_options(run)
     run.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on (default 127.0.0.1)")
-    run.add_argument("--workers", type=_positive_int, metavar="N", help="worker threads of the runtime")
+    run.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="threads of the worker pool (default: the pipeline's own setting, else the CPUs)")
     run.add_argument("--json", action="store_true", help="print the final stats as JSON on standard output")
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="abandon the run after this long (exit 1)")
     run.set_defaults(func=_cmd_run)

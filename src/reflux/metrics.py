@@ -177,7 +177,7 @@ class MetricsServer:
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True, name=f"reflux:metrics:{self.port}")
+                                        daemon=True, name=f"reflux-metrics:{self.port}")
         self._thread.start()
         logger.info("serving metrics at %s", self.url)
         return self

@@ -19,7 +19,11 @@ busy fraction, channel fill, a state per node), and, when the pipeline has a
     makes no progress (no counter moves) for ``clog_timeout`` seconds.  A
     node in that state whose own receiver is full too is only **blocked**
     (back-pressure from further down), so the report names the node that is
-    really stuck, not everything upstream of it.
+    really stuck, not everything upstream of it.  When the runtime fuses a
+    chain of nodes into one task (``runtime.fused_chains()``), the stuck one
+    is the last node of the chain holding items it has not passed on.  A
+    chain with no input channel at all (an Extractor fused with what follows
+    it) has no channel to fill: run it with ``fuse=False`` to watch it.
 
 What follows a clog is the pipeline's ``on_clog`` policy: ``"warn"`` logs a
 warning (and an :class:`Alert`), ``"stop"`` fails the run with a
@@ -86,8 +90,9 @@ class NodeSnapshot:
         items per second taken / sent over the last second or so (after the
         run: averages over the whole run).
     ``busy``
-        fraction of that time (0 to 1) the node spent in its own logic; near
-        1 means the node is the bottleneck.
+        fraction of that time (0 to 1) the node spent in its own logic (per
+        replica for a node with ``parallel=N``); near 1 means the node is the
+        bottleneck.
     ``queued`` / ``capacity``
         items waiting in the node's input channel and its size (``None`` for
         an Extractor, which has no input).
@@ -241,6 +246,8 @@ class Monitor:
         self.interval = interval
         self.started = time.monotonic()
         self._kinds = {t.name: t.node.kind for t in plan.tasks}
+        #: replicas per node (``parallel=N``): the busy fraction is per replica
+        self._replicas = {t.name: max(1, int(getattr(t.node, "parallel", 1) or 1)) for t in plan.tasks}
         self._inbox = {box.owner: box for box in plan.inboxes}
         self._outputs = {t.name: [b.owner for b in t.outputs]
                          + ([t.dead_letter.owner] if t.dead_letter is not None else [])
@@ -254,6 +261,9 @@ class Monitor:
         self._blocked: set[str] = set()
         self._failed: dict[str, ErrorRecord] = {}
         self._alerts: deque[Alert] = deque(maxlen=self.MAX_ALERTS)
+        # fused chains (optional runtime hook): head name -> the chain's node names
+        chains_of = getattr(runtime, "fused_chains", None)
+        self._chains: dict[str, list[str]] = {c[0]: c for c in (chains_of() if chains_of else []) if len(c) > 1}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: monotonic time the watchdog failed the run (``on_clog="stop"``)
@@ -267,7 +277,7 @@ class Monitor:
         if self.clog_timeout is None or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"reflux:{self.name}:monitor")
+                                        name=f"reflux-monitor:{self.name}")
         self._thread.start()
 
     def close(self) -> None:
@@ -369,26 +379,36 @@ class Monitor:
         newly: list[str] = []
         clogged: set[str] = set()
         blocked: set[str] = set()
-        for owner, secs in stalled.items():
+        via: dict[str, str] = {}  # clogged node -> the node whose full input showed it
+        for owner, secs in list(stalled.items()):
             if secs < self.clog_timeout:
                 continue
             if any(full.get(o, False) for o in self._outputs.get(owner, [])):
                 blocked.add(owner)
-            else:
-                clogged.add(owner)
+                continue
+            culprit = self._culprit(owner, snap)
+            clogged.add(culprit)
+            via[culprit] = owner
+            if culprit != owner:
+                blocked.add(owner)
+                stalled[culprit] = secs
+        order = [t.name for t in self.plan.tasks]
         with self._lock:
             self._stalled = stalled
             unclogged = self._clogged - clogged
-            newly = sorted(clogged - self._clogged, key=list(self._inbox).index)
+            newly = sorted(clogged - self._clogged, key=order.index)
             self._clogged = clogged
             self._blocked = blocked
         for owner in unclogged:
             self._alert(Alert("unclogged", owner, f"{_label(self._kinds[owner], owner)} is moving again"),
                         logging.INFO)
         for owner in newly:
-            box = self._inbox[owner]
+            head = via[owner]
+            box = self._inbox[head]
             label = _label(self._kinds[owner], owner)
-            msg = (f"{label} is clogged: its input channel has been full ({len(box.channel)}/"
+            where = ("its input channel" if head == owner
+                     else f"the input channel of its fused chain (at {_label(self._kinds[head], head)})")
+            msg = (f"{label} is clogged: {where} has been full ({len(box.channel)}/"
                    f"{box.channel.capacity}) for {stalled[owner]:.1f}s while it made no progress "
                    "(stuck in its function?)")
             record = None
@@ -402,6 +422,21 @@ class Monitor:
                 fail = getattr(self.runtime, "fail", None) or getattr(self.runtime, "_fail")
                 fail(record)
         return newly
+
+    def _culprit(self, head: str, snap: Mapping[str, NodeStats]) -> str:
+        """The node really stuck when ``head`` stalls: ``head`` itself, or, when
+        the runtime runs ``head`` fused with the nodes after it (one task, no
+        channels between them), the last of them holding items it has not
+        passed on (its counters do not add up)."""
+        chain = self._chains.get(head)
+        if not chain:
+            return head
+        for name in reversed(chain):
+            st = snap.get(name)
+            gap = st.imbalance() if st is not None else None
+            if gap is not None and gap > 0:
+                return name
+        return head
 
     # ------------------------------------------------------------------ snapshots
 
@@ -433,7 +468,7 @@ class Monitor:
             snap = _snapshot(s)
             snap.rate_in = (s.received - b_in) / dt
             snap.rate_out = (s.emitted - b_out) / dt
-            snap.busy = min(1.0, max(0.0, (s.busy - b_busy) / dt))
+            snap.busy = min(1.0, max(0.0, (s.busy - b_busy) / dt / self._replicas.get(name, 1)))
             box = self._inbox.get(name)
             if box is not None:
                 try:
@@ -449,7 +484,7 @@ class Monitor:
 
     def final(self, result: RunResult) -> PipelineStats:
         """The snapshot of a finished run: averages over the run, nothing queued."""
-        return final_stats(self.name, result, self._inbox, set(self._failed), self.alerts)
+        return final_stats(self.name, result, self._inbox, set(self._failed), self.alerts, self._replicas)
 
 
 def _snapshot(s: NodeStats) -> NodeSnapshot:
@@ -459,7 +494,8 @@ def _snapshot(s: NodeStats) -> NodeSnapshot:
 
 
 def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None = None,
-                failed: set[str] | None = None, alerts: list[Alert] | None = None) -> PipelineStats:
+                failed: set[str] | None = None, alerts: list[Alert] | None = None,
+                replicas: Mapping[str, int] | None = None) -> PipelineStats:
     """A :class:`PipelineStats` built from a :class:`~reflux.RunResult` (rates and busy
     fractions are averages over the run)."""
     elapsed = max(result.elapsed, 1e-9)
@@ -473,7 +509,7 @@ def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None 
         snap = _snapshot(s)
         snap.rate_in = s.received / elapsed
         snap.rate_out = s.emitted / elapsed
-        snap.busy = min(1.0, snap.busy_seconds / elapsed)
+        snap.busy = min(1.0, max(0.0, snap.busy_seconds / elapsed / (replicas or {}).get(n, 1)))
         box = (inboxes or {}).get(n)
         if box is not None:
             snap.queued, snap.capacity = 0, box.channel.capacity

@@ -130,6 +130,41 @@ class Error(_Signal):
 
 # --------------------------------------------------------------------------- internal control flow
 
+#: the exact types of the special return values (both classes are final)
+_SIGNAL_TYPES = frozenset((NeedsMoreWork, Error))
+_ERROR_TYPE = frozenset((Error,))
+
+
+def _call_all(fn: Callable[[Any], Any], batch: list[Any], into: list[Any]) -> None:
+    """Append ``fn(item)`` for every item of ``batch`` to ``into``, at C speed.
+
+    An item whose call raised is represented by an :class:`Error` holding the
+    exception (the calls after it go on), so ``into`` grows by exactly
+    ``len(batch)``.  (``list.extend(map(...))`` keeps what it appended before
+    a failure, which is what makes the fast path safe: no call is repeated.)
+    """
+    n = len(batch)
+    start = 0
+    while True:
+        before = len(into)
+        try:
+            into.extend(map(fn, batch[start:] if start else batch))
+        except Exception as exc:  # user code failed on item start + done
+            into.append(Error(exc))
+            start += len(into) - before
+            if start < n:
+                continue
+            return
+        start += len(into) - before
+        if start == n:
+            return
+        # extend() took a StopIteration raised by fn for the end of the map
+        into.append(Error(RuntimeError(f"function raised StopIteration on item {batch[start]!r:.60}")))
+        start += 1
+        if start == n:
+            return
+
+
 class Abort(Exception):
     """Internal: the run is being abandoned; unwind the node's worker."""
 
@@ -271,6 +306,17 @@ def _check_callable(owner: str, fn: Any, what: str = "function") -> None:
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
 
 
+def _replicas(owner: str, parallel: Any, ordered: Any) -> tuple[int, bool]:
+    """Validate ``parallel=`` and ``ordered=`` of a Transformer or Filter."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValidationError(f"{owner}: parallel must be a positive integer, got {parallel!r}")
+    if parallel > 1024:
+        raise ValidationError(f"{owner}: parallel={parallel} is more replicas than reflux allows (1024)")
+    if not isinstance(ordered, bool):
+        raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
+    return parallel, ordered
+
+
 def _check_positive_int(owner: str, label: str, value: Any, allow_none: bool = True) -> None:
     """Refuse anything but a positive int (or None) with a message naming the node."""
     if value is None and allow_none:
@@ -301,6 +347,9 @@ class Node:
     ``dead_letter``
         the Loader that receives this node's dead-letter records
         (default: the pipeline's).
+    ``fuse``
+        ``False`` keeps the node out of fused chains (it always runs as a
+        task of its own, with a channel on each side).
     """
 
     #: the node type's name, used in messages
@@ -315,7 +364,8 @@ class Node:
     def __init__(self, *, name: str | None = None, capacity: int | None = None,
                  batch_size: int | None = None, on_error: str = "raise", retries: int = 0,
                  backoff: float = 0.0, backoff_factor: float = 2.0, max_backoff: float = 30.0,
-                 dead_letter: Loader | str | None = None, _default: str | None = None) -> None:
+                 dead_letter: Loader | str | None = None, fuse: bool = True,
+                 _default: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValidationError(f"{self.kind}: name must be a non-empty string, got {name!r}")
         self._explicit_name = name is not None
@@ -331,6 +381,7 @@ class Node:
             raise ValidationError(
                 f"{owner}: dead_letter must be a Loader (or a Loader's name), got {dead_letter!r:.60}")
         self.dead_letter: Loader | str | None = dead_letter
+        self.fuse = bool(fuse)
         #: the pipeline the node belongs to (a node is used in one pipeline only)
         self._pipeline: Any = None
 
@@ -688,13 +739,21 @@ class Transformer(Node):
       ``flat=True``, the iterable a plain function returns is flattened.
     * a class instance with ``__call__`` may keep state; its optional
       ``open()`` and ``close()`` methods are called once per worker.
+
+    ``parallel=N`` runs N replicas of the node, fed from one shared channel
+    (each replica has its own ``open()``/``close()`` and state).  On a GIL
+    build this speeds up functions that release the GIL (numpy, Cython
+    transformers, I/O).  Replicas emit in completion order unless
+    ``ordered=True``, which restores input order (per batch) on output.
     """
 
     kind = "Transformer"
 
-    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
+                 ordered: bool = False, **kwargs: Any) -> None:
         super().__init__(_default=_default_name(fn), **kwargs)
         _check_callable(self.label, fn)
+        self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
@@ -724,23 +783,31 @@ class TransformerLogic(NodeLogic):
         _close_hook(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        fn = self.fn
-        append = out.ports[0].append
-        self.remaining = len(batch)
-        for item in batch:
-            try:
-                r = fn(item)
-            except Exception as exc:  # user code
-                self._slow(item, exc, out)
-                continue
-            if isinstance(r, _Signal):
-                self._slow(item, r, out)
-                continue
-            self.remaining -= 1
-            append(r)
+        # Fast path: every call in one C-level loop, then one check for
+        # special values (failures are rare).  Items that failed or fed back
+        # are then handled one by one, in order; a retry of such an item
+        # happens after the first call of the items behind it in the batch.
+        buf = out.ports[0]
+        n = len(batch)
+        self.remaining = n
+        before = len(buf)
+        _call_all(self.fn, batch, buf)
+        if not _SIGNAL_TYPES.isdisjoint(map(type, buf[before:])):
+            results = buf[before:]
+            del buf[before:]
+            append = buf.append
+            for j in range(n):
+                r = results[j]
+                if type(r) in _SIGNAL_TYPES:
+                    self.remaining = n - j
+                    self._slow(batch[j], r, out)
+                else:
+                    append(r)
+        self.remaining = 0
 
     def _slow(self, item: Any, r: Any, out: Outbox) -> None:
-        """A result that is not a plain value: a failure, an Error or NeedsMoreWork."""
+        """A result that is not a plain value: a failure, an Error or NeedsMoreWork.
+        (``remaining`` counts this item; it is decremented once the item is handled.)"""
         if isinstance(r, BaseException) or r.__class__ is Error:
             exc = r if isinstance(r, BaseException) else r.exception
             ok, r, attempts = self.retry(self.fn, item, exc)
@@ -824,13 +891,16 @@ class Filter(Node):
     as ``filtered``.  Never sends an empty batch downstream.
 
     A predicate that raises (or returns ``Error``) goes through the error policy.
+    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`.
     """
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], **kwargs: Any) -> None:
+    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(_default=_default_name(predicate), **kwargs)
         _check_callable(self.label, predicate, "predicate")
+        self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.predicate = predicate
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> FilterLogic:
@@ -850,22 +920,32 @@ class FilterLogic(NodeLogic):
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         pred = self.node.predicate
-        append = out.ports[0].append
+        buf = out.ports[0]
+        n = len(batch)
+        self.remaining = n
+        flags: list[Any] = []
+        _call_all(pred, batch, flags)
+        if _ERROR_TYPE.isdisjoint(map(type, flags)):
+            # fast path: no failure in the batch
+            before = len(buf)
+            buf.extend(itertools.compress(batch, flags))
+            self.remaining = 0
+            self.stats.filtered += n - (len(buf) - before)
+            return
+        append = buf.append
         rejected = 0
-        self.remaining = len(batch)
         try:
-            for item in batch:
-                try:
-                    keep = pred(item)
-                except Exception as exc:  # user code
-                    keep = Error(exc)
+            for j in range(n):
+                item = batch[j]
+                keep = flags[j]
                 if keep.__class__ is Error:
+                    self.remaining = n - j
                     ok, keep, attempts = self.retry(pred, item, keep.exception)
                     if not ok:
-                        self.remaining -= 1
+                        self.remaining = n - j - 1
                         self.fail(item, keep, attempts, out)
                         continue
-                self.remaining -= 1
+                self.remaining = n - j - 1
                 if keep:
                     append(item)
                 else:
@@ -1235,27 +1315,32 @@ class LoaderLogic(NodeLogic):
                     self.fail(item, value[0], value[1], out)
             return
         returned = self.returned
+        n = len(batch)
+        values: list[Any] = []
+        _call_all(fn, batch, values)
+        if values.count(None) == n:
+            # fast path: every call returned None (the usual sink)
+            self.remaining = 0
+            st.emitted += n
+            return
         loaded = 0
         try:
-            for item in batch:
-                try:
-                    r = fn(item)
-                except Exception as exc:  # user code
-                    r = Error(exc)
+            for j in range(n):
+                r = values[j]
                 if r is None:
-                    self.remaining -= 1
                     loaded += 1
                     continue
                 if r.__class__ is Error:
-                    ok, r, attempts = self.retry(fn, item, r.exception)
+                    self.remaining = n - j
+                    ok, r, attempts = self.retry(fn, batch[j], r.exception)
                     if not ok:
-                        self.remaining -= 1
-                        self.fail(item, r, attempts, out)
+                        self.remaining = n - j - 1
+                        self.fail(batch[j], r, attempts, out)
                         continue
-                self.remaining -= 1
                 loaded += 1
                 if r is not None:
                     returned.append(r)
+            self.remaining = 0
         finally:
             st.emitted += loaded
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
     from .metrics import MetricsServer
+    from .pool import PoolRuntime
     from .runtime import ThreadRuntime
 
 __all__ = ["Flow", "Pipeline", "Plan", "Task", "Inbox"]
@@ -169,6 +170,8 @@ class Plan:
     inboxes: list[Inbox] = field(default_factory=list)
     #: name of the built-in dead-letter Loader, if one was added
     auto_dead_letter: str | None = None
+    #: whether the runtime may fuse chains of plain stages into one task
+    fuse: bool = True
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -198,6 +201,18 @@ class Pipeline:
         seconds to wait for each worker to end once the run is over or
         abandoned; a worker stuck in user code past it is reported in
         :attr:`RunResult.stuck` (and logged) instead of hanging the caller.
+    ``workers``
+        threads of the worker pool that runs every node (default: the CPUs
+        this process may use).  Extractors that may block in their source
+        (iterators, generators, callables) get a thread of their own.
+    ``fuse``
+        run chains of plain stages (Extractor, Transformer, Filter, Loader
+        joined one to one) as one task, handing lists from stage to stage
+        without channels (default ``True``; ``fuse=False`` on a node opts
+        that node out).
+    ``runtime``
+        ``"pool"`` (default, the worker pool) or ``"threads"`` (one thread
+        per node, the first runtime; kept for comparison and debugging).
     ``clog_timeout``
         the clogging watchdog: a node whose input channel stays full while
         it makes no progress for this many seconds is reported as clogged
@@ -220,6 +235,7 @@ class Pipeline:
     def __init__(self, *parts: Part, name: str = "pipeline", capacity: int = DEFAULT_CAPACITY,
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
                  max_error_records: int = 1000, join_timeout: float = 10.0,
+                 workers: int | None = None, fuse: bool = True, runtime: str = "pool",
                  clog_timeout: float | None = 60.0, on_clog: str = "warn",
                  on_alert: Callable[[Alert], Any] | None = None) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
@@ -230,6 +246,13 @@ class Pipeline:
                 f"Pipeline '{name}': max_error_records must be an integer >= 0, got {max_error_records!r}")
         if dead_letter is not None and not isinstance(dead_letter, Loader):
             raise ValidationError(f"Pipeline '{name}': dead_letter must be a Loader, got {dead_letter!r:.60}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValidationError(f"Pipeline '{name}': workers must be a positive integer, got {workers!r}")
+        if runtime not in ("pool", "threads"):
+            raise ValidationError(f"Pipeline '{name}': runtime must be 'pool' or 'threads', got {runtime!r}")
+        self.workers = workers
+        self.fuse = bool(fuse)
+        self.runtime = runtime
         if clog_timeout is not None and (isinstance(clog_timeout, bool)
                                          or not isinstance(clog_timeout, (int, float)) or not clog_timeout > 0):
             raise ValidationError(
@@ -251,7 +274,7 @@ class Pipeline:
         self._edges: list[tuple[Node, Node]] = []
         self._dead_letter = dead_letter
         self._auto_dead_letter: Loader | None = None
-        self._runtime: ThreadRuntime | None = None
+        self._runtime: ThreadRuntime | PoolRuntime | None = None
         self._result: RunResult | None = None
         self._error: BaseException | None = None
         self._finish_lock = threading.Lock()
@@ -514,7 +537,10 @@ class Pipeline:
                 continue
             n_prod = len(producers[id(node)])
             cap = node.capacity or self.capacity
-            ch: Channel = SPSCChannel(cap) if n_prod == 1 else MPMCChannel(cap)
+            # replicas (parallel=N) make a channel multi-producer or multi-consumer
+            single = (n_prod == 1 and getattr(node, "parallel", 1) == 1
+                      and all(getattr(p, "parallel", 1) == 1 for p in self._nodes if id(p) in producers[id(node)]))
+            ch: Channel = SPSCChannel(cap) if single else MPMCChannel(cap)
             box = Inbox(node.name, ch, n_prod)
             inbox[id(node)] = box
             inboxes.append(box)
@@ -534,7 +560,7 @@ class Pipeline:
                 batch_size=node.batch_size or self.batch_size,
                 dead_letter=inbox[id(target)] if target is not None else None))
         auto = self._auto_dead_letter.name if self._auto_dead_letter is not None else None
-        return Plan(self.name, tasks, inboxes, auto)
+        return Plan(self.name, tasks, inboxes, auto, fuse=self.fuse)
 
     def _assign_routes(self, node: Messenger, receivers: list[Node]) -> None:
         ports: dict[Any, int] = {r.name: i for i, r in enumerate(receivers)}
@@ -567,6 +593,7 @@ class Pipeline:
 
         Follow with :meth:`join` (or use :meth:`run`, which does both).
         """
+        from .pool import PoolRuntime
         from .runtime import ThreadRuntime
 
         if self._runtime is not None and self._result is None:
@@ -577,7 +604,11 @@ class Pipeline:
         self._stopped = False
         self._interrupted = False
         self._started_at = time.monotonic()
-        self._runtime = ThreadRuntime(plan, max_error_records=self.max_error_records, poll=self.POLL)
+        if self.runtime == "threads":
+            self._runtime = ThreadRuntime(plan, max_error_records=self.max_error_records, poll=self.POLL)
+        else:
+            self._runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
+                                        poll=self.POLL)
         # issue 6: stats, alerts and the clogging watchdog (reflux.monitor)
         self._monitor = Monitor(self.name, plan, self._runtime, clog_timeout=self.clog_timeout,
                                 on_clog=self.on_clog, on_alert=self.on_alert, paused=lambda: self.paused)
@@ -700,7 +731,7 @@ class Pipeline:
         assert self._result is not None
         return self._result
 
-    def _rt(self) -> ThreadRuntime:
+    def _rt(self) -> ThreadRuntime | PoolRuntime:
         if self._runtime is None:
             raise RuntimeError(f"Pipeline '{self.name}' was not started")
         return self._runtime

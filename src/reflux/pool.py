@@ -1,0 +1,1147 @@
+"""The worker-pool runtime: a fixed pool of threads runs any number of nodes.
+
+It executes a :class:`~reflux.pipeline.Plan` as a set of *units*.  A unit is
+one node, one replica of a node (``parallel=N``), or a chain of nodes fused
+into one (see :func:`fuse_chains`).  A unit is *runnable* when its input holds
+items (or has ended), when it has fed-back work or a due timer, or when an
+output it was blocked on has room again.  A worker takes a runnable unit from
+the ready queue, runs it for **one batch** and goes back to the queue, so no
+unit can hold a worker for long and none starves (the queue is FIFO).
+
+Scheduling is notification-driven; nothing polls the channels:
+
+* a unit that pushes into a channel *notifies* the channel's consumer;
+* a unit whose output channel is full keeps the rest of its output in its
+  outbox, registers as a *waiter* on that channel and gives the worker back;
+  the consumer notifies it after its next pop;
+* each unit has a state (``IDLE``, ``QUEUED``, ``RUNNING``, ``RERUN``,
+  ``DONE``), changed under one lock, so a unit is in the ready queue at most
+  once, and a notification that arrives while it runs (``RERUN``) makes it
+  run again instead of being lost.
+
+The ready queue is a :class:`reflux_core.channel.MPMCChannel` of units:
+idle workers park in it with the GIL released (no CPU while the pipeline
+waits) and wake within microseconds of a push.  Workers also wake every
+``poll`` seconds to fire due timers (Accumulator windows), re-check units
+blocked on full outputs (a safety net: a missed wake-up costs at most one
+``poll``, never a hang) and see stop/pause flags.
+
+Extractors over sized collections (or with ``batch_size`` set, which says
+the source never blocks) run on the pool; Extractors that may block in user
+code (iterators, generators, callables, async sources) get a thread of their
+own, and are not fused, so a blocking source never holds a pool worker.
+
+Python node logic runs with the GIL held, one batch per call; correctness of
+the scheduler itself does not depend on the GIL (its shared state is changed
+under ``_lock``; counters are per unit).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from reflux_core.channel import ChannelClosed, Empty, Full, MPMCChannel
+
+from .errors import ErrorRecord
+from .nodes import Abort, Extractor, Filter, Loader, NodeFailure, NodeLogic, Outbox, Transformer
+from .pipeline import Inbox, Plan, Task
+from .result import NodeStats, RunResult
+from .runtime import BATCH_BUDGET, _Context, _drop_inputs
+
+__all__ = ["PoolRuntime", "default_workers", "fuse_chains"]
+
+logger = logging.getLogger("reflux")
+
+IDLE, QUEUED, RUNNING, RERUN, DONE = range(5)
+
+#: a flat-map stage may hold this many batches of output while its receiver is full
+#: before it waits for room (with a spare worker standing in for it meanwhile)
+HOLD_BATCHES = 8
+
+
+def default_workers() -> int:
+    """Worker threads a pipeline uses by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------- fusion
+
+def _may_block(task: Task) -> bool:
+    """An Extractor whose source may block (iterator, generator, callable, async
+    source without ``batch_size``): it gets a thread of its own, unfused."""
+    node = task.node
+    return node.is_source and node.mode != "sized" and node.batch_size is None  # type: ignore[attr-defined]
+
+
+def _fusable(task: Task) -> bool:
+    node = task.node
+    if _may_block(task):
+        return False
+    if getattr(node, "parallel", 1) != 1 or not getattr(node, "fuse", True):
+        return False
+    if isinstance(node, Transformer):
+        return not node.flat and getattr(node, "executor", "thread") == "thread"
+    return isinstance(node, (Filter, Extractor, Loader))
+
+
+def fuse_chains(plan: Plan) -> list[list[Task]]:
+    """Group the plan's tasks into chains that run as one unit.
+
+    Two neighbours are fused when the first has exactly one receiver, the
+    second exactly one sender, both are plain Python stages (an Extractor may
+    head a chain and a Loader end it; Transformers that are not flat-maps and
+    Filters may sit anywhere), neither runs replicas, and both send their
+    dead-letter records to the same place.  Items then go from stage to stage
+    as a list, without a channel; every node keeps its own counters.
+    """
+    by_box: dict[int, Task] = {id(t.inbox): t for t in plan.tasks if t.inbox is not None}
+    senders: dict[int, int] = {}
+    for t in plan.tasks:
+        for box in {id(b): b for b in t.outputs + ([t.dead_letter] if t.dead_letter else [])}.values():
+            senders[id(box)] = senders.get(id(box), 0) + 1
+    nxt: dict[int, Task] = {}
+    has_prev: set[int] = set()
+    for t in plan.tasks:
+        if not plan.fuse or len(t.outputs) != 1 or t.node.is_sink or not _fusable(t):
+            continue
+        box = t.outputs[0]
+        succ = by_box.get(id(box))
+        if succ is None or succ.node.is_source or not _fusable(succ):
+            continue
+        if senders.get(id(box), 0) != 1 or box.producers != 1:
+            continue
+        if t.dead_letter is not succ.dead_letter:
+            continue
+        if any(box is t2.dead_letter for t2 in plan.tasks):
+            continue
+        nxt[id(t)] = succ
+        has_prev.add(id(succ))
+    chains = []
+    for t in plan.tasks:
+        if id(t) in has_prev:
+            continue
+        chain = [t]
+        while id(chain[-1]) in nxt:
+            chain.append(nxt[id(chain[-1])])
+        chains.append(chain)
+    return chains
+
+
+# --------------------------------------------------------------------------- outboxes
+
+class _ForwardOutbox(Outbox):
+    """Output of a fused stage: a flush hands the buffer straight to the next stage."""
+
+    def __init__(self, unit: _Unit, index: int, limit: int) -> None:
+        super().__init__(1, limit)
+        self.unit = unit
+        self.index = index
+        self.sent_count = 0
+
+    def flush(self) -> None:
+        unit = self.unit
+        if self.dead:
+            # the fused chain shares one dead-letter output (counted per record's node)
+            unit.final.dead.extend(self.dead)
+            self.dead.clear()
+        buf = self.ports[0]
+        if not buf:
+            if unit.final.dead:
+                unit.final.flush()
+            return
+        items = buf[:]
+        buf.clear()  # the same list: a logic may hold a bound ``append`` of it
+        n = len(items)
+        i = self.index + 1
+        self.unit.stats[self.index].emitted += n
+        self.sent_count += n
+        unit.stats[i].received += n
+        t0 = time.monotonic()
+        unit.logics[i].process(items, unit.outs[i])
+        unit.outs[i].flush()
+        # [busy time] stage i's time, taken out of the enclosing stage's (measured around it)
+        spent = time.monotonic() - t0
+        unit.stats[i].busy += spent
+        unit.stats[self.index].busy -= spent
+
+    def discard(self) -> int:
+        n = len(self.ports[0])
+        self.ports[0].clear()
+        return n
+
+
+class _PoolOutbox(Outbox):
+    """Output of a unit into channels.  :meth:`flush` never blocks: what does
+    not fit stays buffered, the unit registers as a waiter on the full channel
+    and takes no new input until it is flushed."""
+
+    def __init__(self, rt: PoolRuntime, unit: _Unit, task: Task, stats: NodeStats) -> None:
+        super().__init__(len(task.outputs), task.batch_size)
+        self.rt = rt
+        self.unit = unit
+        self.stats = stats
+        self.boxes = list(task.outputs)
+        self.channels = [box.channel for box in task.outputs]
+        self.sent_per_port = [0] * len(task.outputs)
+        self.dead_box = task.dead_letter
+        #: dead-letter records pushed, by the node that made them (a fused chain shares the output)
+        self.dead_sent: dict[str, int] = {}
+        self.blocking = False  # a source thread's outbox waits for room instead
+        #: the units to wake when a full receiver has room again
+        self.waiters = [unit]
+
+    def emit(self, item: Any, port: int = 0) -> None:
+        buf = self.ports[port]
+        buf.append(item)
+        n = len(buf)
+        if n >= self.limit and n % self.limit == 0:
+            self.flush()
+            if len(buf) >= self.limit * HOLD_BATCHES:
+                self.rt._wait_for_room(self)
+
+    def dead_letter(self, record: ErrorRecord) -> None:
+        self.dead.append(record)
+        if len(self.dead) >= self.limit:
+            self.flush()
+
+    def pending(self) -> bool:
+        """Items wait in the buffers (the unit is blocked on a full receiver)."""
+        if self.dead:
+            return True
+        for b in self.ports:
+            if b:
+                return True
+        return False
+
+    def flush(self) -> None:
+        ports = self.ports
+        for i in range(len(ports)):
+            if ports[i]:
+                self._push(self.boxes[i], ports[i], i)
+        if self.dead:
+            if self.dead_box is None:  # cannot happen with a validated plan
+                raise RuntimeError("dead-letter record without a dead-letter channel")
+            self._push(self.dead_box, self.dead, -1)
+
+    def _push(self, box: Inbox, buf: list[Any], port: int) -> None:
+        ch = box.channel
+        rt = self.rt
+        pushed = 0
+        try:
+            if self.blocking:
+                # Push what fits and tell the consumer at once; wait for room
+                # one item at a time (a consumer that is not told about the
+                # items already in its channel would never make that room).
+                while buf:
+                    try:
+                        n = ch.push_many(buf, 0)
+                    except Full:
+                        n = 0
+                        try:
+                            ch.push(buf[0], rt.poll)
+                            n = 1
+                        except Full:
+                            pass
+                    if n:
+                        self._count(buf, n, port)
+                        del buf[:n]
+                        pushed += n
+                        rt._notify_box(box)
+                    if buf and rt._aborted:
+                        raise Abort()
+                return
+            if len(buf) == 1:
+                if ch.try_push(buf[0]):
+                    self._count(buf, 1, port)
+                    buf.clear()
+                    pushed = 1
+            else:
+                try:
+                    pushed = ch.push_many(buf, 0)
+                except Full:
+                    pushed = 0
+                if pushed:
+                    self._count(buf, pushed, port)
+                    del buf[:pushed]
+            if buf:
+                # Register, then try once more: the consumer may have made room
+                # between the failed push and the registration.
+                rt._add_waiter(box, self.waiters)
+                try:
+                    n = ch.push_many(buf, 0)
+                except Full:
+                    n = 0
+                if n:
+                    self._count(buf, n, port)
+                    del buf[:n]
+                    pushed += n
+            if pushed:
+                rt._notify_box(box)
+        except ChannelClosed:
+            # only an abort closes a channel that still has live producers
+            raise Abort() from None
+        finally:
+            if port >= 0:
+                self.stats.emitted += pushed
+                self.sent_per_port[port] += pushed
+
+    def _count(self, buf: list[Any], n: int, port: int) -> None:
+        """Count dead-letter records about to leave the buffer, by their node."""
+        if port < 0:
+            sent = self.dead_sent
+            for r in buf[:n]:
+                sent[r.node] = sent.get(r.node, 0) + 1
+
+    def discard(self) -> int:
+        """Forget what is left in the buffers; returns how many items there were."""
+        n = sum(len(b) for b in self.ports)
+        for b in self.ports:
+            b.clear()
+        self.dead.clear()
+        return n
+
+
+# --------------------------------------------------------------------------- units
+
+class _Group:
+    """The replicas of one node (``parallel=N``): their shared input, their
+    pop order and (with ``ordered=True``) the reordering of their outputs."""
+
+    def __init__(self, task: Task, ordered: bool) -> None:
+        self.task = task
+        self.ordered = ordered
+        self.lock = threading.Lock()
+        self.units: list[_Unit] = []
+        self.next_ticket = 0
+        self.next_out = 0
+        self.done: dict[int, tuple[list[list[Any]], list[ErrorRecord]]] = {}
+        self.shared_out: _PoolOutbox | None = None  # ordered: the one outbox every replica feeds
+
+
+class _Unit:
+    """One schedulable thing: a chain of fused tasks, or one replica of a task."""
+
+    def __init__(self, rt: PoolRuntime, tasks: list[Task], replica: int = 0,
+                 group: _Group | None = None) -> None:
+        self.tasks = tasks
+        self.head = tasks[0]
+        self.tail = tasks[-1]
+        self.group = group
+        self.replica = replica
+        self.name = self.head.name if len(tasks) == 1 else f"{self.head.name}..{self.tail.name}"
+        if group is not None:
+            self.name = f"{self.head.name}#{replica}"
+        self.inbox = self.head.inbox
+        # counters: a replica counts apart (merged into the task's counters)
+        self.stats = [t.stats for t in tasks] if group is None else [t.stats.copy() for t in tasks]
+        if group is not None:
+            for s in self.stats:
+                for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
+                    setattr(s, f, 0)
+        self.ctxs = [_Context(rt, s) for s in self.stats]  # type: ignore[arg-type]
+        self.logics: list[NodeLogic] = []
+        self.final = _PoolOutbox(rt, self, self.tail, self.stats[-1])
+        self.outs: list[Outbox] = [_ForwardOutbox(self, i, t.batch_size) for i, t in enumerate(tasks[:-1])]
+        self.outs.append(self.final)
+        if group is not None and group.ordered:
+            # a replica collects a batch's outputs privately, then hands them
+            # over in ticket order
+            self.private = Outbox(len(self.tail.outputs), 1 << 30)
+            self.outs[-1] = self.private
+        self.state = IDLE
+        self.opened = False
+        self.finalized = False
+        self.ending = False  # input ended: finishing stage by stage
+        self.end_stage = 0
+        self.threaded = False  # runs in a thread of its own (a source that may block)
+        self.limit = self.head.batch_size
+        self.is_source = self.head.node.is_source
+        self.has_timer = False
+        self.timer_at: float | None = None
+
+
+class PoolRuntime:
+    """Runs a :class:`~reflux.pipeline.Plan` on a fixed pool of worker threads."""
+
+    def __init__(self, plan: Plan, *, workers: int | None = None, max_error_records: int = 1000,
+                 poll: float = 0.1) -> None:
+        self.plan = plan
+        self.poll = poll
+        self.n_workers = workers or default_workers()
+        self.max_error_records = max_error_records
+        self._stop_sources = False
+        self._stop_time: float | None = None
+        self._aborted = False
+        self._abort_event = threading.Event()
+        self._paused = False
+        self._resumed = threading.Event()
+        self._resumed.set()
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._finished: set[str] = set()
+        self._errors: list[ErrorRecord] = []
+        self._errors_not_kept = 0
+        self._failure: ErrorRecord | None = None
+        self._results: dict[str, Any] = {}
+        self._threads: list[threading.Thread] = []
+        self._source_threads: dict[str, threading.Thread] = {}
+        self._running: dict[int, _Unit] = {}  # thread ident -> unit it runs now
+        self._timers: list[tuple[float, int, _Unit]] = []
+        self._timer_seq = itertools.count()
+        self._waiters: dict[int, set[_Unit]] = {}
+        self._spares = 0
+        self._waiting_for_room = 0
+        # [monitor hook] called once, in the failing thread, with the first
+        # failure's record before the run is aborted (set by the Pipeline)
+        self.on_failure: Callable[[ErrorRecord], None] | None = None
+        self._build_units()
+        self._ready = MPMCChannel(max(2, len(self.units)))
+        self._live = len(plan.tasks)
+        #: pool units not finalized; at 0 the workers have nothing left to do
+        self._pool_live = sum(1 for u in self.units if not u.threaded)
+        if not plan.tasks:
+            self._done.set()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_units(self) -> None:
+        self.units: list[_Unit] = []
+        self._consumers: dict[int, list[_Unit]] = {}
+        self._groups: dict[str, _Group] = {}
+        self._unit_of: dict[str, list[_Unit]] = {}
+        for chain in fuse_chains(self.plan):
+            node = chain[0].node
+            n = getattr(node, "parallel", 1) if len(chain) == 1 else 1
+            if n > 1:
+                group = _Group(chain[0], bool(getattr(node, "ordered", False)))
+                self._groups[chain[0].name] = group
+                units = [_Unit(self, chain, i, group) for i in range(n)]
+                group.units = units
+                if group.ordered:
+                    group.shared_out = _PoolOutbox(self, units[0], chain[0], group.units[0].stats[-1])
+                    group.shared_out.waiters = list(units)  # any replica may flush it
+            else:
+                units = [_Unit(self, chain)]
+            for u in units:
+                u.threaded = _may_block(u.head)
+                self.units.append(u)
+                if u.inbox is not None:
+                    self._consumers.setdefault(id(u.inbox), []).append(u)
+                for t in chain:
+                    self._unit_of.setdefault(t.name, []).append(u)
+        # how many units feed each channel (it ends when the last of them ends)
+        self._open_producers: dict[int, int] = {id(b): 0 for b in self.plan.inboxes}
+        for u in self.units:
+            boxes = {id(b): b for b in u.tail.outputs}
+            if u.tail.dead_letter is not None:
+                boxes[id(u.tail.dead_letter)] = u.tail.dead_letter
+            for t in u.tasks[:-1]:
+                if t.dead_letter is not None:
+                    boxes[id(t.dead_letter)] = t.dead_letter
+            for key in boxes:
+                self._open_producers[key] += 1
+        self._unit_outputs = {}
+        for u in self.units:
+            boxes = {id(b): b for b in u.tail.outputs}
+            for t in u.tasks:
+                if t.dead_letter is not None:
+                    boxes[id(t.dead_letter)] = t.dead_letter
+            self._unit_outputs[id(u)] = list(boxes.values())
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Start the worker threads and the threads of blocking sources."""
+        for box in self.plan.inboxes:
+            if self._open_producers[id(box)] == 0:
+                box.channel.close()
+        try:
+            for i in range(self.n_workers):
+                self._spawn_worker(f"reflux:{self.plan.name}:worker-{i}", spare=False)
+            for u in self.units:
+                if u.threaded:
+                    u.final.blocking = True
+                    t = threading.Thread(target=self._run_source_thread, args=(u,), daemon=True,
+                                         name=f"reflux:{self.plan.name}:{u.name}")
+                    self._source_threads[u.head.name] = t
+                    t.start()
+            for u in self.units:
+                if not u.threaded:
+                    self._notify(u)
+        except BaseException:
+            self.abort()
+            for t in self._threads + list(self._source_threads.values()):
+                if t.ident is not None:
+                    t.join(self.poll * 20)
+            raise
+
+    def _spawn_worker(self, name: str, spare: bool) -> None:
+        t = threading.Thread(target=self._worker, args=(spare,), daemon=True, name=name)
+        self._threads.append(t)
+        t.start()
+
+    def stop_sources(self) -> None:
+        """Make the Extractors end (everything extracted still flows to the end)."""
+        if self._stop_time is None:
+            self._stop_time = time.monotonic()
+        self._stop_sources = True
+        self.resume()
+        for u in self.units:
+            if u.is_source and not u.threaded:
+                self._notify(u)
+
+    def abort(self) -> None:
+        """Abandon the run: release every waiting unit and end them all."""
+        self._aborted = True
+        if self._stop_time is None:
+            self._stop_time = time.monotonic()
+        self._stop_sources = True
+        self._abort_event.set()
+        self._paused = False
+        self._resumed.set()
+        for box in self.plan.inboxes:
+            box.channel.close()
+        for u in self.units:
+            if not u.threaded:
+                self._notify(u)
+
+    def pause(self) -> None:
+        """Hold every unit between batches."""
+        if self._aborted or self._stop_sources:
+            return
+        self._resumed.clear()
+        self._paused = True
+
+    def resume(self) -> None:
+        """Let paused units go on."""
+        self._paused = False
+        self._resumed.set()
+
+    @property
+    def paused(self) -> bool:
+        """``True`` between :meth:`pause` and :meth:`resume`."""
+        return self._paused
+
+    @property
+    def failure(self) -> ErrorRecord | None:
+        """The record of the failure that aborted the run (``on_error="raise"``), if any."""
+        return self._failure
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for every task to end; ``True`` if they have."""
+        return self._done.wait(timeout)
+
+    def threads(self) -> int:
+        """Threads this runtime has started (workers, spares and source threads)."""
+        return len(self._threads) + len(self._source_threads)
+
+    def join_threads(self, timeout: float, source_timeout: float = 1.0) -> list[str]:
+        """Join every thread (``timeout`` seconds at most in all); returns the
+        names of the nodes still running in a thread that did not end."""
+        deadline = time.monotonic() + timeout
+        stuck: list[str] = []
+        for t in list(self._threads):
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                u = self._running.get(t.ident or 0)
+                if u is not None:
+                    stuck.extend(task.name for task in u.tasks)
+        source_deadline = min(deadline, time.monotonic() + source_timeout)
+        for name, t in self._source_threads.items():
+            t.join(max(0.0, source_deadline - time.monotonic()))
+            if t.is_alive():
+                stuck.append(name)
+        if not stuck:
+            # units nobody ran since an abort (all workers gone): finalize here
+            for u in self.units:
+                if not u.finalized and not u.threaded:
+                    self._finalize(u, abandoned=True)
+        return stuck
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _notify(self, u: _Unit) -> None:
+        """``u`` may have work: queue it (once), or make it run again if it is running."""
+        with self._lock:
+            if u.finalized:
+                return
+            st = u.state
+            if st == IDLE:
+                u.state = QUEUED
+            else:
+                if st == RUNNING:
+                    u.state = RERUN
+                return
+        try:
+            if not self._ready.try_push(u):  # cannot happen: the queue holds every unit
+                raise RuntimeError("reflux: ready queue overflow")
+        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
+            pass
+
+    def _notify_box(self, box: Inbox) -> None:
+        for c in self._consumers.get(id(box), ()):
+            self._notify(c)
+
+    def _add_waiter(self, box: Inbox, units: list[_Unit]) -> None:
+        with self._lock:
+            self._waiters.setdefault(id(box), set()).update(units)
+
+    def _wake_waiters(self, box: Inbox) -> None:
+        """After a pop made room in ``box``: notify the units blocked on it."""
+        if not self._waiters.get(id(box)):
+            return
+        with self._lock:
+            units = self._waiters.pop(id(box), ())
+        for u in units:
+            self._notify(u)
+
+    def _add_timer(self, u: _Unit, deadline: float) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (deadline, next(self._timer_seq), u))
+
+    def _due_timers(self) -> float:
+        """Notify units whose timer is due; returns seconds to the next timer (or ``poll``)."""
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers)[2])
+            wait = self._timers[0][0] - now if self._timers else self.poll
+        for u in due:
+            self._notify(u)
+        return max(0.0, min(self.poll, wait))
+
+    def _wait_for_room(self, out: _PoolOutbox) -> None:
+        """A flat-map stage holds too much output: wait for its receiver to take
+        some, with a spare worker standing in so the pool keeps running."""
+        with self._lock:
+            self._waiting_for_room += 1
+            spawn = self._waiting_for_room > self._spares
+            if spawn:
+                self._spares += 1
+        if spawn:
+            self._spawn_worker(f"reflux:{self.plan.name}:spare-{self._spares}", spare=True)
+        try:
+            out.blocking = True
+            out.flush()
+        finally:
+            out.blocking = False
+            with self._lock:
+                self._waiting_for_room -= 1
+
+    # ------------------------------------------------------------------ workers
+
+    def _worker(self, spare: bool) -> None:
+        ident = threading.get_ident()
+        ready = self._ready
+        running = self._running
+        last_sweep = time.monotonic()
+        while True:
+            timeout = self._due_timers() if self._timers else self.poll
+            try:
+                u = ready.pop(timeout)
+            except Empty:
+                u = None
+            except ChannelClosed:
+                return
+            if u is None or time.monotonic() - last_sweep >= self.poll:
+                last_sweep = time.monotonic()
+                self._sweep()
+                if spare and self._spare_surplus():
+                    if u is not None:
+                        self._requeue(u, True)
+                    return
+                if u is None:
+                    continue
+            if self._paused and not self._aborted:
+                while self._paused and not self._aborted:
+                    self._resumed.wait(self.poll)
+            with self._lock:
+                u.state = RUNNING
+            running[ident] = u
+            more = False
+            try:
+                if self._aborted:
+                    self._finalize(u, abandoned=True)
+                else:
+                    more = self._run_step(u)
+            finally:
+                running.pop(ident, None)
+            self._requeue(u, more)
+            if spare and self._spare_surplus():
+                return
+
+    def _spare_surplus(self) -> bool:
+        with self._lock:
+            if self._spares > self._waiting_for_room:
+                self._spares -= 1
+                return True
+        return False
+
+    def _requeue(self, u: _Unit, more: bool) -> None:
+        with self._lock:
+            if u.finalized:
+                u.state = DONE
+                return
+            if more or u.state == RERUN:
+                u.state = QUEUED
+            else:
+                u.state = IDLE
+                return
+        try:
+            self._ready.try_push(u)
+        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
+            pass
+
+    def _sweep(self) -> None:
+        """Safety net, every ``poll``: notify units blocked on a full output."""
+        for u in self.units:
+            if not u.finalized and not u.threaded and u.state == IDLE and u.final.pending():
+                self._notify(u)
+
+    def _run_step(self, u: _Unit) -> bool:
+        """Run one batch of ``u``; returns ``True`` if it has more work right now.
+        Failures end the unit (and, under ``"raise"``, the run)."""
+        abandoned = False
+        try:
+            return self._step(u)
+        except Abort:
+            abandoned = True
+        except NodeFailure as f:
+            abandoned = True
+            self._fail(f.record)
+        except BaseException as exc:  # a hook or reflux itself failed: fail the run
+            abandoned = True
+            name = u.tasks[0].name
+            self._fail(ErrorRecord.from_exception(name, None, exc))
+        self._finalize(u, abandoned=abandoned)
+        return False
+
+    def _open(self, u: _Unit) -> None:
+        """Make and open the logic of every stage of ``u``."""
+        for i, task in enumerate(u.tasks):
+            logic = task.node.make_logic(u.ctxs[i], len(task.outputs), task.port_names)
+            u.logics.append(logic)
+            logic.open()
+        u.opened = True
+
+    def _step(self, u: _Unit) -> bool:
+        if not u.opened:
+            self._open(u)
+        out = u.final
+        if u.group is not None and u.group.ordered:
+            assert u.group.shared_out is not None
+            out = u.group.shared_out
+            with u.group.lock:
+                if out.pending():
+                    out.flush()  # registers every replica as a waiter if still full
+                    if out.pending():
+                        return False
+        elif out.pending():
+            out.flush()
+            if out.pending():
+                return False
+        if u.ending:
+            return self._end_step(u)
+        logics = u.logics
+        if u.is_source:
+            if self._stop_sources:
+                u.ending = True
+                return True
+            t0 = time.monotonic()
+            more = logics[0].pull(u.outs[0], u.head.batch_size)  # type: ignore[attr-defined]
+            u.outs[0].flush()
+            u.stats[0].busy += time.monotonic() - t0  # [busy time]
+            if not more:
+                u.ending = True
+                u.end_stage = 1
+                return True
+            return not out.pending()
+        for i in range(len(logics)):
+            if logics[i].has_feedback():
+                t0 = time.monotonic()
+                logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
+                if u.group is not None and u.group.ordered:
+                    self._hand_over(u, self._ticket(u))
+                else:
+                    u.outs[i].flush()
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
+                return not out.pending()
+        if u.has_timer:
+            now = time.monotonic()
+            for i in range(len(logics)):
+                d = logics[i].next_deadline()
+                if d is not None and now >= d:
+                    logics[i].tick(now, u.outs[i])
+                    u.outs[i].flush()
+                    self._arm_timer(u)
+                    return not out.pending()
+        assert u.inbox is not None
+        group = u.group
+        ticket = -1
+        try:
+            if group is not None and group.ordered:
+                with group.lock:
+                    batch = u.inbox.channel.pop_many(u.limit, 0)
+                    ticket = group.next_ticket
+                    group.next_ticket += 1
+            else:
+                batch = u.inbox.channel.pop_many(u.limit, 0)
+        except Empty:
+            self._arm_timer(u)
+            return False
+        except ChannelClosed:
+            u.ending = True
+            return True
+        self._wake_waiters(u.inbox)
+        n = len(batch)
+        stats = u.stats[0]
+        stats.received += n
+        t0 = time.monotonic()
+        logics[0].process(batch, u.outs[0])
+        if ticket >= 0:
+            self._hand_over(u, ticket)
+        else:
+            u.outs[0].flush()
+        spent = time.monotonic() - t0
+        stats.busy += spent  # [busy time]
+        # Slow items get smaller batches, so one unit holds a worker for about
+        # BATCH_BUDGET seconds at most (plus one item).
+        if spent > BATCH_BUDGET:
+            u.limit = max(1, int(n * BATCH_BUDGET / spent))
+        elif u.limit < u.head.batch_size and n == u.limit:
+            u.limit = min(u.head.batch_size, u.limit * 2)
+        self._arm_timer(u)
+        if out.pending():
+            return False
+        # A full batch means more may wait; a closed input must be popped again
+        # to see its end (its close may have been announced before this pop).
+        return n == u.limit or u.inbox.channel.closed
+
+    def _arm_timer(self, u: _Unit) -> None:
+        """Schedule a wake-up of ``u`` at the earliest deadline of its stages (Accumulator windows)."""
+        earliest = None
+        for lg in u.logics:
+            d = lg.next_deadline()
+            if d is not None and (earliest is None or d < earliest):
+                earliest = d
+        if earliest is not None:
+            u.has_timer = True
+            if earliest != u.timer_at:
+                u.timer_at = earliest
+                self._add_timer(u, earliest)
+
+    def _hand_over(self, u: _Unit, ticket: int) -> None:
+        """Ordered replicas: give this batch's outputs to the shared outbox in ticket order."""
+        group = u.group
+        assert group is not None and group.shared_out is not None
+        priv = u.private
+        parts = ([b[:] for b in priv.ports], priv.dead[:])
+        for b in priv.ports:
+            b.clear()
+        priv.dead.clear()
+        shared = group.shared_out
+        with group.lock:
+            group.done[ticket] = parts
+            while group.next_out in group.done:
+                ports, dead = group.done.pop(group.next_out)
+                group.next_out += 1
+                for dst, src in zip(shared.ports, ports):
+                    dst.extend(src)
+                shared.dead.extend(dead)
+            if shared.pending():
+                shared.flush()
+
+    def _end_step(self, u: _Unit) -> bool:
+        """Input ended: finish the stages in order (feedback first), then retire."""
+        logics = u.logics
+        while u.end_stage < len(logics):
+            i = u.end_stage
+            lg = logics[i]
+            if lg.has_feedback():
+                lg.process_feedback(u.tasks[i].batch_size, u.outs[i])
+                if u.group is not None and u.group.ordered:
+                    self._hand_over(u, self._ticket(u))
+                    return True
+                u.outs[i].flush()
+                return not u.final.pending()
+            if u.group is not None and u.group.ordered:
+                lg.finish(u.private)
+                self._hand_over(u, self._ticket(u))
+            else:
+                lg.finish(u.outs[i])
+                u.outs[i].flush()
+            u.end_stage += 1
+            out = u.group.shared_out if u.group is not None and u.group.ordered else u.final
+            if out is not None and out.pending():
+                return False
+        self._finalize(u, abandoned=False)
+        return False
+
+    def _ticket(self, u: _Unit) -> int:
+        group = u.group
+        assert group is not None
+        with group.lock:
+            t = group.next_ticket
+            group.next_ticket += 1
+            return t
+
+    # ------------------------------------------------------------------ source threads
+
+    def _run_source_thread(self, u: _Unit) -> None:
+        """A source that may block in user code: pull and push (waiting for room) in its own thread."""
+        abandoned = False
+        try:
+            self._open(u)
+            logic = u.logics[0]
+            batch = u.head.batch_size
+            while True:
+                if self._paused:
+                    while self._paused and not self._aborted:
+                        self._resumed.wait(self.poll)
+                if self._aborted:
+                    raise Abort()
+                if self._stop_sources:
+                    break
+                t0 = time.monotonic()
+                more = logic.pull(u.outs[0], batch)  # type: ignore[attr-defined]
+                u.stats[0].busy += time.monotonic() - t0  # [busy time] (the blocking flush is not busy)
+                u.outs[0].flush()
+                if not more:
+                    break
+            for i in range(1, len(u.logics)):
+                while u.logics[i].has_feedback():
+                    u.logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
+                    u.outs[i].flush()
+                u.logics[i].finish(u.outs[i])
+                u.outs[i].flush()
+        except Abort:
+            abandoned = True
+        except NodeFailure as f:
+            abandoned = True
+            self._fail(f.record)
+        except BaseException as exc:  # a hook or reflux itself failed: fail the run
+            abandoned = True
+            self._fail(ErrorRecord.from_exception(u.head.name, None, exc))
+        self._finalize(u, abandoned=abandoned)
+
+    # ------------------------------------------------------------------ ending
+
+    def _finalize(self, u: _Unit, abandoned: bool) -> None:
+        """Close the unit's logic (once), count what it abandons, end its outputs."""
+        with self._lock:
+            if u.finalized:
+                return
+            u.finalized = True
+        abandoned = abandoned or self._aborted
+        try:
+            for i, logic in enumerate(u.logics):
+                name = u.tasks[i].name
+                try:
+                    logic.close()
+                except BaseException as exc:  # user close() hook
+                    abandoned = True
+                    self._fail(ErrorRecord.from_exception(name, None, exc))
+            if not u.opened:
+                # never ran (abandoned early): a sink still reports its (empty) result
+                for i, task in enumerate(u.tasks):
+                    logic = task.node.make_logic(u.ctxs[i], len(task.outputs), task.port_names)
+                    if task.node.is_sink:
+                        try:
+                            self._results[task.name] = logic.result()
+                        except BaseException as exc:  # user result() hook
+                            self._fail(ErrorRecord.from_exception(task.name, None, exc))
+            for i, logic in enumerate(u.logics):
+                name = u.tasks[i].name
+                if abandoned:
+                    u.stats[i].dropped += logic.abandon()
+                    u.stats[i].dropped += u.outs[i].discard() if hasattr(u.outs[i], "discard") else 0
+                if u.tasks[i].node.is_sink:
+                    try:
+                        self._results[name] = logic.result()
+                    except BaseException as exc:  # user result() hook
+                        self._fail(ErrorRecord.from_exception(name, None, exc))
+            if abandoned:
+                u.stats[-1].dropped += u.final.discard()
+                if u.group is not None and u.group.ordered and u.group.shared_out is not None:
+                    with u.group.lock:
+                        u.stats[-1].dropped += sum(len(b) for b in u.private.ports)
+                        u.stats[-1].dropped += u.group.shared_out.discard()
+                        for ports, _dead in u.group.done.values():
+                            u.stats[-1].dropped += sum(len(b) for b in ports)
+                        u.group.done.clear()
+        finally:
+            self._retire(u)
+
+    def _retire(self, u: _Unit) -> None:
+        for box in self._unit_outputs[id(u)]:
+            with self._lock:
+                self._open_producers[id(box)] -= 1
+                last = self._open_producers[id(box)] == 0
+            if last:
+                box.channel.close()
+                self._notify_box(box)
+        ended_tasks = []
+        with self._lock:
+            for task in u.tasks:
+                units = self._unit_of[task.name]
+                if all(x.finalized for x in units) and task.name not in self._finished:
+                    self._finished.add(task.name)
+                    ended_tasks.append(task)
+            self._live -= len(ended_tasks)
+            done = self._live == 0
+            if not u.threaded:
+                self._pool_live -= 1
+            idle_pool = self._pool_live == 0
+        if done:
+            self._done.set()
+        if done or idle_pool:
+            self._ready.close()
+
+    def _keep_error(self, record: ErrorRecord) -> None:
+        with self._lock:
+            if len(self._errors) < self.max_error_records:
+                self._errors.append(record)
+            else:
+                self._errors_not_kept += 1
+
+    def _fail(self, record: ErrorRecord) -> None:
+        with self._lock:
+            first = self._failure is None
+            if first:
+                self._failure = record
+        if first:
+            self._keep_error(record)
+            logger.debug("node '%s' failed: %r; aborting the run", record.node, record.exception)
+            hook = self.on_failure  # [monitor hook]
+            if hook is not None:
+                try:
+                    hook(record)
+                except Exception:  # a monitor must never break the abort
+                    logger.exception("failure hook raised")
+        self.abort()
+
+    def fail(self, record: ErrorRecord) -> None:
+        """Fail the run from outside a node (the clogging watchdog under
+        ``on_clog="stop"``): as if the node of ``record`` had failed."""
+        self._fail(record)
+
+    def fused_chains(self) -> list[list[str]]:
+        """[monitor hook] The node names each unit runs (a fused chain, or one node)."""
+        return [[t.name for t in u.tasks] for u in self.units]
+
+    def finished_nodes(self) -> frozenset[str]:
+        """[monitor hook] Names of the nodes that have ended."""
+        with self._lock:
+            return frozenset(self._finished)
+
+    def detach_stalled_sources(self, grace: float) -> list[str]:
+        """After ``stop()``: end, on their behalf, the Extractors still blocked in
+        their source ``grace`` seconds later, so the rest of the pipeline drains
+        and ends.  Returns the names detached."""
+        if not self._stop_sources or self._stop_time is None:
+            return []
+        if time.monotonic() - self._stop_time < grace:
+            return []
+        detached = []
+        for u in self.units:
+            if u.threaded and not u.finalized:
+                with self._lock:
+                    if u.finalized:
+                        continue
+                    u.finalized = True
+                detached.append(u.head.name)
+                logger.warning("Extractor '%s' is still inside its source %.1fs after stop(); "
+                               "ending the pipeline without it", u.head.name, grace)
+                self._retire(u)
+        return detached
+
+    # ------------------------------------------------------------------ counters
+
+    def _merged(self, task: Task) -> NodeStats:
+        group = self._groups.get(task.name)
+        if group is None:
+            return task.stats.copy()
+        total = task.stats.copy()
+        for u in group.units:
+            s = u.stats[0]
+            for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back", "busy"):
+                setattr(total, f, getattr(total, f) + getattr(s, f))
+        return total
+
+    def snapshot(self) -> dict[str, NodeStats]:
+        """Approximate live counters."""
+        return {t.name: self._merged(t) for t in self.plan.tasks}
+
+    def collect(self, status: str, elapsed: float, stuck: list[str]) -> RunResult:
+        """Count what is left in channels as dropped and build the result.
+
+        Call after :meth:`join_threads`; channels of stuck units are left alone.
+        """
+        by_owner = {t.name: t for t in self.plan.tasks}
+        for name in self._groups:
+            by_owner[name].stats = self._merged(by_owner[name])  # replicas' counters, summed
+        self._groups = {}
+        for box in self.plan.inboxes:
+            if box.owner in stuck:
+                continue
+            left = 0
+            while True:
+                try:
+                    left += len(box.channel.pop_many(1 << 16, 0))
+                except (Empty, ChannelClosed):
+                    break
+            if left:
+                _drop_inputs(by_owner[box.owner].stats, left, received=True)
+        edges: dict[tuple[str, str], int] = {}
+
+        def add(key: tuple[str, str], n: int) -> None:
+            if n:
+                edges[key] = edges.get(key, 0) + n
+
+        for u in self.units:
+            for i, task in enumerate(u.tasks):
+                out = u.outs[i]
+                if isinstance(out, _ForwardOutbox):
+                    add((task.name, u.tasks[i + 1].name), out.sent_count)
+            outboxes = [u.final]
+            if u.group is not None and u.group.ordered and u.group.shared_out is not None and u.replica == 0:
+                outboxes.append(u.group.shared_out)
+            for box_out in outboxes:
+                for name, n in zip(u.tail.port_names, box_out.sent_per_port):
+                    add((u.tail.name, name), n)
+                if box_out.dead_box is not None:
+                    for node_name, n in box_out.dead_sent.items():
+                        add((node_name, box_out.dead_box.owner), n)
+        for t in self.plan.tasks:
+            for name in t.port_names:
+                edges.setdefault((t.name, name), 0)
+            if t.dead_letter is not None:
+                edges.setdefault((t.name, t.dead_letter.owner), 0)
+        results = {t.name: self._results.get(t.name) for t in self.plan.tasks if t.node.is_sink}
+        dead_letters: list[ErrorRecord] = []
+        if self.plan.auto_dead_letter is not None:
+            dead_letters = list(results.get(self.plan.auto_dead_letter) or [])
+        with self._lock:
+            errors = list(self._errors)
+            not_kept = self._errors_not_kept
+        return RunResult(
+            status=status,
+            nodes={t.name: t.stats.copy() for t in self.plan.tasks},
+            results=results,
+            errors=errors,
+            edges=edges,
+            elapsed=elapsed,
+            dead_letters=dead_letters,
+            errors_not_kept=not_kept,
+            stuck=list(stuck),
+        )
