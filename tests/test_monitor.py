@@ -316,3 +316,19 @@ def test_watchdog_names_the_stuck_node_inside_a_fused_chain() -> None:
     finally:
         gate.set()
     assert p.join(HANG).loaded == 200
+
+
+def test_busy_time_of_replicas_is_summed_and_the_fraction_is_per_replica() -> None:
+    def heavy(x: int) -> int:
+        t = time.perf_counter() + 0.001
+        while time.perf_counter() < t:
+            pass
+        return x
+
+    p = Pipeline(Extractor(range(300)) >> Transformer(heavy, name="heavy", parallel=2)
+                 >> Loader(lambda x: None, name="sink"), workers=2)
+    result = p.run(timeout=HANG)
+    st = p.stats()["heavy"]
+    assert result["heavy"].received == 300
+    assert st.busy_seconds >= 300 * 0.001  # both replicas' time, summed
+    assert 0 < st.busy <= 1
