@@ -180,8 +180,8 @@ class Pipeline:
     """A graph of nodes joined by bounded channels; runs them and accounts for every item.
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
-    dead_letter=None, max_error_records=1000, join_timeout=10.0,
-    clog_timeout=60.0, on_clog="warn", on_alert=None)``
+    dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None,
+    fuse=True, runtime="pool", clog_timeout=60.0, on_clog="warn", on_alert=None)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
