@@ -589,7 +589,7 @@ def many_child(spec):
     t0 = perf_counter()
     sink = Loader(SumSink(), name="sum")
     if shape == "chain":
-        p = Pipeline(name="chain")
+        p = Pipeline(name="chain", fuse=spec.get("fuse", True))
         p.chain(Extractor(range(n)), *[Transformer(add1, name=f"stage{i}") for i in range(nodes)], sink)
         expected = (n, n * (n - 1) // 2 + nodes * n)
     else:
@@ -642,8 +642,8 @@ def many_child(spec):
     return out
 
 
-def run_many(shape, nodes, n, timeout):
-    spec = {"shape": shape, "nodes": nodes, "items": n, "timeout": timeout}
+def run_many(shape, nodes, n, timeout, fuse=True):
+    spec = {"shape": shape, "nodes": nodes, "items": n, "timeout": timeout, "fuse": fuse}
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     argv = [sys.executable, "-m", "benchmarks.pipeline", "--child-many", json.dumps(spec)]
@@ -669,6 +669,10 @@ def section_many(bench):
     runs = min(a.repeat, 3)
     bench.measure("many", "many_chain", f"reflux {a.chain_stages:,}-stage chain of Transformer(x+1)",
                   a.many_items, partial(run_many, "chain", a.chain_stages, a.many_items, a.many_timeout),
+                  max_runs=runs, reflux=True, nodes=a.chain_stages, hops=a.chain_stages + 1)
+    bench.measure("many", "many_chain_unfused",
+                  f"reflux {a.chain_stages:,}-stage chain, fuse=False (a channel per hop)",
+                  a.many_items, partial(run_many, "chain", a.chain_stages, a.many_items, a.many_timeout, False),
                   max_runs=runs, reflux=True, nodes=a.chain_stages, hops=a.chain_stages + 1)
     bench.measure("many", "many_balancer",
                   f"reflux Balancer >> {a.branches:,} x Transformer(x+1) >> Loader",
@@ -1133,6 +1137,8 @@ def targets(bench):
     cores = os.cpu_count() or 1
     limit_target(f"3. many nodes: threads of the chain <= pool ({cores} cores; issue 4 scheduler)",
                  "many_chain", "threads", cores, "threads", 1, lambda v: f"{v:.0f}")
+    limit_target(f"3. many nodes: threads of the unfused chain <= pool ({cores} cores)",
+                 "many_chain_unfused", "threads", cores, "threads", 1, lambda v: f"{v:.0f}")
     limit_target("4. latency p50 under 200 µs", "lat_reflux", "p50", 200.0, "µs", 1, lambda v: f"{v:.0f}")
     limit_target("5. start-up in-process under 0.1 s", "st_reflux", "secs", 0.1, "ms", 1e3,
                  lambda v: f"{v:.1f}")
@@ -1160,8 +1166,8 @@ def _checkout():
 
 def _runtime_doc():
     try:
-        from reflux import runtime
-        return (runtime.__doc__ or "").strip().splitlines()[0]
+        from reflux import pool
+        return (pool.__doc__ or "").strip().splitlines()[0]
     except Exception:  # noqa: BLE001 - informational
         return "?"
 

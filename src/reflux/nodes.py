@@ -39,6 +39,8 @@ from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, ClassVar, Union, cast, final
 
+from reflux_core._batch import call_all as _core_call_all
+
 from .errors import (
     ErrorRecord,
     NotCallableError,
@@ -132,37 +134,18 @@ class Error(_Signal):
 
 #: the exact types of the special return values (both classes are final)
 _SIGNAL_TYPES = frozenset((NeedsMoreWork, Error))
-_ERROR_TYPE = frozenset((Error,))
 
 
-def _call_all(fn: Callable[[Any], Any], batch: list[Any], into: list[Any]) -> None:
-    """Append ``fn(item)`` for every item of ``batch`` to ``into``, at C speed.
-
-    An item whose call raised is represented by an :class:`Error` holding the
-    exception (the calls after it go on), so ``into`` grows by exactly
-    ``len(batch)``.  (``list.extend(map(...))`` keeps what it appended before
-    a failure, which is what makes the fast path safe: no call is repeated.)
-    """
-    n = len(batch)
-    start = 0
-    while True:
-        before = len(into)
-        try:
-            into.extend(map(fn, batch[start:] if start else batch))
-        except Exception as exc:  # user code failed on item start + done
-            into.append(Error(exc))
-            start += len(into) - before
-            if start < n:
-                continue
-            return
-        start += len(into) - before
-        if start == n:
-            return
-        # extend() took a StopIteration raised by fn for the end of the map
-        into.append(Error(RuntimeError(f"function raised StopIteration on item {batch[start]!r:.60}")))
-        start += 1
-        if start == n:
-            return
+def _call_all(fn: Callable[[Any], Any], batch: list[Any], into: list[Any], special_a: type = NeedsMoreWork,
+              special_b: type = Error, count_not_none: bool = False) -> tuple[int, int]:
+    """Append ``fn(item)`` for every item of ``batch`` to ``into`` (a C loop in
+    :mod:`reflux_core._batch`): an item whose call raised gets an
+    :class:`Error` holding the exception, and the calls after it go on.
+    Returns how many results are of type ``special_a``/``special_b``, and
+    (with ``count_not_none``) how many are not ``None``."""
+    if type(batch) is not list:
+        batch = list(batch)
+    return _core_call_all(fn, batch, into, Error, special_a, special_b, count_not_none)
 
 
 class Abort(Exception):
@@ -791,8 +774,8 @@ class TransformerLogic(NodeLogic):
         n = len(batch)
         self.remaining = n
         before = len(buf)
-        _call_all(self.fn, batch, buf)
-        if not _SIGNAL_TYPES.isdisjoint(map(type, buf[before:])):
+        specials, _ = _call_all(self.fn, batch, buf)
+        if specials:
             results = buf[before:]
             del buf[before:]
             append = buf.append
@@ -924,8 +907,8 @@ class FilterLogic(NodeLogic):
         n = len(batch)
         self.remaining = n
         flags: list[Any] = []
-        _call_all(pred, batch, flags)
-        if _ERROR_TYPE.isdisjoint(map(type, flags)):
+        errors, _ = _call_all(pred, batch, flags, Error, Error)
+        if not errors:
             # fast path: no failure in the batch
             before = len(buf)
             buf.extend(itertools.compress(batch, flags))
@@ -1317,8 +1300,8 @@ class LoaderLogic(NodeLogic):
         returned = self.returned
         n = len(batch)
         values: list[Any] = []
-        _call_all(fn, batch, values)
-        if values.count(None) == n:
+        _, not_none = _call_all(fn, batch, values, Error, Error, True)
+        if not not_none:
             # fast path: every call returned None (the usual sink)
             self.remaining = 0
             st.emitted += n

@@ -15,13 +15,16 @@ Scheduling is notification-driven; nothing polls the channels:
   outbox, registers as a *waiter* on that channel and gives the worker back;
   the consumer notifies it after its next pop;
 * each unit has a state (``IDLE``, ``QUEUED``, ``RUNNING``, ``RERUN``,
-  ``DONE``), changed under one lock, so a unit is in the ready queue at most
-  once, and a notification that arrives while it runs (``RERUN``) makes it
-  run again instead of being lost.
+  ``DONE``), changed by atomic compare-and-swap in the core
+  (:mod:`reflux_core._sched`), so a unit is in the ready queue at most once,
+  and a notification that arrives while it runs (``RERUN``) makes it run
+  again instead of being lost.
 
-The ready queue is a :class:`reflux_core.channel.MPMCChannel` of units:
-idle workers park in it with the GIL released (no CPU while the pipeline
-waits) and wake within microseconds of a push.  Workers also wake every
+The ready queue is an MPMC record channel of unit indices, and the worker
+loop itself is Cython in the core (:func:`reflux_core._sched.worker_loop`):
+idle workers park in the queue with the GIL released (no CPU while the
+pipeline waits) and wake within microseconds of a push; the GIL is taken
+only to run a unit's batch.  Workers also wake every
 ``poll`` seconds to fire due timers (Accumulator windows), re-check units
 blocked on full outputs (a safety net: a missed wake-up costs at most one
 ``poll``, never a hang) and see stop/pause flags.
@@ -44,9 +47,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from reflux_core.channel import ChannelClosed, Empty, Full, MPMCChannel
+from reflux_core._sched import Scheduler, worker_loop
+from reflux_core.channel import ChannelClosed, Empty, Full
 
 from .errors import ErrorRecord
 from .nodes import Abort, Extractor, Filter, Loader, NodeFailure, NodeLogic, Outbox, Transformer
@@ -58,11 +63,12 @@ __all__ = ["PoolRuntime", "default_workers", "fuse_chains"]
 
 logger = logging.getLogger("reflux")
 
-IDLE, QUEUED, RUNNING, RERUN, DONE = range(5)
 
 #: a flat-map stage may hold this many batches of output while its receiver is full
 #: before it waits for room (with a spare worker standing in for it meanwhile)
 HOLD_BATCHES = 8
+#: seconds a worker may keep running the same unit while no other unit is ready
+LOCAL_RUN = 0.01
 
 
 def default_workers() -> int:
@@ -139,7 +145,10 @@ def fuse_chains(plan: Plan) -> list[list[Task]]:
 # --------------------------------------------------------------------------- outboxes
 
 class _ForwardOutbox(Outbox):
-    """Output of a fused stage: a flush hands the buffer straight to the next stage."""
+    """Output of a fused stage.  Its items are handed to the next stage by the
+    runtime (:meth:`PoolRuntime._forward`, a loop, so a chain of any length
+    needs no recursion); a flush only moves dead-letter records to the
+    chain's shared dead-letter output."""
 
     def __init__(self, unit: _Unit, index: int, limit: int) -> None:
         super().__init__(1, limit)
@@ -148,30 +157,13 @@ class _ForwardOutbox(Outbox):
         self.sent_count = 0
 
     def flush(self) -> None:
-        unit = self.unit
         if self.dead:
             # the fused chain shares one dead-letter output (counted per record's node)
-            unit.final.dead.extend(self.dead)
+            final = self.unit.final
+            final.dead.extend(self.dead)
             self.dead.clear()
-        buf = self.ports[0]
-        if not buf:
-            if unit.final.dead:
-                unit.final.flush()
-            return
-        items = buf[:]
-        buf.clear()  # the same list: a logic may hold a bound ``append`` of it
-        n = len(items)
-        i = self.index + 1
-        self.unit.stats[self.index].emitted += n
-        self.sent_count += n
-        unit.stats[i].received += n
-        t0 = time.monotonic()
-        unit.logics[i].process(items, unit.outs[i])
-        unit.outs[i].flush()
-        # [busy time] stage i's time, taken out of the enclosing stage's (measured around it)
-        spent = time.monotonic() - t0
-        unit.stats[i].busy += spent
-        unit.stats[self.index].busy -= spent
+            if len(final.dead) >= final.limit:
+                final.flush()
 
     def discard(self) -> int:
         n = len(self.ports[0])
@@ -357,7 +349,7 @@ class _Unit:
             # over in ticket order
             self.private = Outbox(len(self.tail.outputs), 1 << 30)
             self.outs[-1] = self.private
-        self.state = IDLE
+        self.index = -1  # in the scheduler
         self.opened = False
         self.finalized = False
         self.ending = False  # input ended: finishing stage by stage
@@ -404,7 +396,10 @@ class PoolRuntime:
         # failure's record before the run is aborted (set by the Pipeline)
         self.on_failure: Callable[[ErrorRecord], None] | None = None
         self._build_units()
-        self._ready = MPMCChannel(max(2, len(self.units)))
+        for i, u in enumerate(self.units):
+            u.index = i
+        self._sched = Scheduler(len(self.units))
+        self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
         self._pool_live = sum(1 for u in self.units if not u.threaded)
@@ -571,21 +566,8 @@ class PoolRuntime:
 
     def _notify(self, u: _Unit) -> None:
         """``u`` may have work: queue it (once), or make it run again if it is running."""
-        with self._lock:
-            if u.finalized:
-                return
-            st = u.state
-            if st == IDLE:
-                u.state = QUEUED
-            else:
-                if st == RUNNING:
-                    u.state = RERUN
-                return
-        try:
-            if not self._ready.try_push(u):  # cannot happen: the queue holds every unit
-                raise RuntimeError("reflux: ready queue overflow")
-        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
-            pass
+        if not u.threaded:
+            self._sched.notify(u.index)
 
     def _notify_box(self, box: Inbox) -> None:
         for c in self._consumers.get(id(box), ()):
@@ -641,44 +623,55 @@ class PoolRuntime:
     # ------------------------------------------------------------------ workers
 
     def _worker(self, spare: bool) -> None:
+        """A pool thread: the core's worker loop, with this runtime's step and idle hooks."""
+        worker_loop(self._sched, partial(self._run_unit, spare), partial(self._idle, spare), self.poll)
+
+    def _idle(self, spare: bool) -> float:
+        """A worker timed out waiting: sweep, fire timers; the next timeout (< 0: end a spare)."""
+        self._sweep()
+        if spare and self._spare_surplus():
+            return -1.0
+        return self._due_timers() if self._timers else self.poll
+
+    def _run_unit(self, spare: bool, index: int) -> int:
+        """Run unit ``index`` (marked RUNNING by the scheduler) for a batch, or
+        several while nothing else is ready.  Returns 1 if it has more work,
+        plus 2 if this (spare) worker should end."""
+        u = self.units[index]
+        if self._paused and not self._aborted:
+            while self._paused and not self._aborted:
+                self._resumed.wait(self.poll)
         ident = threading.get_ident()
-        ready = self._ready
-        running = self._running
-        last_sweep = time.monotonic()
-        while True:
-            timeout = self._due_timers() if self._timers else self.poll
-            try:
-                u = ready.pop(timeout)
-            except Empty:
-                u = None
-            except ChannelClosed:
-                return
-            if u is None or time.monotonic() - last_sweep >= self.poll:
-                last_sweep = time.monotonic()
-                self._sweep()
-                if spare and self._spare_surplus():
-                    if u is not None:
-                        self._requeue(u, True)
-                    return
-                if u is None:
-                    continue
-            if self._paused and not self._aborted:
-                while self._paused and not self._aborted:
-                    self._resumed.wait(self.poll)
-            with self._lock:
-                u.state = RUNNING
-            running[ident] = u
-            more = False
-            try:
-                if self._aborted:
-                    self._finalize(u, abandoned=True)
-                else:
-                    more = self._run_step(u)
-            finally:
-                running.pop(ident, None)
-            self._requeue(u, more)
-            if spare and self._spare_surplus():
-                return
+        self._running[ident] = u
+        more = False
+        try:
+            if self._aborted:
+                self._finalize(u, abandoned=True)
+            else:
+                more = self._run_step(u)
+                # Nothing else is waiting: go on with the same unit here rather
+                # than through the queue, which would wake another worker only
+                # to hand it the GIL (tens of µs a batch).  Bounded in time so
+                # timers and sweeps still run.
+                if more and self._sched.queued() == 0:
+                    sched = self._sched
+                    until = time.monotonic() + LOCAL_RUN
+                    while (not u.finalized and not self._paused and not self._aborted
+                           and sched.queued() == 0 and sched.again(index)):
+                        more = self._run_step(u)
+                        if not more or time.monotonic() >= until:
+                            break
+        finally:
+            self._running.pop(ident, None)
+        if self._timers:
+            self._due_timers()
+        now = time.monotonic()
+        if now - self._last_sweep >= self.poll:
+            self._last_sweep = now
+            self._sweep()
+        if spare and self._spare_surplus():
+            return int(more) | 2
+        return int(more)
 
     def _spare_surplus(self) -> bool:
         with self._lock:
@@ -687,25 +680,10 @@ class PoolRuntime:
                 return True
         return False
 
-    def _requeue(self, u: _Unit, more: bool) -> None:
-        with self._lock:
-            if u.finalized:
-                u.state = DONE
-                return
-            if more or u.state == RERUN:
-                u.state = QUEUED
-            else:
-                u.state = IDLE
-                return
-        try:
-            self._ready.try_push(u)
-        except ChannelClosed:  # the pool has ended (the run is over or abandoned)
-            pass
-
     def _sweep(self) -> None:
         """Safety net, every ``poll``: notify units blocked on a full output."""
         for u in self.units:
-            if not u.finalized and not u.threaded and u.state == IDLE and u.final.pending():
+            if not u.finalized and not u.threaded and u.final.pending():
                 self._notify(u)
 
     def _run_step(self, u: _Unit) -> bool:
@@ -759,8 +737,8 @@ class PoolRuntime:
                 return True
             t0 = time.monotonic()
             more = logics[0].pull(u.outs[0], u.head.batch_size)  # type: ignore[attr-defined]
-            u.outs[0].flush()
             u.stats[0].busy += time.monotonic() - t0  # [busy time]
+            self._forward(u, 0)
             if not more:
                 u.ending = True
                 u.end_stage = 1
@@ -770,11 +748,11 @@ class PoolRuntime:
             if logics[i].has_feedback():
                 t0 = time.monotonic()
                 logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                 else:
-                    u.outs[i].flush()
-                u.stats[i].busy += time.monotonic() - t0  # [busy time]
+                    self._forward(u, i)
                 return not out.pending()
         if u.has_timer:
             now = time.monotonic()
@@ -782,7 +760,7 @@ class PoolRuntime:
                 d = logics[i].next_deadline()
                 if d is not None and now >= d:
                     logics[i].tick(now, u.outs[i])
-                    u.outs[i].flush()
+                    self._forward(u, i)
                     self._arm_timer(u)
                     return not out.pending()
         assert u.inbox is not None
@@ -808,12 +786,12 @@ class PoolRuntime:
         stats.received += n
         t0 = time.monotonic()
         logics[0].process(batch, u.outs[0])
+        stats.busy += time.monotonic() - t0  # [busy time]
         if ticket >= 0:
             self._hand_over(u, ticket)
         else:
-            u.outs[0].flush()
+            self._forward(u, 0)
         spent = time.monotonic() - t0
-        stats.busy += spent  # [busy time]
         # Slow items get smaller batches, so one unit holds a worker for about
         # BATCH_BUDGET seconds at most (plus one item).
         if spent > BATCH_BUDGET:
@@ -826,6 +804,28 @@ class PoolRuntime:
         # A full batch means more may wait; a closed input must be popped again
         # to see its end (its close may have been announced before this pop).
         return n == u.limit or u.inbox.channel.closed
+
+    def _forward(self, u: _Unit, start: int) -> None:
+        """Stage ``start`` of ``u`` wrote its outputs: run them through the
+        stages after it (fused chains), then flush the unit's output."""
+        outs = u.outs
+        last = len(outs) - 1
+        for j in range(start, last):
+            out = outs[j]
+            out.flush()  # dead-letter records
+            buf = out.ports[0]
+            if not buf:
+                continue  # later stages may still hold feedback: handled in their own step
+            items = buf[:]
+            buf.clear()  # the same list: a logic may hold a bound ``append`` of it
+            n = len(items)
+            u.stats[j].emitted += n
+            out.sent_count += n  # type: ignore[attr-defined]
+            u.stats[j + 1].received += n
+            t0 = time.monotonic()
+            u.logics[j + 1].process(items, outs[j + 1])
+            u.stats[j + 1].busy += time.monotonic() - t0  # [busy time] each stage its own logic's time
+        outs[last].flush()
 
     def _arm_timer(self, u: _Unit) -> None:
         """Schedule a wake-up of ``u`` at the earliest deadline of its stages (Accumulator windows)."""
@@ -868,18 +868,20 @@ class PoolRuntime:
             i = u.end_stage
             lg = logics[i]
             if lg.has_feedback():
+                t0 = time.monotonic()
                 lg.process_feedback(u.tasks[i].batch_size, u.outs[i])
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                     return True
-                u.outs[i].flush()
+                self._forward(u, i)
                 return not u.final.pending()
             if u.group is not None and u.group.ordered:
                 lg.finish(u.private)
                 self._hand_over(u, self._ticket(u))
             else:
                 lg.finish(u.outs[i])
-                u.outs[i].flush()
+                self._forward(u, i)
             u.end_stage += 1
             out = u.group.shared_out if u.group is not None and u.group.ordered else u.final
             if out is not None and out.pending():
@@ -915,15 +917,15 @@ class PoolRuntime:
                 t0 = time.monotonic()
                 more = logic.pull(u.outs[0], batch)  # type: ignore[attr-defined]
                 u.stats[0].busy += time.monotonic() - t0  # [busy time] (the blocking flush is not busy)
-                u.outs[0].flush()
+                self._forward(u, 0)
                 if not more:
                     break
             for i in range(1, len(u.logics)):
                 while u.logics[i].has_feedback():
                     u.logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
-                    u.outs[i].flush()
+                    self._forward(u, i)
                 u.logics[i].finish(u.outs[i])
-                u.outs[i].flush()
+                self._forward(u, i)
         except Abort:
             abandoned = True
         except NodeFailure as f:
@@ -1005,7 +1007,7 @@ class PoolRuntime:
         if done:
             self._done.set()
         if done or idle_pool:
-            self._ready.close()
+            self._sched.close()
 
     def _keep_error(self, record: ErrorRecord) -> None:
         with self._lock:
