@@ -41,3 +41,11 @@ def test_pipeline_benchmark_quick_run(tmp_path):
     stdout = run_quick("pipeline", tmp_path)
     for title in ("== overhead", "== CPU-heavy", "== many nodes", "== latency", "== start-up", "== targets"):
         assert title in stdout, f"{title!r} missing:\n{stdout}"
+
+
+def test_cython_transform_benchmark_quick_run(tmp_path):
+    """The Cython transformer benchmark runs every row (checking what arrived) and prints its targets."""
+    stdout = run_quick("cython_transform", tmp_path)
+    for row in ("python per item", "numpy in a Transformer", "cython parallel=1", "cython parallel=2",
+                "record pump x2", "== targets"):
+        assert row in stdout, f"{row!r} missing:\n{stdout}"

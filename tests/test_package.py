@@ -13,7 +13,7 @@ import reflux
 import reflux_core
 import reflux_core.channel as rc
 
-HEADERS = ["atomics.h", "park.h", "rings.h"]
+HEADERS = ["abi.h", "atomics.h", "park.h", "rings.h"]
 CHANNEL_NAMES = ["EMPTY", "Channel", "ChannelClosed", "ChannelStats", "Empty", "Full",
                  "MPMCChannel", "RecordChannel", "SPSCChannel"]
 
@@ -62,6 +62,7 @@ def test_package_ships_its_pxd_files():
     init_text = init_pxd.read_text(encoding="utf-8")
     assert "from reflux_core.channel cimport" in init_text
     assert "RecordChannel" in init_text
+    assert (pkg / "transform.pxd").is_file() and "CTransform" in init_text
     # the .pxd sits next to the compiled module Cython users cimport
     assert os.path.dirname(os.path.abspath(rc.__file__)) == os.path.dirname(
         os.path.abspath(reflux_core.__file__))
@@ -101,7 +102,7 @@ def test_distribution_metadata():
 
 
 def test_compiled_modules_are_extensions():
-    from reflux_core import _stress
+    from reflux_core import _stress, _testplugins, transform
 
-    for mod in (rc, _stress):
+    for mod in (rc, transform, _stress, _testplugins):
         assert os.path.splitext(mod.__file__)[1] in (".so", ".pyd"), mod.__file__

@@ -183,7 +183,7 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
                                  ("tests", ["*.py"]),
                                  ("docs", ["*.md"]),
                                  ("benchmarks", ["*.py", "*.c"]),
-                                 ("examples", ["*.py"]),
+                                 ("examples", ["*.py", "*.pyx", "*.toml"]),
                                  ("tools", ["*.py", "*.sh"])):
             for p in (source / folder).rglob("*"):
                 rel = p.relative_to(source).as_posix()

@@ -30,7 +30,6 @@ Sources instead implement ``pull(out, max_items) -> bool`` (False at the end).
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
@@ -52,6 +51,8 @@ from .policies import ErrorPolicy
 from .result import NodeStats
 
 if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
     from .pipeline import Flow
 
 __all__ = [
@@ -287,6 +288,31 @@ def _check_callable(owner: str, fn: Any, what: str = "function") -> None:
     """Refuse a non-callable with a message naming the node."""
     if not callable(fn):
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
+
+
+def _plugin_for(owner: str, obj: Any, kind: str) -> Any:
+    """The checked compiled plug-in (see :mod:`reflux.plugins`) when ``obj`` is one, else ``None``.
+
+    Plain callables never import reflux.plugins (nor numpy)."""
+    if isinstance(obj, type):
+        return None
+    try:
+        offered = getattr(obj, "__reflux_plugin__", None) is not None
+    except Exception:  # a plug-in whose capsule property fails: check_plugin reports it
+        offered = True
+    if not offered:
+        return None
+    from . import plugins
+    return plugins.check_plugin(obj, owner, kind)
+
+
+def _chunk_batches(node: Node) -> None:
+    """A node given a plug-in takes one item (a chunk of records) per batch
+    unless ``batch_size`` says otherwise: a chunk is a batch already, and
+    replicas (``parallel=N``) then share the chunks instead of one replica
+    taking a whole batch of them."""
+    if node.batch_size is None:
+        node.batch_size = 1
 
 
 def _replicas(owner: str, parallel: Any, ordered: Any) -> tuple[int, bool]:
@@ -607,6 +633,8 @@ class ExtractorLogic(NodeLogic):
         elif self.mode in ("async", "asyncgen"):
             self._it = src() if self.mode == "asyncgen" else src
             self._it = self._it.__aiter__()
+            import asyncio  # only for async sources (it takes ~20 ms to import)
+
             self._loop = asyncio.new_event_loop()
 
     def close(self) -> None:
@@ -680,6 +708,7 @@ class ExtractorLogic(NodeLogic):
         return True
 
     def _pull_async(self, out: Outbox) -> bool:
+        import asyncio
         loop = self._loop
         assert loop is not None
         fut = loop.create_task(self._it.__anext__())
@@ -722,30 +751,73 @@ class Transformer(Node):
       ``flat=True``, the iterable a plain function returns is flattened.
     * a class instance with ``__call__`` may keep state; its optional
       ``open()`` and ``close()`` methods are called once per worker.
+    * a compiled transform plug-in (a ``reflux_core.transform.CTransform``
+      subclass, or a C plug-in) runs over chunks of records without the GIL
+      (see :mod:`reflux.plugins`).
 
     ``parallel=N`` runs N replicas of the node, fed from one shared channel
     (each replica has its own ``open()``/``close()`` and state).  On a GIL
     build this speeds up functions that release the GIL (numpy, Cython
     transformers, I/O).  Replicas emit in completion order unless
     ``ordered=True``, which restores input order (per batch) on output.
+
+    ``executor="process"`` runs ``fn`` in ``workers`` worker processes
+    (default: one per CPU) for CPU-bound pure Python; ``fn`` (with its state)
+    must be picklable and is sent once per worker, items and results travel
+    pickled; results keep input order unless ``ordered=False``.  See
+    :mod:`reflux.process`.  (``parallel=`` replicas run in threads; with
+    ``executor="process"`` use ``workers=``.)
     """
 
     kind = "Transformer"
 
     def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
-                 ordered: bool = False, **kwargs: Any) -> None:
+                 ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=_default_name(fn), **kwargs)
-        _check_callable(self.label, fn)
-        self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
+        #: the checked plug-in when ``fn`` is a compiled one (reflux.plugins)
+        self.plugin = _plugin_for(self.label, fn, "transform")
+        if self.plugin is None:
+            _check_callable(self.label, fn)
+        elif flat:
+            raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
+        else:
+            _chunk_batches(self)
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
+        self.executor: str = "thread"
+        self.workers: int | None = None
+        if executor is not None or workers is not None:
+            if self.plugin is not None and executor == "process":
+                raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
+                                      "cannot be sent to worker processes; use parallel= for replicas")
+            from .process import check_executor  # imported only when asked for (start-up time)
+            self.executor, self.workers, _ = check_executor(
+                self.label, executor, workers, True if ordered is None else ordered, fn)
+        if self.executor == "process" and parallel != 1:
+            raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
+                                  "executor='process' set the number of processes with workers=")
+        #: ``ordered=`` as given (None: the default of the executor in the end)
+        self.ordered_given = ordered
+        # process workers keep input order by default; thread replicas emit as they complete
+        default_order = self.executor == "process"
+        self.parallel, self.ordered = _replicas(self.label, parallel,
+                                                default_order if ordered is None else ordered)
+        #: False when the pipeline's default executor applies
+        self.executor_chosen = executor is not None
 
     @property  # type: ignore[override]
     def stats_law(self) -> str:
         return "free" if self.flat else "one"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.executor == "process":
+            from .process import ProcessTransformerLogic
+            return ProcessTransformerLogic(self, ctx)
+        if self.plugin is not None:
+            from .plugins import transformer_logic
+            return transformer_logic(self, ctx)
         return (FlatTransformerLogic if self.flat else TransformerLogic)(self, ctx)
 
 
@@ -874,6 +946,8 @@ class Filter(Node):
     as ``filtered``.  Never sends an empty batch downstream.
 
     A predicate that raises (or returns ``Error``) goes through the error policy.
+    A compiled filter plug-in (``reflux_core.transform.CFilter``) filters
+    chunks of records without the GIL (see :mod:`reflux.plugins`).
     ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`.
     """
 
@@ -882,11 +956,19 @@ class Filter(Node):
     def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
                  **kwargs: Any) -> None:
         super().__init__(_default=_default_name(predicate), **kwargs)
-        _check_callable(self.label, predicate, "predicate")
+        #: the checked plug-in when ``predicate`` is a compiled one (reflux.plugins)
+        self.plugin = _plugin_for(self.label, predicate, "filter")
+        if self.plugin is None:
+            _check_callable(self.label, predicate, "predicate")
+        else:
+            _chunk_batches(self)
         self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.predicate = predicate
 
-    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> FilterLogic:
+    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.plugin is not None:
+            from .plugins import filter_logic
+            return filter_logic(self, ctx)
         return FilterLogic(self, ctx)
 
 
@@ -1062,6 +1144,11 @@ class Messenger(Node):
     a failure (:class:`~reflux.errors.RoutingError`) handled by the node's
     error policy: never a silent drop.  Nodes named in ``routes`` and
     ``default`` are connected automatically if they are in the pipeline.
+
+    ``key`` may be a compiled key plug-in (``reflux_core.transform.CKey``):
+    each chunk of records is split by key without the GIL and the parts are
+    routed (see :mod:`reflux.plugins`); counters then count chunks in and
+    parts out, so they follow no fixed law.
     """
 
     kind = "Messenger"
@@ -1070,7 +1157,13 @@ class Messenger(Node):
     def __init__(self, key: Callable[[Any], Any], *, routes: Mapping[Any, Node | str] | None = None,
                  default: Node | str | None = None, **kwargs: Any) -> None:
         super().__init__(_default=_default_name(key), **kwargs)
-        _check_callable(self.label, key, "key")
+        #: the checked plug-in when ``key`` is a compiled one (reflux.plugins)
+        self.plugin = _plugin_for(self.label, key, "key")
+        if self.plugin is None:
+            _check_callable(self.label, key, "key")
+        else:
+            self.stats_law = "free"  # one chunk in may leave as several parts
+            _chunk_batches(self)
         if routes is not None and not isinstance(routes, Mapping):
             raise ValidationError(f"{self.label}: routes must be a mapping of key to node, got {routes!r:.60}")
         for k, target in (routes or {}).items():
@@ -1086,7 +1179,10 @@ class Messenger(Node):
         self._ports: dict[Any, int] = {}
         self._default_port: int | None = None
 
-    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> MessengerLogic:
+    def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.plugin is not None:
+            from .plugins import messenger_logic
+            return messenger_logic(self, ctx, dict(self._ports), self._default_port)
         return MessengerLogic(self, ctx, dict(self._ports), self._default_port)
 
 

@@ -180,8 +180,8 @@ class Pipeline:
     """A graph of nodes joined by bounded channels; runs them and accounts for every item.
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
-    dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None,
-    fuse=True, runtime="pool", clog_timeout=60.0, on_clog="warn", on_alert=None)``
+    dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
+    runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -213,6 +213,9 @@ class Pipeline:
     ``runtime``
         ``"pool"`` (default, the worker pool) or ``"threads"`` (one thread
         per node, the first runtime; kept for comparison and debugging).
+    ``executor``
+        the default ``executor`` of the pipeline's Transformers (``"thread"``
+        or ``"process"``); a Transformer's own ``executor=`` wins.
     ``clog_timeout``
         the clogging watchdog: a node whose input channel stays full while
         it makes no progress for this many seconds is reported as clogged
@@ -236,7 +239,7 @@ class Pipeline:
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
                  max_error_records: int = 1000, join_timeout: float = 10.0,
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
-                 clog_timeout: float | None = 60.0, on_clog: str = "warn",
+                 executor: str | None = None, clog_timeout: float | None = 60.0, on_clog: str = "warn",
                  on_alert: Callable[[Alert], Any] | None = None) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -253,6 +256,11 @@ class Pipeline:
         self.workers = workers
         self.fuse = bool(fuse)
         self.runtime = runtime
+        #: default executor of the Transformers that do not choose one (None: "thread")
+        self.executor: str | None = None
+        if executor is not None:
+            from .process import check_executor
+            self.executor = check_executor(f"Pipeline '{name}'", executor, None, True)[0]
         if clog_timeout is not None and (isinstance(clog_timeout, bool)
                                          or not isinstance(clog_timeout, (int, float)) or not clog_timeout > 0):
             raise ValidationError(
@@ -544,6 +552,9 @@ class Pipeline:
             box = Inbox(node.name, ch, n_prod)
             inbox[id(node)] = box
             inboxes.append(box)
+        if self.executor is not None:
+            from .process import apply_default_executor
+            apply_default_executor(self._nodes, self.executor)
         tasks: list[Task] = []
         for node in self._nodes:
             receivers = [b for a, b in edges if a is node]
