@@ -332,3 +332,26 @@ def test_busy_time_of_replicas_is_summed_and_the_fraction_is_per_replica() -> No
     assert result["heavy"].received == 300
     assert st.busy_seconds >= 300 * 0.001  # both replicas' time, summed
     assert 0 < st.busy <= 1
+
+
+def test_a_crashed_worker_process_is_reported_at_once() -> None:
+    """A process worker that dies (os._exit) fails its items; under "raise" the node died:
+    the alert names it at once, while the run is still going."""
+    import procfns
+
+    alerts: list[Alert] = []
+    running: list[bool] = []
+
+    def on_alert(a: Alert) -> None:
+        alerts.append(a)
+        running.append(p.running)
+
+    p = Pipeline(Extractor(range(50)) >> Transformer(procfns.crash_on_5, name="crashy", executor="process",
+                                                     workers=1) >> Loader.to_list(),
+                 clog_timeout=3600, on_alert=on_alert)
+    with pytest.raises(NodeError, match="crashy"):
+        p.run(timeout=HANG)
+    assert [(a.kind, a.node) for a in alerts] == [("failed", "crashy")]
+    assert "worker process" in alerts[0].message and "exited with code 3" in alerts[0].message
+    assert running == [True]
+    assert p.stats()["crashy"].state == "failed"
