@@ -66,9 +66,9 @@ def test_etl_cleans_aggregates_and_writes_csv(tmp_path: Path) -> None:
 def test_image_tiles_blur_equals_blurring_the_whole_image() -> None:
     ex = _load("image_tiles")
     image = ex.make_image(100)
-    result = ex.build(image, tile=32, replicas=3).run(timeout=HANG)
+    result = ex.build(image, tile=32, replicas=3, blur=ex.numpy_box_blur).run(timeout=HANG)
     blurred = result.results["assemble"]
-    whole = ex.box_blur(np.pad(image, 1, mode="edge"))
+    whole = ex.numpy_box_blur(np.pad(image, 1, mode="edge"))
     assert blurred.shape == image.shape
     np.testing.assert_allclose(blurred, whole, rtol=1e-6)
     assert blurred.std() < image.std()  # it did blur
@@ -152,3 +152,35 @@ def test_each_example_runs_with_reflux_run_and_draws(name: str, tmp_path: Path) 
                          capture_output=True, text=True, timeout=HANG, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert '"status": "completed"' in run.stdout
+
+
+def test_image_tiles_uses_the_compiled_blur_when_it_is_built(tmp_path: Path) -> None:
+    """With examples/cython_transformer built (hotpath importable), the image example blurs with
+    the Cython blur3x3 by default, and the result equals the numpy blur."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("Cython") is None or importlib.util.find_spec("setuptools") is None:
+        pytest.skip("Cython or setuptools is not installed in the test environment")
+    work = tmp_path / "hotpath"
+    shutil.copytree(EXAMPLES / "cython_transformer", work,
+                    ignore=shutil.ignore_patterns("build", "*.so", "*.pyd", "*.c", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("REFLUX_")}
+    build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    check = f"""
+import importlib.util, numpy as np
+spec = importlib.util.spec_from_file_location("image_tiles", {str(EXAMPLES / "image_tiles.py")!r})
+ex = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ex)
+assert ex.box_blur is ex.cython_box_blur, "hotpath was not picked up"
+image = ex.make_image(150)
+blurred = ex.build(image, tile=40, replicas=2).run(timeout=120).results["assemble"]
+np.testing.assert_allclose(blurred, ex.numpy_box_blur(np.pad(image, 1, mode="edge")), rtol=1e-5, atol=1e-6)
+print("CYTHON BLUR OK")
+"""
+    run = subprocess.run([sys.executable, "-W", "error", "-c", check], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=HANG)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "CYTHON BLUR OK" in run.stdout
