@@ -47,10 +47,11 @@ def parse_event(line: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# THE HOT PATH.  Plain Python today: the Cython transformer API (issue 5) has
-# not landed yet.  When it has, replace ``score_event`` by a ``CTransform``
-# subclass doing the same arithmetic without the GIL (and build the replicas
-# from it in ``build_demo``); nothing else in the demo changes.
+# THE HOT PATH.  Plain Python today (the demo needs no compiler).  To make it
+# Cython: a record plug-in (``CTransform``, see the README's "Writing a Cython
+# transformer") doing this arithmetic without the GIL over chunks of event
+# records, with the events carried as numpy record chunks from ``parse`` on,
+# and the replicas below built from it; the totals stay the same.
 # ---------------------------------------------------------------------------
 
 def score_event(event: dict[str, Any]) -> dict[str, Any]:
