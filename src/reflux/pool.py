@@ -46,6 +46,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -391,6 +392,9 @@ class PoolRuntime:
         self._waiters: dict[int, set[_Unit]] = {}
         self._spares = 0
         self._waiting_for_room = 0
+        # [monitor hook] called once, in the failing thread, with the first
+        # failure's record before the run is aborted (set by the Pipeline)
+        self.on_failure: Callable[[ErrorRecord], None] | None = None
         self._build_units()
         for i, u in enumerate(self.units):
             u.index = i
@@ -731,7 +735,9 @@ class PoolRuntime:
             if self._stop_sources:
                 u.ending = True
                 return True
+            t0 = time.monotonic()
             more = logics[0].pull(u.outs[0], u.head.batch_size)  # type: ignore[attr-defined]
+            u.stats[0].busy += time.monotonic() - t0  # [busy time]
             self._forward(u, 0)
             if not more:
                 u.ending = True
@@ -740,7 +746,9 @@ class PoolRuntime:
             return not out.pending()
         for i in range(len(logics)):
             if logics[i].has_feedback():
+                t0 = time.monotonic()
                 logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                 else:
@@ -778,6 +786,7 @@ class PoolRuntime:
         stats.received += n
         t0 = time.monotonic()
         logics[0].process(batch, u.outs[0])
+        stats.busy += time.monotonic() - t0  # [busy time]
         if ticket >= 0:
             self._hand_over(u, ticket)
         else:
@@ -815,7 +824,9 @@ class PoolRuntime:
             u.stats[j].emitted += n
             out.sent_count += n  # type: ignore[attr-defined]
             u.stats[j + 1].received += n
+            t0 = time.monotonic()
             u.logics[j + 1].process(items, outs[j + 1])
+            u.stats[j + 1].busy += time.monotonic() - t0  # [busy time] each stage its own logic's time
         outs[last].flush()
 
     def _arm_timer(self, u: _Unit) -> None:
@@ -859,7 +870,9 @@ class PoolRuntime:
             i = u.end_stage
             lg = logics[i]
             if lg.has_feedback():
+                t0 = time.monotonic()
                 lg.process_feedback(u.tasks[i].batch_size, u.outs[i])
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                     return True
@@ -903,7 +916,9 @@ class PoolRuntime:
                     raise Abort()
                 if self._stop_sources:
                     break
+                t0 = time.monotonic()
                 more = logic.pull(u.outs[0], batch)  # type: ignore[attr-defined]
+                u.stats[0].busy += time.monotonic() - t0  # [busy time] (the blocking flush is not busy)
                 self._forward(u, 0)
                 if not more:
                     break
@@ -1011,7 +1026,27 @@ class PoolRuntime:
         if first:
             self._keep_error(record)
             logger.debug("node '%s' failed: %r; aborting the run", record.node, record.exception)
+            hook = self.on_failure  # [monitor hook]
+            if hook is not None:
+                try:
+                    hook(record)
+                except Exception:  # a monitor must never break the abort
+                    logger.exception("failure hook raised")
         self.abort()
+
+    def fail(self, record: ErrorRecord) -> None:
+        """Fail the run from outside a node (the clogging watchdog under
+        ``on_clog="stop"``): as if the node of ``record`` had failed."""
+        self._fail(record)
+
+    def fused_chains(self) -> list[list[str]]:
+        """[monitor hook] The node names each unit runs (a fused chain, or one node)."""
+        return [[t.name for t in u.tasks] for u in self.units]
+
+    def finished_nodes(self) -> frozenset[str]:
+        """[monitor hook] Names of the nodes that have ended."""
+        with self._lock:
+            return frozenset(self._finished)
 
     def detach_stalled_sources(self, grace: float) -> list[str]:
         """After ``stop()``: end, on their behalf, the Extractors still blocked in
@@ -1043,7 +1078,7 @@ class PoolRuntime:
         total = task.stats.copy()
         for u in group.units:
             s = u.stats[0]
-            for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
+            for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back", "busy"):
                 setattr(total, f, getattr(total, f) + getattr(s, f))
         return total
 
