@@ -293,3 +293,20 @@ def test_ctrl_c_during_reflux_run_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert json.loads(out)["status"] == "interrupted"
+
+
+def test_demo_hot_path_plugin_matches_the_python_reference() -> None:
+    """The demo's Cython ScoreEvents computes exactly what score_event does."""
+    import random
+
+    from reflux import Extractor, Loader, Pipeline, Transformer
+    from reflux.demo import EVENT_KINDS, score_event, to_records, unpack
+    from reflux_core._demo import ScoreEvents
+
+    rnd = random.Random(3)
+    events = [{"seq": rnd.randrange(2**31), "kind": rnd.choice(EVENT_KINDS), "value": rnd.randint(1, 500)}
+              for _ in range(2000)]
+    sink = Loader.to_list()
+    result = Pipeline(Extractor([to_records(events)]) >> Transformer(ScoreEvents()) >> Transformer(unpack)
+                      >> sink).run(timeout=60)
+    assert result.results[sink.name] == [score_event(dict(e)) for e in events]

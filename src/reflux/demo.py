@@ -3,8 +3,11 @@
 Every node type works in it::
 
     events (Extractor) -> parse (Transformer) -> valid (Filter)
-      -> spread (Balancer) -> score-1 | score-2 (the hot path, two replicas)
-      -> route_by_kind (Messenger): "buy" -> purchases, anything else -> interactions
+      -> pack (Accumulator, 256 events) -> to_records (Transformer: numpy event records)
+      -> spread (Balancer) -> score-1 | score-2 (the hot path: a Cython plug-in,
+         reflux_core._demo.ScoreEvents, two replicas running without the GIL)
+      -> unpack (flat Transformer) -> route_by_kind (Messenger):
+         "buy" -> purchases, anything else -> interactions
       -> merge (Funnel) -> windows (Accumulator, 100 events) -> totals (Transformer)
       -> fan_out (Broadcast) -> to_file (Loader: a JSON-lines file) and to_list (Loader)
 
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
-__all__ = ["EVENT_KINDS", "build_demo", "generate_events", "score_event"]
+__all__ = ["EVENT_KINDS", "build_demo", "generate_events", "score_event", "to_records", "unpack"]
 
 EVENT_KINDS = ("click", "view", "buy", "scroll")
 #: events per window of totals
@@ -47,23 +50,45 @@ def parse_event(line: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# THE HOT PATH.  Plain Python today (the demo needs no compiler).  To make it
-# Cython: a record plug-in (``CTransform``, see the README's "Writing a Cython
-# transformer") doing this arithmetic without the GIL over chunks of event
-# records, with the events carried as numpy record chunks from ``parse`` on,
-# and the replicas below built from it; the totals stay the same.
+# THE HOT PATH runs as a Cython record plug-in (reflux_core/_demo.pyx,
+# ScoreEvents) over chunks of event records, without the GIL.  score_event is
+# the same arithmetic in Python: the reference the tests check it against.
 # ---------------------------------------------------------------------------
+
+#: events per chunk of records sent through the hot path
+CHUNK = 256
+
 
 def score_event(event: dict[str, Any]) -> dict[str, Any]:
     """A per-event fraud-style score: a few rounds of integer mixing of the
     event's sequence number and value (CPU work, no I/O).  Adds ``"score"``
-    (0-999); the other fields are unchanged."""
+    (0-999); the other fields are unchanged.  (The demo runs the same
+    arithmetic compiled: :class:`reflux_core._demo.ScoreEvents`.)"""
     h = (event["seq"] * 2654435761 + event["value"]) & 0xFFFFFFFF
     for _ in range(8):
         h ^= h >> 15
         h = (h * 2246822519) & 0xFFFFFFFF
     event["score"] = h % 1000
     return event
+
+
+def to_records(events: list[dict[str, Any]]) -> Any:
+    """A list of parsed events -> a numpy array of event records (score 0)."""
+    import numpy as np
+
+    from reflux_core._demo import EVENT
+
+    chunk = np.zeros(len(events), dtype=EVENT)
+    chunk["seq"] = [e["seq"] for e in events]
+    chunk["kind"] = [EVENT_KINDS.index(e["kind"]) for e in events]
+    chunk["value"] = [e["value"] for e in events]
+    return chunk
+
+
+def unpack(chunk: Any) -> Iterator[dict[str, Any]]:
+    """A scored chunk of records -> one event dict per record."""
+    for seq, kind, value, score in chunk.tolist():
+        yield {"seq": seq, "kind": EVENT_KINDS[kind], "value": value, "score": score}
 
 
 def window_totals(batch: list[dict[str, Any]]) -> str:
@@ -93,8 +118,13 @@ def build_demo(items: int, out_dir: Path, seed: int = 7) -> tuple[Pipeline, dict
     source = Extractor(generate_events(items, seed), name="events")
     parse = Transformer(parse_event, name="parse")
     valid = Filter(lambda e: e["kind"] in EVENT_KINDS, name="valid")
+    from reflux_core._demo import ScoreEvents
+
+    pack = Accumulator(CHUNK, name="pack")
+    records = Transformer(to_records, name="to_records")
     spread = Balancer(name="spread")
-    scorers = [Transformer(score_event, name=f"score-{i + 1}") for i in range(HOT_PATH_REPLICAS)]
+    scorers = [Transformer(ScoreEvents(), name=f"score-{i + 1}") for i in range(HOT_PATH_REPLICAS)]
+    explode = Transformer(unpack, name="unpack")
     router = Messenger(lambda e: e["kind"], name="route_by_kind",
                        routes={"buy": "purchases"}, default="interactions")
     purchases = Transformer(_triple, name="purchases")
@@ -108,7 +138,7 @@ def build_demo(items: int, out_dir: Path, seed: int = 7) -> tuple[Pipeline, dict
     to_list = Loader.to_list(name="to_list")
 
     p = Pipeline(name="demo", capacity=4096)
-    p.add(source >> parse >> valid >> spread >> scorers >> router)
+    p.add(source >> parse >> valid >> pack >> records >> spread >> scorers >> explode >> router)
     p.add(purchases, interactions)
     p.connect([purchases, interactions], merge)
     p.add(merge >> windows >> totals >> fan)
