@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -585,7 +586,9 @@ try:
 except KeyboardInterrupt:
     print("INTERRUPTED", round(time.monotonic() - t0, 2))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # cwd: not the checkout, whose uncompiled reflux_core/ would shadow the installed one
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr
     assert "INTERRUPTED" in proc.stdout
 
@@ -657,7 +660,9 @@ def test_plain_python_nodes_do_not_load_the_plugin_layer():
     code = ("import sys\nfrom reflux import Filter, Messenger, Transformer\n"
             "Transformer(abs); Filter(bool); Messenger(len)\n"
             "assert 'reflux.plugins' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # cwd: not the checkout, whose uncompiled reflux_core/ would shadow the installed one
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr
 
 
