@@ -345,8 +345,9 @@ def test_records_cross_a_record_edge_while_the_main_thread_holds_the_gil():
     without it.  The second pump can only advance on records the first one
     pushed, so the check cannot pass by accident however loaded the box is.
 
-    Three workers: the Python node after the pumps may keep one waiting for
-    the GIL (it is queued once at most); the others keep stepping the pumps."""
+    Four workers: the Python nodes may keep some waiting for the GIL (the
+    one after the pumps is queued once at most, an idle worker's timer
+    sweep needs it too); the others keep stepping the pumps."""
     n = 1 << 18
     first, second = P.Progress(rounds=1000), P.Progress(rounds=1)
     sink = Loader.to_list(name="sink")
@@ -354,13 +355,14 @@ def test_records_cross_a_record_edge_while_the_main_thread_holds_the_gil():
                     >> Transformer(P.NewtonSqrt(1), name="a")
                     >> Transformer(first, name="first", capacity=n)
                     >> Transformer(second, name="second", capacity=n)
-                    >> Filter(P.AtLeast(-1.0), name="f", capacity=n) >> sink, workers=3)
+                    >> Filter(P.AtLeast(-1.0), name="f", capacity=n) >> sink, workers=4)
     assert record_inboxes(pipe) == {"first": "spsc", "second": "spsc", "f": "spsc"}
     with GilHold() as g:
         pipe.start()
         try:
             wait_until(lambda: pipe.stats()["a"].emitted == n // 4096, "every record to enter the record edges")
-            wait_until(lambda: second.progress() > 0, "records to reach the second pump")
+            # past their first run (through Python, to open them): the worker loop steps them now
+            wait_until(lambda: second.progress() > 4096, "records to reach the second pump")
             (f0, s0), (f1, s1), ticks = g.hold(0.5, lambda: (first.progress(), second.progress()))
         finally:
             result = pipe.join(timeout=HANG)

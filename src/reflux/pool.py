@@ -785,7 +785,7 @@ class PoolRuntime:
                 # than through the queue, which would wake another worker only
                 # to hand it the GIL (tens of µs a batch).  Bounded in time so
                 # timers and sweeps still run.
-                if more and self._sched.queued() == 0:
+                if more and self._sched.queued() == 0 and u.mode != "pump":  # a pump goes on without the GIL
                     sched = self._sched
                     until = time.monotonic() + LOCAL_RUN
                     while (not u.finalized and not self._paused and not self._aborted
