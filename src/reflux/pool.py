@@ -29,6 +29,18 @@ only to run a unit's batch.  Workers also wake every
 blocked on full outputs (a safety net: a missed wake-up costs at most one
 ``poll``, never a hang) and see stop/pause flags.
 
+Record edges (``Inbox.records``, made by :meth:`Pipeline.compile` between two
+plug-in nodes): a unit whose input and output are record channels is a
+*record pump* (:class:`reflux_core._sched.PumpTask`) that the core's worker
+loop steps without the GIL, notifying and waking its neighbours through a
+:class:`~reflux_core._sched.RecordEdge`; it comes back here (:meth:`PoolRuntime._pump_step`)
+only to open, for a failing record (the node's error policy), at its end, and
+on pause/abort.  A plug-in node with an object input and a record output
+pushes its chunks' records (:class:`_RecordOutbox`); one with a record input
+and an object output pops records as a chunk (:meth:`PoolRuntime._rec_in_step`).
+A node counts in its input's unit (chunks or records), an edge in its
+receiver's.
+
 Extractors over sized collections (or with ``batch_size`` set, which says
 the source never blocks) run on the pool; Extractors that may block in user
 code (iterators, generators, callables, async sources) get a thread of their
