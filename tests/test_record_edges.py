@@ -233,7 +233,48 @@ def test_raise_on_a_pump_node_fails_the_run_with_every_record_accounted_for():
     result.check_accounting()
 
 
+def test_a_failing_chunk_after_a_record_edge_counts_its_records_as_errors():
+    """The last plug-in of a run pops records as a chunk: a failing record
+    fails that chunk, and every record of it counts as an error."""
+    a = records(20_000)
+    bad = np.arange(7, len(a), 1999)
+    a["x"][bad] = np.nan
+    f = Filter(P.AtLeast(-60.0), name="f", on_error="dead_letter")
+    pipe = Pipeline(Extractor(chunks_of(a, 700), name="src") >> Transformer(negate(), name="neg1")
+                    >> Transformer(negate(), name="neg2") >> f >> Loader.to_list(name="sink"))
+    assert record_inboxes(pipe) == {"neg2": "spsc", "f": "spsc"}  # neg2 is a pump, f pops chunks
+    result = pipe.run(timeout=HANG)
+    result.check_accounting()
+    st = result.nodes["f"]
+    dead = result.dead_letters
+    assert 1 <= len(dead) <= len(bad) and all(isinstance(r.exception, RecordError) for r in dead)
+    assert st.errors == sum(len(r.item) for r in dead) >= len(bad)
+    assert st.received == len(a) == st.emitted + st.filtered + st.errors
+
+
 # --------------------------------------------------------------------------- stop, pause, Ctrl-C
+
+def test_stop_with_draining_lets_every_record_through_the_pumps():
+    def endless():
+        c = records(512)
+        while True:
+            yield c
+
+    plugin = P.Progress(rounds=50)
+    sink = Loader.to_list(name="sink")
+    pipe = Pipeline(Extractor(endless, name="src") >> Transformer(P.NewtonSqrt(1), name="t")
+                    >> Transformer(plugin, name="p") >> Filter(P.AtLeast(-1.0), name="f") >> sink)
+    pipe.start()
+    try:
+        wait_until(lambda: plugin.progress() > 10_000, "records to flow")
+    finally:
+        pipe.stop()
+        result = pipe.join(timeout=HANG)
+    assert result.status == "stopped" and result.dropped == 0
+    result.check_accounting()
+    assert plugin.progress() == result.nodes["p"].received == 512 * result.nodes["src"].emitted
+    assert sum(len(c) for c in result.results[sink.name]) == plugin.progress()
+
 
 def heavy_chain(n: int, rounds: int, workers: int = 2) -> tuple[Pipeline, P.Progress]:
     """src -> t (light) -> heavy (a Progress pump) -> f -> sink, with room for all records."""
