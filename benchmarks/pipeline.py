@@ -18,11 +18,11 @@ once per round, so drift in the machine's speed touches all rows alike):
               ``--peer-items`` ints (rates are per second, so comparable).
 ``cpu``       CPU-heavy Python: 20,000 items, each a pure-Python loop of 2,000
               iterations, against the plain loop and multiprocessing.Pool(2)
-              .imap with a tuned chunksize; reflux's threads today, and its
-              process workers (``Transformer(..., executor="process")``) once
-              they exist.  Also small ints from process to process:
-              multiprocessing.Queue (per item and in lists), against reflux
-              process workers once they exist.
+              .imap with a tuned chunksize; reflux's threads, and its
+              process workers (``Transformer(..., executor="process")``,
+              worker start-up included).  Also 1,000,000 small ints from
+              process to process: multiprocessing.Queue (per item and in
+              lists), against reflux process workers (there and back).
 ``many``      a 1,000-stage chain and a 500-branch Balancer graph moving
               100,000 items, each run in a fresh interpreter with a deadline:
               throughput, the time start() took, threads used (peak over the
@@ -34,8 +34,8 @@ once per round, so drift in the machine's speed touches all rows alike):
               queue.Queue.
 ``startup``   the overhead pipeline with a single item: build plus the whole
               run(), in-process (and in a fresh interpreter, with the import),
-              against bytewax and a thread+queue pipeline; process workers
-              once they exist.
+              against bytewax and a thread+queue pipeline; and with the
+              Transformer in process workers (their start included).
 
 Every measurement checks what arrived (count and sum) and raises if it is
 wrong.  Peers that do not import are skipped with a note (install them with
@@ -1049,8 +1049,7 @@ def print_report(bench):
     print_table(bench, f"CPU-heavy Python: items each a pure-Python loop of {CPU_ITERATIONS:,} iterations, 2 cores",
                 by("cpu"), ["items", "items/s", "min..max M/s", "vs plain loop", "runs"],
                 lambda r: rate_cells(r, ["cpu_plain"]))
-    print_table(bench, "process to process: small ints (items/s; the issue's size is 1,000,000, "
-                "--mp-items sets it)", by("p2p"),
+    print_table(bench, "process to process: small ints (items/s; --mp-items sets how many)", by("p2p"),
                 ["items", "items/s", "min..max M/s", "vs mp.Queue", "runs"],
                 lambda r: rate_cells(r, ["mp_queue"]))
 
@@ -1209,7 +1208,7 @@ def parse_args(argv=None):
                    help="ints for the slow overhead peers: thread+queue, pypeln, streamz, mpipe (default 100,000)")
     p.add_argument("--cpu-items", type=int, help="items of the CPU-heavy rows (default 20,000)")
     p.add_argument("--chunksize", type=int, help="multiprocessing.Pool imap chunksize (default: tuned)")
-    p.add_argument("--mp-items", type=int, help="ints from process to process (default 250,000)")
+    p.add_argument("--mp-items", type=int, help="ints from process to process (default 1,000,000)")
     p.add_argument("--chain-stages", type=int, help="Transformers in the chain (default 1,000)")
     p.add_argument("--branches", type=int, help="Balancer branches (default 500)")
     p.add_argument("--many-items", type=int, help="items through the many-node graphs (default 100,000)")
@@ -1222,7 +1221,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     q = args.quick
     defaults = {"repeat": (1, 5), "items": (20_000, 1_000_000), "peer_items": (5_000, 100_000),
-                "cpu_items": (400, 20_000), "mp_items": (5_000, 250_000), "chain_stages": (50, 1_000),
+                "cpu_items": (400, 20_000), "mp_items": (5_000, 1_000_000), "chain_stages": (50, 1_000),
                 "branches": (25, 500), "many_items": (2_000, 100_000), "latency_items": (100, 2_000),
                 "startup_inner": (3, 10)}
     for name, (quick, full) in defaults.items():

@@ -284,3 +284,26 @@ class TestScheduling:
             Pipeline(workers=0)
         with pytest.raises(ValidationError, match="runtime must be"):
             Pipeline(runtime="fibers")
+
+
+class TestExecutorOptions:
+    def test_replicas_and_processes_do_not_mix(self) -> None:
+        with pytest.raises(ValidationError, match="executor=.process. set the number of processes with workers="):
+            Transformer(abs, parallel=2, executor="process")
+
+    def test_ordered_defaults_per_executor(self) -> None:
+        assert Transformer(abs, parallel=2).ordered is False  # thread replicas: completion order
+        assert Transformer(abs, executor="process").ordered is True  # processes keep input order
+        assert Transformer(abs, executor="process", ordered=False).ordered is False
+
+    def test_pipeline_default_executor_leaves_replicas_on_threads(self) -> None:
+        rep = Transformer(abs, parallel=2, name="rep")
+        plain = Transformer(abs, name="plain")
+        p = Pipeline(Extractor(range(3)) >> rep >> plain >> Loader.to_list(), executor="process")
+        p.compile()
+        assert rep.executor == "thread" and plain.executor == "process" and plain.ordered is True
+
+    def test_process_transformer_is_not_fused(self) -> None:
+        p = Pipeline(Extractor(range(3), name="src") >> Transformer(abs, executor="process", name="t")
+                     >> Loader.to_list(name="out"))
+        assert [[t.name for t in c] for c in fuse_chains(p.compile())] == [["src"], ["t"], ["out"]]

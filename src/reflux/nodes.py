@@ -30,7 +30,6 @@ Sources instead implement ``pull(out, max_items) -> bool`` (False at the end).
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
@@ -52,6 +51,8 @@ from .policies import ErrorPolicy
 from .result import NodeStats
 
 if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
     from .pipeline import Flow
 
 __all__ = [
@@ -632,6 +633,8 @@ class ExtractorLogic(NodeLogic):
         elif self.mode in ("async", "asyncgen"):
             self._it = src() if self.mode == "asyncgen" else src
             self._it = self._it.__aiter__()
+            import asyncio  # only for async sources (it takes ~20 ms to import)
+
             self._loop = asyncio.new_event_loop()
 
     def close(self) -> None:
@@ -705,6 +708,7 @@ class ExtractorLogic(NodeLogic):
         return True
 
     def _pull_async(self, out: Outbox) -> bool:
+        import asyncio
         loop = self._loop
         assert loop is not None
         fut = loop.create_task(self._it.__anext__())
@@ -756,12 +760,20 @@ class Transformer(Node):
     build this speeds up functions that release the GIL (numpy, Cython
     transformers, I/O).  Replicas emit in completion order unless
     ``ordered=True``, which restores input order (per batch) on output.
+
+    ``executor="process"`` runs ``fn`` in ``workers`` worker processes
+    (default: one per CPU) for CPU-bound pure Python; ``fn`` (with its state)
+    must be picklable and is sent once per worker, items and results travel
+    pickled; results keep input order unless ``ordered=False``.  See
+    :mod:`reflux.process`.  (``parallel=`` replicas run in threads; with
+    ``executor="process"`` use ``workers=``.)
     """
 
     kind = "Transformer"
 
     def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
-                 ordered: bool = False, **kwargs: Any) -> None:
+                 ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=_default_name(fn), **kwargs)
         #: the checked plug-in when ``fn`` is a compiled one (reflux.plugins)
         self.plugin = _plugin_for(self.label, fn, "transform")
@@ -771,16 +783,38 @@ class Transformer(Node):
             raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
         else:
             _chunk_batches(self)
-        self.parallel, self.ordered = _replicas(self.label, parallel, ordered)
         self.fn = fn
         self.generator = _is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
+        self.executor: str = "thread"
+        self.workers: int | None = None
+        if executor is not None or workers is not None:
+            if self.plugin is not None and executor == "process":
+                raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
+                                      "cannot be sent to worker processes; use parallel= for replicas")
+            from .process import check_executor  # imported only when asked for (start-up time)
+            self.executor, self.workers, _ = check_executor(
+                self.label, executor, workers, True if ordered is None else ordered, fn)
+        if self.executor == "process" and parallel != 1:
+            raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
+                                  "executor='process' set the number of processes with workers=")
+        #: ``ordered=`` as given (None: the default of the executor in the end)
+        self.ordered_given = ordered
+        # process workers keep input order by default; thread replicas emit as they complete
+        default_order = self.executor == "process"
+        self.parallel, self.ordered = _replicas(self.label, parallel,
+                                                default_order if ordered is None else ordered)
+        #: False when the pipeline's default executor applies
+        self.executor_chosen = executor is not None
 
     @property  # type: ignore[override]
     def stats_law(self) -> str:
         return "free" if self.flat else "one"
 
     def make_logic(self, ctx: NodeContext, n_ports: int, port_names: Sequence[str]) -> NodeLogic:
+        if self.executor == "process":
+            from .process import ProcessTransformerLogic
+            return ProcessTransformerLogic(self, ctx)
         if self.plugin is not None:
             from .plugins import transformer_logic
             return transformer_logic(self, ctx)

@@ -182,7 +182,8 @@ class Pipeline:
     """A graph of nodes joined by bounded channels; runs them and accounts for every item.
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
-    dead_letter=None, max_error_records=1000, join_timeout=10.0)``
+    dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
+    runtime="pool", executor=None, record_edges=True)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -214,6 +215,9 @@ class Pipeline:
     ``runtime``
         ``"pool"`` (default, the worker pool) or ``"threads"`` (one thread
         per node, the first runtime; kept for comparison and debugging).
+    ``executor``
+        the default ``executor`` of the pipeline's Transformers (``"thread"``
+        or ``"process"``); a Transformer's own ``executor=`` wins.
     ``record_edges``
         join two compiled plug-in nodes that feed only each other with a
         record channel, so records go from plug-in to plug-in without the
@@ -229,7 +233,7 @@ class Pipeline:
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
                  max_error_records: int = 1000, join_timeout: float = 10.0,
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
-                 record_edges: bool = True) -> None:
+                 executor: str | None = None, record_edges: bool = True) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"Pipeline '{name}': {label} must be a positive integer, got {value!r}")
@@ -246,6 +250,11 @@ class Pipeline:
         self.fuse = bool(fuse)
         self.record_edges = bool(record_edges)
         self.runtime = runtime
+        #: default executor of the Transformers that do not choose one (None: "thread")
+        self.executor: str | None = None
+        if executor is not None:
+            from .process import check_executor
+            self.executor = check_executor(f"Pipeline '{name}'", executor, None, True)[0]
         self.name = name
         self.capacity = capacity
         self.batch_size = batch_size
@@ -546,6 +555,9 @@ class Pipeline:
             box = Inbox(node.name, ch, n_prod)
             inbox[id(node)] = box
             inboxes.append(box)
+        if self.executor is not None:
+            from .process import apply_default_executor
+            apply_default_executor(self._nodes, self.executor)
         tasks: list[Task] = []
         for node in self._nodes:
             receivers = [b for a, b in edges if a is node]

@@ -1,0 +1,334 @@
+"""Which transport should process workers use?  Pipes against the alternatives.
+
+Run from the repository root::
+
+    python -m benchmarks.process_transport [--items N] [--batch B] [--repeat R] [--quick]
+
+One producer process sends ``--items`` small ints to one consumer process, in
+lists of ``--batch`` (what reflux's process workers move: chunks of items),
+through:
+
+``pipe+writev``  reflux's framing (:mod:`reflux._procworker`): pickle protocol
+                 5 with out-of-band buffers, ``os.writev`` / ``os.readv`` on an
+                 OS pipe (1 MiB pipe buffer asked for)
+``mp.Pipe``      ``multiprocessing.Pipe()``: ``send_bytes`` / ``recv_bytes`` of
+                 the same pickles
+``mp.Queue``     ``multiprocessing.Queue`` of the lists (its feeder thread pickles)
+``shm ring``     a single-producer single-consumer byte ring in
+                 ``multiprocessing.shared_memory`` (8 MiB) carrying reflux's
+                 framing (out-of-band buffers copied into the ring, read out
+                 as slices of one copy), written and read from Python, the
+                 reader and writer spinning (then sleeping
+                 50 µs) on the other side's position: no system call per
+                 message, the best case for a shared-memory ring in Python
+
+and the same for numpy arrays (``--arrays`` arrays of ``--array-kb`` KiB),
+where out-of-band buffers matter.  Timed from a start signal (both processes
+already running) until the consumer has everything; the consumer checks the
+count and sum.  Prints the median of ``--repeat`` runs.  Nothing here is a test.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import pickle
+import statistics
+import struct
+import time
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+from reflux import _procworker as wire
+
+PIPE_SIZE = 1 << 20
+RING = 8 << 20
+_Q = struct.Struct("<Q")
+
+
+def _batches(n: int, batch: int) -> Any:
+    for s in range(0, n, batch):
+        yield list(range(s, min(s + batch, n)))
+
+
+def _arrays(count: int, kb: int) -> Any:
+    a = np.ones(kb * 128, dtype=np.float64)  # kb KiB
+    for _ in range(count):
+        yield [a]
+
+
+def _payloads(kind: str, n: int, batch: int) -> Any:
+    return _batches(n, batch) if kind == "ints" else _arrays(n, batch)
+
+
+def _tally(kind: str, msg: Any) -> tuple[int, float]:
+    if kind == "ints":
+        return len(msg), sum(msg)
+    return len(msg), float(sum(float(a.sum()) for a in msg))
+
+
+# ---------------------------------------------------------------- pipe with reflux framing
+
+def _pipe_producer(fd: int, kind: str, n: int, batch: int, go: Any) -> None:
+    go.wait()
+    for msg in _payloads(kind, n, batch):
+        wire.write_all(fd, wire.encode(msg))
+    wire.write_all(fd, wire.encode(None))
+    os.close(fd)
+
+
+def _pipe_consumer(fd: int, kind: str, results: Any) -> None:
+    count, total = 0, 0.0
+    while True:
+        msg = wire.read_msg(fd)
+        if msg is None:
+            break
+        c, t = _tally(kind, msg)
+        count += c
+        total += t
+    results.put((count, total, time.perf_counter()))
+
+
+# ---------------------------------------------------------------- multiprocessing.Pipe
+
+def _mpp_producer(conn: Any, kind: str, n: int, batch: int, go: Any) -> None:
+    go.wait()
+    for msg in _payloads(kind, n, batch):
+        conn.send_bytes(pickle.dumps(msg, protocol=5))
+    conn.send_bytes(pickle.dumps(None))
+    conn.close()
+
+
+def _mpp_consumer(conn: Any, kind: str, results: Any) -> None:
+    count, total = 0, 0.0
+    while True:
+        msg = pickle.loads(conn.recv_bytes())
+        if msg is None:
+            break
+        c, t = _tally(kind, msg)
+        count += c
+        total += t
+    results.put((count, total, time.perf_counter()))
+
+
+# ---------------------------------------------------------------- multiprocessing.Queue
+
+def _q_producer(q: Any, kind: str, n: int, batch: int, go: Any) -> None:
+    go.wait()
+    for msg in _payloads(kind, n, batch):
+        q.put(msg)
+    q.put(None)
+    q.close()
+    q.join_thread()
+
+
+def _q_consumer(q: Any, kind: str, results: Any) -> None:
+    count, total = 0, 0.0
+    while True:
+        msg = q.get()
+        if msg is None:
+            break
+        c, t = _tally(kind, msg)
+        count += c
+        total += t
+    results.put((count, total, time.perf_counter()))
+
+
+# ---------------------------------------------------------------- shared-memory ring
+
+class ShmRing:
+    """A single-producer single-consumer byte ring in shared memory (Python, x86 ordering).
+
+    Layout: [0:8] head (bytes written, producer), [128:136] tail (bytes read,
+    consumer), data from 256.  A message is an 8-byte length and its bytes,
+    possibly wrapping around the end.
+    """
+
+    DATA = 256
+
+    def __init__(self, shm: shared_memory.SharedMemory, cap: int) -> None:
+        self.shm = shm
+        self.buf = shm.buf
+        self.cap = cap
+        self.head = 0
+        self.tail = 0
+
+    def _copy_in(self, pos: int, data: Any) -> None:
+        data = memoryview(data).cast("B")
+        off = pos % self.cap
+        first = min(len(data), self.cap - off)
+        base = self.DATA
+        self.buf[base + off:base + off + first] = data[:first]
+        if first < len(data):
+            self.buf[base:base + len(data) - first] = data[first:]
+
+    def _copy_out(self, pos: int, size: int) -> bytearray:
+        out = bytearray(size)
+        off = pos % self.cap
+        first = min(size, self.cap - off)
+        base = self.DATA
+        out[:first] = self.buf[base + off:base + off + first]
+        if first < size:
+            out[first:] = self.buf[base:base + size - first]
+        return out
+
+    @staticmethod
+    def _spin(k: int) -> int:
+        if k > 200:
+            time.sleep(0.00005)
+        return k + 1
+
+    def put(self, parts: list[Any]) -> None:
+        """Write one message made of ``parts`` (reflux's framing: header, pickle, buffers)."""
+        size = sum(memoryview(p).nbytes for p in parts)
+        need = 8 + size
+        if need > self.cap:
+            raise ValueError("message larger than the ring")
+        k = 0
+        while self.cap - (self.head - _Q.unpack_from(self.buf, 128)[0]) < need:
+            k = self._spin(k)
+        self._copy_in(self.head, _Q.pack(size))
+        pos = self.head + 8
+        for part in parts:
+            self._copy_in(pos, part)
+            pos += memoryview(part).nbytes
+        self.head += need
+        _Q.pack_into(self.buf, 0, self.head)  # publish (x86: stores are not reordered)
+
+    def get(self) -> Any:
+        """Read one message and unpickle it; out-of-band buffers are slices of one copy."""
+        k = 0
+        while _Q.unpack_from(self.buf, 0)[0] == self.tail:
+            k = self._spin(k)
+        size = _Q.unpack(bytes(self._copy_out(self.tail, 8)))[0]
+        data = self._copy_out(self.tail + 8, size)
+        self.tail += 8 + size
+        _Q.pack_into(self.buf, 128, self.tail)
+        plen, nbuf = struct.unpack_from("<QI", data, 0)
+        pos = 12 + 8 * nbuf
+        view = memoryview(data)
+        body = view[pos:pos + plen]
+        pos += plen
+        bufs = []
+        for i in range(nbuf):
+            n = _Q.unpack_from(data, 12 + 8 * i)[0]
+            bufs.append(view[pos:pos + n])
+            pos += n
+        return pickle.loads(body, buffers=bufs)
+
+
+def _shm_producer(name: str, kind: str, n: int, batch: int, go: Any) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        ring = ShmRing(shm, RING)
+        go.wait()
+        for msg in _payloads(kind, n, batch):
+            ring.put(wire.encode(msg))
+        ring.put(wire.encode(None))
+        del ring
+    finally:
+        shm.close()
+
+
+def _shm_consumer(name: str, kind: str, results: Any) -> None:
+    shm = shared_memory.SharedMemory(name=name)
+    try:
+        ring = ShmRing(shm, RING)
+        count, total = 0, 0.0
+        while True:
+            msg = ring.get()
+            if msg is None:
+                break
+            c, t = _tally(kind, msg)
+            count += c
+            total += t
+        del ring
+        results.put((count, total, time.perf_counter()))
+    finally:
+        shm.close()
+
+
+# ---------------------------------------------------------------- driver
+
+def run_one(ctx: Any, method: str, kind: str, n: int, batch: int) -> float:
+    """Seconds to move everything with ``method`` (processes started before the clock)."""
+    go = ctx.Event()
+    results = ctx.Queue()
+    cleanup: list[Any] = []
+    if method == "pipe+writev":
+        r, w = os.pipe()
+        try:
+            import fcntl
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except (ImportError, AttributeError, OSError):
+            pass
+        prod = ctx.Process(target=_pipe_producer, args=(w, kind, n, batch, go))
+        cons = ctx.Process(target=_pipe_consumer, args=(r, kind, results))
+        cleanup += [lambda: os.close(r), lambda: os.close(w)]
+    elif method == "mp.Pipe":
+        rc, wc = ctx.Pipe(duplex=False)
+        prod = ctx.Process(target=_mpp_producer, args=(wc, kind, n, batch, go))
+        cons = ctx.Process(target=_mpp_consumer, args=(rc, kind, results))
+        cleanup += [rc.close, wc.close]
+    elif method == "mp.Queue":
+        q = ctx.Queue()
+        prod = ctx.Process(target=_q_producer, args=(q, kind, n, batch, go))
+        cons = ctx.Process(target=_q_consumer, args=(q, kind, results))
+    elif method == "shm ring":
+        shm = shared_memory.SharedMemory(create=True, size=ShmRing.DATA + RING)
+        shm.buf[:ShmRing.DATA] = bytes(ShmRing.DATA)
+        prod = ctx.Process(target=_shm_producer, args=(shm.name, kind, n, batch, go))
+        cons = ctx.Process(target=_shm_consumer, args=(shm.name, kind, results))
+        cleanup += [shm.close, shm.unlink]
+    else:
+        raise ValueError(method)
+    cons.start()
+    prod.start()
+    time.sleep(0.3)  # both interpreters up
+    t0 = time.perf_counter()
+    go.set()
+    count, total, t1 = results.get(timeout=600)
+    prod.join(60)
+    cons.join(60)
+    for fn in cleanup:
+        fn()
+    expected = n if kind == "ints" else n
+    if count != expected:
+        raise AssertionError(f"{method}: {count} items arrived, expected {expected}")
+    return t1 - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--items", type=int, default=1_000_000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--arrays", type=int, default=2_000)
+    p.add_argument("--array-kb", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.items, a.arrays, a.repeat = 20_000, 50, 1
+    # fork: the raw pipe fds are inherited (this script has no other threads when it forks)
+    ctx = multiprocessing.get_context("fork")
+    methods = ["pipe+writev", "mp.Pipe", "mp.Queue", "shm ring"]
+    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start")
+    for kind, n, batch, unit in (("ints", a.items, a.batch, "items"),
+                                 ("arrays", a.arrays, a.array_kb, "arrays")):
+        what = (f"{n:,} small ints in lists of {batch}" if kind == "ints"
+                else f"{n:,} numpy arrays of {batch} KiB, one per message")
+        print(f"\n== {what}, producer process -> consumer process (median of {a.repeat})")
+        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12} {'MB/s':>8}  vs pipe+writev")
+        base = None
+        for m in methods:
+            secs = statistics.median(run_one(ctx, m, kind, n, batch) for _ in range(a.repeat))
+            rate = n / secs
+            mb = (n * batch * 1024 / secs / 1e6) if kind == "arrays" else 0.0
+            base = base or secs
+            print(f"{m:<14} {secs:8.3f} {rate:12,.0f} {mb:8.0f}  {base / secs:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

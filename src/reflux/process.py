@@ -1,0 +1,704 @@
+"""Process workers: ``Transformer(fn, executor="process", workers=N, ordered=True)``.
+
+CPU-bound pure Python does not scale over threads on a GIL build of CPython;
+this module runs a Transformer's function in ``N`` worker processes instead.
+It is a node *logic* (see :mod:`reflux.nodes`), so any runtime that drives
+logics runs it: the runtime hands it batches, it hands results to the outbox.
+
+How it works
+------------
+* ``open()`` pickles the function once (with its state: a callable object's
+  attributes) and starts a fresh interpreter (``subprocess``, the equivalent
+  of multiprocessing's "spawn": no fork of a threaded process); more start,
+  up to ``N``, as soon as a chunk finds every worker busy.
+  Each gets the function once, with the data multiprocessing's spawn sends
+  (``sys.path``, the working directory, the parent's ``__main__``), so
+  functions defined in the user's script work as with ``multiprocessing``.
+  The workers start while the pipeline runs; nothing waits for them.
+* ``process(batch)`` cuts the batch into chunks (sized from the measured cost
+  per item: one item per chunk until the first result is back, then cheap
+  items travel as whole batches, costly ones in pieces of about
+  :data:`CHUNK_SECONDS` of work), sends each chunk to the least busy
+  worker and emits whatever results are back.  It blocks (in ``poll``, the
+  GIL released) only while ``workers * PREFETCH`` chunks are in flight.
+* Items travel as pickle protocol 5 with out-of-band buffers over OS pipes
+  (``os.writev``/``os.readv``): numpy array data is not copied into the
+  pickle stream and arrives writable (see :mod:`reflux._procworker`).
+* Results are emitted in input order (``ordered=True``, the default) or as
+  they complete (``ordered=False``).  While chunks are in flight,
+  ``next_deadline()`` asks the runtime to call ``tick()`` every 0.5-10 ms, so
+  results come out even when no new input arrives; ``finish()`` drains.
+* A worker's failure on an item comes back with the worker's formatted
+  traceback (added to the exception as a note; ``__cause__`` on 3.10) and goes
+  through the node's error policy per item.  Retries run in the worker.
+  A worker that dies fails the items it held (``ProcessWorkerError``, through
+  the policy) and is replaced.
+* For a runtime whose threads must not block, the logic also offers
+  :meth:`~ProcessTransformerLogic.busy` (``process()`` would block),
+  :meth:`~ProcessTransformerLogic.wait_handles` (fds readable when results
+  are back) and :meth:`~ProcessTransformerLogic.drain_step` (a non-blocking
+  step of ``finish()``).
+* The workers end with the node: on a normal end they finish their input,
+  run the function's ``close()`` and exit; on an abort (a failure, ``stop
+  (drain=False)``, Ctrl-C) they are terminated.  A worker whose parent dies
+  sees its input pipe close and exits.
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import multiprocessing.spawn
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import _procworker as wire
+from .errors import RefluxError, ValidationError
+from .nodes import Error, NeedsMoreWork, NodeContext, NodeLogic, Outbox, _Signal
+
+__all__ = [
+    "EXECUTORS",
+    "ProcessWorkerError",
+    "RemoteError",
+    "ProcessTransformerLogic",
+    "apply_default_executor",
+    "check_executor",
+    "check_picklable",
+    "default_workers",
+]
+
+#: accepted values of ``executor``
+EXECUTORS: tuple[str, ...] = ("thread", "process")
+#: chunks in flight per worker (one being worked on, the rest queued in its pipe)
+PREFETCH = 3
+#: seconds of worker time a chunk aims at once the cost per item is known
+CHUNK_SECONDS = 0.005
+#: result polling interval bounds while chunks are in flight (seconds)
+MIN_POLL, MAX_POLL = 0.0005, 0.01
+#: longest single blocking wait, so an abandoned run is noticed
+WAIT_SLICE = 0.05
+#: seconds a worker gets to finish (close hook, exit) before it is killed
+EXIT_GRACE = 5.0
+#: bytes asked for each pipe (Linux; ignored where it fails)
+PIPE_SIZE = 1 << 20
+
+
+class ProcessWorkerError(RefluxError):
+    """A worker process could not start, or died while it held items.
+
+    A worker that cannot load the function (or whose ``open()`` fails) fails
+    the node; items held by a worker that died go through the error policy.
+    """
+
+
+class RemoteError(RefluxError):
+    """Stands in for an exception raised in a worker that cannot be pickled;
+    the message is ``"TypeName: message"`` and the worker's traceback is attached."""
+
+
+def default_workers() -> int:
+    """Worker processes by default: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_executor(owner: str, executor: str | None, workers: int | None,
+                   ordered: bool, fn: Any = None) -> tuple[str, int | None, bool]:
+    """Check a Transformer's ``executor``/``workers``/``ordered`` (errors name ``owner``);
+    with ``executor="process"``, also that ``fn`` can be pickled.
+
+    Returns ``(executor, workers, ordered)`` normalised (``executor`` None is "thread").
+    """
+    if executor is None:
+        executor = "thread"
+    if executor not in EXECUTORS:
+        raise ValidationError(
+            f"{owner}: executor must be one of {', '.join(map(repr, EXECUTORS))}, got {executor!r}")
+    if workers is not None:
+        if executor != "process":
+            raise ValidationError(f"{owner}: workers= needs executor='process' (got executor={executor!r})")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValidationError(f"{owner}: workers must be a positive integer, got {workers!r}")
+    if not isinstance(ordered, bool):
+        raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
+    if executor == "process":
+        if os.name != "posix":
+            raise ValidationError(f"{owner}: executor='process' is not available on {sys.platform} yet")
+        if fn is not None:
+            check_picklable(owner, fn)
+    return executor, workers, ordered
+
+
+def apply_default_executor(nodes: Any, executor: str) -> None:
+    """Give a pipeline's default ``executor`` to its Transformers that did not choose one
+    (checking, for ``"process"``, that their function can be pickled)."""
+    from .nodes import Transformer
+    for node in nodes:
+        if isinstance(node, Transformer) and not node.executor_chosen:
+            if executor == "process" and (node.plugin is not None or node.parallel != 1):
+                continue  # compiled plug-ins and thread replicas keep their threads
+            if executor == "process":
+                check_picklable(node.label, node.fn)
+                if node.ordered_given is None:
+                    node.ordered = True  # the process executor's default
+            node.executor = executor
+
+
+def check_picklable(owner: str, fn: Any) -> bytes:
+    """Pickle ``fn`` as it will be sent to the workers; a clear error naming ``owner`` if it cannot be."""
+    try:
+        return pickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise ValidationError(
+            f"{owner}: executor='process' sends the function to worker processes, but it cannot be "
+            f"pickled ({type(exc).__name__}: {exc}); use a module-level function or a picklable "
+            f"callable object") from exc
+
+
+# ---------------------------------------------------------------- a safety net for the parent's exit
+
+_live: set[subprocess.Popen[bytes]] = set()
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """At interpreter exit, end any worker a logic did not get to stop."""
+    with _live_lock:
+        procs = list(_live)
+        _live.clear()
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        try:
+            p.wait(1.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass
+
+
+class _Worker:
+    """Parent-side handle of one worker process."""
+
+    __slots__ = ("popen", "pid", "wfd", "rfd", "inflight", "ready", "closed", "index")
+
+    def __init__(self, popen: subprocess.Popen[bytes], wfd: int, rfd: int, index: int) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.wfd = wfd
+        self.rfd = rfd
+        #: chunks sent and not answered yet, oldest first (the worker answers in order)
+        self.inflight: deque[_Chunk] = deque()
+        self.ready = False
+        #: the CLOSED message arrived (or the pipe ended)
+        self.closed = False
+        self.index = index
+
+
+class _Chunk:
+    """Items sent to a worker together, and their results once back."""
+
+    __slots__ = ("seq", "items", "result", "pid")
+
+    def __init__(self, seq: int, items: list[Any]) -> None:
+        self.seq = seq
+        self.items = items
+        self.result: tuple[Any, ...] | None = None
+        #: the worker that answered
+        self.pid = 0
+
+
+def _attach_traceback(exc: BaseException, tb: str, pid: int) -> BaseException:
+    """Attach a worker's formatted traceback to the exception the parent re-raises or records."""
+    text = f"Traceback in worker process {pid}:\n{tb.rstrip()}"
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:  # 3.11+: shown by traceback.format_exception
+        add_note(text)
+    else:  # pragma: no cover - 3.10
+        exc.__cause__ = RemoteError(text)
+    return exc
+
+
+class ProcessTransformerLogic(NodeLogic):
+    """The logic of a Transformer with ``executor="process"`` (see the module docs)."""
+
+    def __init__(self, node: Any, ctx: NodeContext) -> None:
+        super().__init__(node, ctx)
+        self.flat: bool = bool(node.flat)
+        self.ordered: bool = bool(getattr(node, "ordered", True))
+        self.n_workers: int = getattr(node, "workers", None) or default_workers()
+        self.max_chunks = self.n_workers * PREFETCH
+        #: items fed back with NeedsMoreWork, not sent yet
+        self.pending: deque[Any] = deque()
+        self.workers: list[_Worker] = []
+        self._by_fd: dict[int, _Worker] = {}
+        self._poller = select.poll()
+        #: chunks sent and not emitted yet, by sequence number
+        self._chunks: dict[int, _Chunk] = {}
+        #: finished chunks waiting to be emitted (unordered: arrival order)
+        self._done: deque[_Chunk] = deque()
+        self._next_seq = 0
+        self._next_emit = 0
+        #: EWMA of worker seconds per item (None until the first result)
+        self._cost: float | None = None
+        self._deadline: float | None = None
+        self._interval = MIN_POLL
+        self._setup: list[Any] | None = None
+        self._stopped = False
+        self._closing_errors: list[str] = []
+
+    # ------------------------------------------------------------------ workers
+
+    def open(self) -> None:
+        """Pickle the function (once) and start the worker processes."""
+        node = self.node
+        fn_pickle = check_picklable(node.label, node.fn)  # its state may have changed since
+        pol = self.policy
+        opts = {"flat": self.flat, "retries": pol.retries, "backoff": pol.backoff,
+                "backoff_factor": pol.backoff_factor, "max_backoff": pol.max_backoff}
+        prep = multiprocessing.spawn.get_preparation_data(f"reflux:{node.name}")
+        if "authkey" in prep:  # an AuthenticationString refuses plain pickling
+            prep["authkey"] = bytes(prep["authkey"])
+        self._setup = wire.encode((wire.SETUP, prep, fn_pickle, opts))
+        # one worker now; the others when there is work for them (see _pick), so a
+        # short run starts (and ends) one interpreter, not ``workers`` of them
+        self._send_setup(self._spawn(0))
+
+    def _spawn(self, index: int) -> _Worker:
+        """Start one worker interpreter with a pipe each way."""
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        try:
+            for fd in (to_w, from_r):
+                self._grow_pipe(fd)
+            argv = [multiprocessing.spawn.get_executable(), *subprocess._args_from_interpreter_flags(),
+                    "-c", wire.BOOT, wire.__file__, str(to_r), str(from_w)]
+            popen = subprocess.Popen(argv, pass_fds=(to_r, from_w), stdin=subprocess.DEVNULL,
+                                     close_fds=True, start_new_session=True)
+        except BaseException:
+            for fd in (to_r, to_w, from_r, from_w):
+                os.close(fd)
+            raise
+        os.close(to_r)
+        os.close(from_w)
+        with _live_lock:
+            _live.add(popen)
+        w = _Worker(popen, to_w, from_r, index)
+        if index < len(self.workers):
+            self.workers[index] = w
+        else:
+            self.workers.append(w)
+        self._by_fd[from_r] = w
+        self._poller.register(from_r, select.POLLIN)
+        return w
+
+    @staticmethod
+    def _grow_pipe(fd: int) -> None:
+        """Ask for a larger pipe buffer (fewer wake-ups for big chunks); best effort."""
+        try:
+            import fcntl
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
+        except (ImportError, AttributeError, OSError):
+            pass
+
+    def _send_setup(self, w: _Worker) -> None:
+        assert self._setup is not None
+        try:
+            wire.write_all(w.wfd, self._setup)
+        except OSError:
+            pass  # it died already: its pipe's end tells us when we read
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the current workers."""
+        return [w.pid for w in self.workers]
+
+    def _crashed(self, w: _Worker) -> None:
+        """A worker's pipe ended unexpectedly: fail what it held, start a replacement."""
+        try:
+            code = w.popen.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            w.popen.kill()
+            code = w.popen.wait()
+        self._forget(w)
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        lost = list(w.inflight)
+        w.inflight.clear()
+        if not w.ready:
+            self._stopped = True
+            raise ProcessWorkerError(f"{self.node.label}: worker process {w.pid} {how} while starting")
+        if not self._stopped:
+            self._send_setup(self._spawn(w.index))
+        for chunk in lost:
+            n = len(chunk.items)
+            err = ProcessWorkerError(f"{self.node.label}: worker process {w.pid} {how} while it held "
+                                     f"this item (in a chunk of {n})")
+            chunk.pid = w.pid
+            chunk.result = (wire.DONE, chunk.seq, [None] * n,
+                            [(i, None, "", "", "", 1) for i in range(n)], 0, 0.0, False, err)
+            self._done.append(chunk)
+
+    def _forget(self, w: _Worker) -> None:
+        """Close the parent's ends of a worker's pipes and stop tracking it."""
+        if w.rfd in self._by_fd:
+            del self._by_fd[w.rfd]
+            self._poller.unregister(w.rfd)
+            os.close(w.rfd)
+        if w.wfd >= 0:
+            os.close(w.wfd)
+            w.wfd = -1
+        w.closed = True
+        with _live_lock:
+            _live.discard(w.popen)
+
+    # ------------------------------------------------------------------ sending
+
+    def _chunk_size(self, left: int) -> int:
+        """Items for the next chunk, ``left`` items of the batch still to send.
+
+        Until the first result tells the cost of an item, chunks hold one item
+        (an item may take seconds: a big first chunk would hold everything up);
+        then about CHUNK_SECONDS of work each.
+        """
+        if self._cost is None:
+            return 1
+        if self._cost <= 0:
+            return left
+        return max(1, min(left, math.ceil(CHUNK_SECONDS / self._cost)))
+
+    def _submit(self, items: list[Any], out: Outbox) -> None:
+        """Send one chunk to the least busy worker (items that cannot be pickled fail here)."""
+        seq = self._next_seq
+        try:
+            parts = wire.encode((wire.WORK, seq, items))
+        except Exception:  # noqa: BLE001 - some item cannot be pickled: fail those, send the rest
+            good = []
+            for item in items:
+                try:
+                    pickle.dumps(item, protocol=5)
+                except Exception as exc:  # noqa: BLE001
+                    self.remaining -= 1
+                    err = TypeError(f"{self.node.label}: this item cannot be sent to a worker "
+                                    f"process: {type(exc).__name__}: {exc}")
+                    err.__cause__ = exc
+                    self.fail(item, err, 1, out)
+                else:
+                    good.append(item)
+            if good:
+                self._submit(good, out)
+            return
+        self._next_seq = seq + 1
+        chunk = _Chunk(seq, items)
+        self._chunks[seq] = chunk
+        w = self._pick()
+        w.inflight.append(chunk)
+        try:
+            wire.write_all(w.wfd, parts)
+        except OSError:  # it died: reading its pipe's end fails what it held
+            pass
+        if len(self._chunks) == 1:  # the only chunk in flight: look for it soon
+            self._interval = MIN_POLL
+            self._deadline = time.monotonic() + MIN_POLL
+
+    def _pick(self) -> _Worker:
+        """The worker for the next chunk: an idle one, else a new one while fewer than
+        ``workers`` run, else the least busy."""
+        live = [w for w in self.workers if not w.closed]
+        for w in live:
+            if not w.inflight:
+                return w
+        if len(self.workers) < self.n_workers:
+            w = self._spawn(len(self.workers))
+            self._send_setup(w)
+            return w
+        return min(live, key=lambda w: len(w.inflight))
+
+    def _send(self, items: list[Any], out: Outbox) -> None:
+        """Send ``items`` (already counted in ``remaining``), waiting while too many are in flight."""
+        i, n = 0, len(items)
+        while i < n:
+            while len(self._chunks) >= self.max_chunks:
+                self._wait(out)
+            size = self._chunk_size(n - i)
+            self._submit(items if size == n else items[i:i + size], out)
+            i += size
+
+    # ------------------------------------------------------------------ receiving
+
+    def _collect(self, timeout: float) -> bool:
+        """Read whatever results are ready, waiting up to ``timeout`` seconds for the first.
+
+        Returns whether anything arrived.
+        """
+        got = False
+        ms = max(0, int(timeout * 1000 + 0.999)) if timeout > 0 else 0
+        for _ in range(64):  # bounded: the caller gets to emit and to check for an abort
+            events = self._poller.poll(ms)
+            if not events:
+                break
+            ms = 0
+            for fd, _ev in events:
+                w = self._by_fd.get(fd)
+                if w is None:
+                    continue
+                try:
+                    data, bufs = wire.read_raw(fd)
+                except (EOFError, OSError):
+                    self._crashed(w)
+                    got = True
+                    continue
+                got = True
+                self._on_message(w, pickle.loads(data, buffers=bufs))
+        return got
+
+    def _on_message(self, w: _Worker, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == wire.DONE:
+            chunk = w.inflight.popleft()
+            if chunk.seq != msg[1]:  # pragma: no cover - a reflux bug
+                raise ProcessWorkerError(f"{self.node.label}: worker {w.pid} answered chunk {msg[1]} "
+                                         f"instead of {chunk.seq}")
+            chunk.result = msg
+            chunk.pid = w.pid
+            busy, n = msg[5], len(chunk.items)
+            if n:
+                per = busy / n
+                self._cost = per if self._cost is None else 0.7 * self._cost + 0.3 * per
+            self._done.append(chunk)
+        elif kind == wire.READY:
+            w.ready = True
+        elif kind == wire.FAILED_START:
+            self._stopped = True
+            raise ProcessWorkerError(
+                f"{self.node.label}: worker process {msg[1]} could not load the function:\n{msg[2]}")
+        elif kind == wire.CLOSED:
+            if msg[2]:
+                self._closing_errors.append(msg[2])
+            w.closed = True
+
+    def _wait(self, out: Outbox) -> None:
+        """Block (GIL released) until some result arrives or a slice passes; emit what is ready.
+
+        Raises :class:`~reflux.nodes.Abort` (through ``ctx.sleep(0)``) when the run is abandoned.
+        """
+        if out.held():  # about to block: hand on what is ready first
+            out.flush()
+        self._collect(WAIT_SLICE)
+        self._emit(out)
+        self.ctx.sleep(0)  # raises Abort if the run is being abandoned
+
+    def _emit(self, out: Outbox) -> None:
+        """Emit the results of finished chunks (in input order when ``ordered``)."""
+        done = self._done
+        if not done:
+            return
+        if self.ordered:
+            ready: dict[int, _Chunk] = {}
+            while done:
+                c = done.popleft()
+                ready[c.seq] = c
+            while self._next_emit in ready:
+                c = ready.pop(self._next_emit)
+                self._next_emit += 1
+                self._apply(c, out)
+            if ready:
+                done.extend(sorted(ready.values(), key=lambda c: c.seq))
+        else:
+            while done:
+                self._apply(done.popleft(), out)
+
+    def _apply(self, chunk: _Chunk, out: Outbox) -> None:
+        """Emit one finished chunk's outputs; failed items go through the error policy."""
+        del self._chunks[chunk.seq]
+        res = chunk.result
+        assert res is not None
+        _, _, values, errors, retried, _busy, signals = res[:7]
+        crash = res[7] if len(res) > 7 else None
+        items = chunk.items
+        self.stats.retried += retried
+        if not errors and not signals and not self.flat:
+            buf = out.ports[0]
+            buf.extend(values)
+            self.remaining -= len(items)
+            if len(buf) >= out.limit:
+                out.flush()
+            return
+        failed = {e[0]: e for e in errors}
+        emit = out.emit
+        for i, item in enumerate(items):
+            e = failed.get(i)
+            if e is not None:
+                self.remaining -= 1
+                self.fail(item, crash if crash is not None else self._exception(e, chunk.pid), e[5], out)
+                continue
+            self.remaining -= 1
+            v = values[i]
+            if self.flat:
+                for r in v:
+                    if isinstance(r, _Signal):
+                        if r.__class__ is NeedsMoreWork:
+                            self.stats.fed_back += 1
+                            self.pending.append(r.item)
+                        elif r.__class__ is Error:
+                            self.fail(item, r.exception, 1, out)
+                    else:
+                        emit(r)
+            elif v.__class__ is NeedsMoreWork:
+                self.stats.fed_back += 1
+                self.pending.append(v.item)
+            else:
+                emit(v)
+
+    def _exception(self, e: tuple[Any, ...], pid: int) -> BaseException:
+        """The exception of an error entry, with the worker's traceback attached."""
+        _i, data, name, message, tb, _attempts = e
+        exc: BaseException | None = None
+        if data is not None:
+            try:
+                exc = pickle.loads(data)
+            except Exception:  # noqa: BLE001 - e.g. its class is not importable here
+                exc = None
+        if not isinstance(exc, BaseException):
+            exc = RemoteError(f"{name}: {message}")
+        return _attach_traceback(exc, tb, pid)
+
+    # ------------------------------------------------------------------ the logic contract
+
+    def process(self, batch: list[Any], out: Outbox) -> None:
+        """Send the batch to the workers; emit whatever results are ready."""
+        self.remaining += len(batch)
+        self._send(batch, out)
+        if self._collect(0):
+            self._interval = MIN_POLL
+        self._emit(out)
+
+    def has_feedback(self) -> bool:
+        return bool(self.pending)
+
+    def process_feedback(self, max_items: int, out: Outbox) -> None:
+        pending = self.pending
+        # most recent first (depth-first), as the thread Transformer does
+        batch = [pending.pop() for _ in range(min(max_items, len(pending)))]
+        self.process(batch, out)
+
+    def next_deadline(self) -> float | None:
+        """While chunks are in flight: when to look for their results again."""
+        return self._deadline if self._chunks else None
+
+    def tick(self, now: float, out: Outbox) -> None:
+        """Emit results that arrived while no input came (polling interval backs off to MAX_POLL)."""
+        if self._collect(0):
+            self._interval = MIN_POLL
+        else:
+            self._interval = min(MAX_POLL, self._interval * 2)
+        self._emit(out)
+        self._deadline = time.monotonic() + self._interval if self._chunks else None
+
+    def finish(self, out: Outbox) -> None:
+        """End of stream: wait for every result (and the work fed back meanwhile)."""
+        while not self.drain_step(out):
+            self._wait(out)
+        self._deadline = None
+
+    # ------------------------------------------------------------------ for a runtime that never blocks
+    # Optional hooks beyond the logic contract: a worker-pool runtime can use them to
+    # keep this node from blocking one of its threads (see the module docs).
+
+    def busy(self) -> bool:
+        """``True`` while every in-flight slot is taken: ``process()`` would block now."""
+        return len(self._chunks) >= self.max_chunks
+
+    def wait_handles(self) -> list[int]:
+        """File descriptors that become readable when a worker has sent something;
+        a runtime may poll them to know when :meth:`tick` / :meth:`drain_step` has work."""
+        return list(self._by_fd)
+
+    def drain_step(self, out: Outbox) -> bool:
+        """One non-blocking step of :meth:`finish`: emit what is back, send fed-back items
+        while slots are free; ``True`` once nothing is in flight or pending."""
+        if self._collect(0):
+            self._interval = MIN_POLL
+        self._emit(out)
+        pending = self.pending
+        while pending and len(self._chunks) < self.max_chunks:
+            batch = [pending.pop() for _ in range(min(len(pending), 256))]
+            self.remaining += len(batch)
+            i, n = 0, len(batch)
+            while i < n:
+                if len(self._chunks) >= self.max_chunks:  # no room: keep the rest for later
+                    pending.extend(reversed(batch[i:]))
+                    self.remaining -= n - i
+                    break
+                size = self._chunk_size(n - i)
+                self._submit(batch[i:i + size], out)
+                i += size
+        return not self._chunks and not pending
+
+    def close(self) -> None:
+        """Stop the workers: gracefully once everything is done, else terminate them."""
+        self._shutdown(graceful=not self._chunks and not self.pending)
+        if self._closing_errors:
+            errors = self._closing_errors
+            self._closing_errors = []
+            raise ProcessWorkerError(f"{self.node.label}: the function's close() failed in a worker "
+                                     f"process:\n{errors[0]}")
+
+    def abandon(self) -> int:
+        """Forget the items in flight and fed back; the workers are terminated."""
+        self._shutdown(graceful=False)
+        n = self.remaining + len(self.pending)
+        self.remaining = 0
+        self.pending.clear()
+        self._chunks.clear()
+        self._done.clear()
+        return n
+
+    def _shutdown(self, graceful: bool) -> None:
+        """End every worker (idempotent): close its input; on a graceful end wait for its
+        CLOSED message and exit, else (or after EXIT_GRACE) terminate it."""
+        self._stopped = True
+        workers = [w for w in self.workers if w.popen.returncode is None or w.rfd in self._by_fd]
+        if not workers:
+            return
+        if not graceful:
+            for w in workers:
+                if w.popen.poll() is None:
+                    w.popen.terminate()
+        for w in workers:  # end of input: the worker finishes and exits
+            if w.wfd >= 0:
+                os.close(w.wfd)
+                w.wfd = -1
+        deadline = time.monotonic() + (EXIT_GRACE if graceful else 1.0)
+        if graceful:
+            while any(not w.closed for w in workers) and time.monotonic() < deadline:
+                if not self._by_fd:
+                    break
+                events = self._poller.poll(int(WAIT_SLICE * 1000))
+                for fd, _ev in events:
+                    w = self._by_fd.get(fd)
+                    if w is None:
+                        continue
+                    try:
+                        msg = wire.read_msg(fd)
+                    except (EOFError, OSError):
+                        w.closed = True
+                        self._poller.unregister(fd)
+                        del self._by_fd[fd]
+                        os.close(fd)
+                        continue
+                    if msg[0] == wire.CLOSED:
+                        self._on_message(w, msg)
+        for w in workers:
+            try:
+                w.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.popen.kill()
+                w.popen.wait()
+            self._forget(w)

@@ -1,0 +1,147 @@
+"""Functions the process-worker tests send to worker processes.
+
+They live in a module of their own (conftest.py puts this folder on sys.path,
+and workers get the parent's sys.path), so workers can import them by name;
+functions defined in a test module under ``--import-mode=importlib`` could not be.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from reflux import Error, NeedsMoreWork
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def uneven(x: int) -> int:
+    """Costs vary a lot between items, so chunks finish out of order."""
+    if x % 7 == 0:
+        time.sleep(0.003)
+    return x * 3
+
+
+def heavyish(x: int) -> int:
+    acc = 0
+    for i in range(300):
+        acc += x * i
+    return acc
+
+
+def fail_on_3(x: int) -> int:
+    if x % 3 == 0:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def error_on_3(x: int) -> Any:
+    if x % 3 == 0:
+        return Error(f"no good: {x}")
+    return x
+
+
+class Flaky:
+    """Fails the first call on each item (in each worker), succeeds on the retry."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def __call__(self, x: int) -> int:
+        if x not in self.seen:
+            self.seen.add(x)
+            raise RuntimeError(f"first try of {x}")
+        return x
+
+
+class Counting:
+    """Returns (pid, calls so far in this process): the state must persist in a worker."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: int) -> tuple[int, int]:
+        self.calls += 1
+        return os.getpid(), self.calls
+
+
+class Hooks:
+    """open()/close() run in each worker; close() writes a file named after the worker's pid."""
+
+    def __init__(self, folder: str, fail_close: bool = False) -> None:
+        self.folder = folder
+        self.fail_close = fail_close
+        self.opened = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> None:
+        if self.fail_close:
+            raise OSError("close hook failed")
+        with open(os.path.join(self.folder, f"closed-{os.getpid()}"), "w") as f:
+            f.write("ok")
+
+    def __call__(self, x: int) -> tuple[int, bool]:
+        return x, self.opened
+
+
+def pairs(x: int) -> Any:
+    """A generator: two outputs per item."""
+    yield x
+    yield -x
+
+
+def listing(x: int) -> list[int]:
+    """For flat=True: a list of x copies of x."""
+    return [x] * (x % 4)
+
+
+def countdown(x: int) -> Any:
+    """NeedsMoreWork down to zero: every x > 0 comes back as x - 1."""
+    if x > 0:
+        return NeedsMoreWork(x - 1)
+    return "done"
+
+
+def doubled(a: Any) -> Any:
+    """numpy arrays in, numpy arrays out (and a check that the input is writable)."""
+    a[...] = a  # raises if read-only
+    if a.dtype.names:  # structured: bump a field in place
+        a["a"] += 1
+        return a
+    return a * 2
+
+
+def crash_on_5(x: int) -> int:
+    if x == 5:
+        os._exit(3)
+    return x
+
+
+def lock_result(x: int) -> Any:
+    """Returns something that cannot be pickled for odd items."""
+    import threading
+    return threading.Lock() if x % 2 else x
+
+
+class TwoArgError(Exception):
+    """An exception that does not survive pickling (its __init__ needs two arguments)."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_two_arg(x: int) -> int:
+    raise TwoArgError(x, "b")
+
+
+def sleepy(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def pid(x: Any) -> int:
+    return os.getpid()
