@@ -25,7 +25,7 @@ PARK = os.environ.get("REFLUX_PARK", "")
 BARRIER = os.environ.get("REFLUX_BARRIER", "")
 
 # one extension module per public .pxd / internal helper module
-MODULES = ["channel", "transform", "_stress", "_batch", "_sched", "_testplugins"]
+MODULES = ["channel", "transform", "_stress", "_batch", "_sched", "_testplugins", "_demo"]
 
 define_macros = [("REFLUX_DEBUG", "1" if DEBUG else "0")]
 if PARK == "portable":

@@ -15,12 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(autouse=True)
 def no_thread_leak() -> Iterator[None]:
-    """Every test must leave no pipeline threads behind."""
+    """Every test must leave no pipeline threads (nor watchdog or metrics threads) behind."""
     yield
     deadline = time.monotonic() + 10
     left: list[str] = []
     while time.monotonic() < deadline:
-        left = [t.name for t in threading.enumerate() if t.name.startswith("reflux:")]
+        # "reflux:" pipeline workers; "reflux-" helpers (the watchdog, a metrics server)
+        left = [t.name for t in threading.enumerate() if t.name.startswith(("reflux:", "reflux-"))]
         if not left:
             return
         time.sleep(0.05)

@@ -41,3 +41,272 @@ def test_bad_arguments_exit_with_usage_error(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "--items must be >= 1" in proc.stderr
+
+
+# --------------------------------------------------------------------------- reflux run / graph
+
+import re  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from reflux.cli import (EXIT_FAILED, EXIT_INVALID, EXIT_NO_FILE, EXIT_NO_NAME, EXIT_OK,  # noqa: E402
+                        EXIT_USER_CODE, main)
+
+HANG = 120
+
+PIPELINE_FILE = '''
+from reflux import Extractor, Filter, Loader, Pipeline, Transformer
+
+def build():
+    return Pipeline(Extractor(range(100), name="numbers") >> Transformer(lambda x: x * 2, name="double")
+                    >> Filter(lambda x: x % 3 == 0, name="thirds") >> Loader.to_list(name="keep"), name="from-file")
+
+made = build()
+not_a_pipeline = 42
+
+def needs_args(n):
+    return build()
+
+def returns_junk():
+    return "junk"
+
+def raises():
+    raise RuntimeError("cannot build")
+
+def invalid():
+    return Pipeline(Extractor([1]) >> Transformer(lambda x: x, name="dangling"))
+
+def failing():
+    def boom(x):
+        if x == 7:
+            raise ValueError("seven")
+        return x
+    return Pipeline(Extractor(range(20)) >> Transformer(boom, name="boom") >> Loader.to_list())
+
+if __name__ == "__main__":
+    raise SystemExit("must not run when loaded by reflux")
+'''
+
+
+@pytest.fixture()
+def pfile(tmp_path: Path) -> Path:
+    path = tmp_path / "mypipes.py"
+    path.write_text(PIPELINE_FILE)
+    return path
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reflux", *args], capture_output=True, text=True,
+                          timeout=HANG, cwd=cwd)
+
+
+def test_run_a_pipeline_object_from_a_file_prints_the_report(pfile: Path) -> None:
+    proc = _cli("run", f"{pfile}:made", cwd=pfile.parent)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert re.search(r"^keep\s+Loader\s+34\s+34\s", proc.stdout, re.M), proc.stdout
+    assert "loaded 34" in proc.stdout
+    assert "\x1b[" not in proc.stdout + proc.stderr  # no terminal drawing when not a terminal
+
+
+def test_run_a_function_with_json_stats(pfile: Path) -> None:
+    proc = _cli("run", f"{pfile}:build", "--json", cwd=pfile.parent)
+    assert proc.returncode == EXIT_OK, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["pipeline"] == "from-file" and data["status"] == "completed"
+    assert data["nodes"]["thirds"]["in"] == 100 and data["nodes"]["thirds"]["filtered"] == 66
+    assert data["nodes"]["keep"]["out"] == 34 and data["loaded"] == 34
+    assert set(data["nodes"]["double"]) >= {"rate_in", "busy", "fill", "state", "queued", "capacity"}
+
+
+def test_run_without_a_name_finds_the_only_pipeline(tmp_path: Path) -> None:
+    path = tmp_path / "single.py"
+    path.write_text("from reflux import Extractor, Loader, Pipeline\n"
+                    "p = Pipeline(Extractor(range(5)) >> Loader.to_list(name='sink'))\n")
+    assert main(["run", str(path), "--no-progress"]) == EXIT_OK
+
+
+def test_run_without_a_name_and_several_pipelines_asks_for_one(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "two.py"
+    path.write_text("from reflux import Extractor, Loader, Pipeline\n"
+                    "a = Pipeline(Extractor(range(5)) >> Loader.to_list())\n"
+                    "b = Pipeline(Extractor(range(5)) >> Loader.to_list())\n")
+    assert main(["run", str(path)]) == EXIT_NO_NAME
+    assert "several Pipelines (a, b)" in capsys.readouterr().err
+    path.write_text("x = 1\n")
+    assert main(["graph", str(path)]) == EXIT_NO_NAME
+    assert "no Pipeline object" in capsys.readouterr().err
+
+
+def test_run_in_process_with_workers_is_accepted(pfile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", f"{pfile}:build", "--workers", "3", "--json"]) == EXIT_OK
+    data = json.loads(capsys.readouterr().out)
+    assert data["loaded"] == 34
+    assert data["workers"] == 3  # reached the pipeline's worker pool
+
+
+@pytest.mark.parametrize(("target", "code", "message"), [
+    ("missing.py", EXIT_NO_FILE, "no such file: missing.py"),
+    ("{f}:nothing", EXIT_NO_NAME, "has no name 'nothing'"),
+    ("{f}:not_a_pipeline", EXIT_INVALID, "is a int, not a reflux Pipeline"),
+    ("{f}:returns_junk", EXIT_INVALID, "returned str, not a reflux Pipeline"),
+    ("{f}:needs_args", EXIT_INVALID, "needs arguments"),
+    ("{f}:invalid", EXIT_INVALID, "invalid pipeline: Transformer 'dangling' has no receivers"),
+    ("{f}:raises", EXIT_USER_CODE, "raised: RuntimeError: cannot build"),
+])
+def test_run_errors_have_distinct_exit_codes(pfile: Path, capsys: pytest.CaptureFixture[str], target: str,
+                                             code: int, message: str) -> None:
+    target = target.format(f=pfile)
+    assert main(["run", target]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_a_file_that_raises_while_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("import json\nraise ImportError('no such thing')\n")
+    assert main(["graph", str(bad)]) == EXIT_USER_CODE
+    assert "raised while loading: ImportError: no such thing" in capsys.readouterr().err
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    assert main(["graph", str(broken)]) == EXIT_NO_FILE
+
+
+def test_a_failing_run_exits_1_with_the_node_named(pfile: Path) -> None:
+    proc = _cli("run", f"{pfile}:failing", "--json", cwd=pfile.parent)
+    assert proc.returncode == EXIT_FAILED
+    assert "Transformer 'boom' failed on item 7: ValueError: seven" in proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["status"] == "failed" and data["failed"] == ["boom"]
+    assert data["errors"][0]["node"] == "boom"
+
+
+def test_graph_command_prints_mermaid_and_dot(pfile: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graph", f"{pfile}:build"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("flowchart LR\n") and out.count("-->") == 3
+    assert main(["graph", f"{pfile}:made", "--format", "dot"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith('digraph "from-file" {') and out.count("->") == 3
+    assert main(["graph", f"{pfile}:invalid"]) == EXIT_INVALID
+
+
+def test_graph_bad_format_is_a_usage_error(pfile: Path) -> None:
+    proc = _cli("graph", str(pfile), "--format", "svg", cwd=pfile.parent)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_run_serves_prometheus_metrics_while_running(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    path = tmp_path / "served.py"
+    path.write_text(textwrap.dedent(f'''
+        import os, time
+        from reflux import Extractor, Loader, Pipeline, Transformer
+
+        def numbers():
+            for i in range(50):
+                yield i
+            while not os.path.exists({str(release)!r}):
+                time.sleep(0.02)
+
+        pipeline = Pipeline(Extractor(numbers(), name="numbers") >> Transformer(lambda x: x + 1, name="inc")
+                            >> Loader.to_list(name="sink"), name="served")
+    '''))
+    proc = subprocess.Popen([sys.executable, "-m", "reflux", "run", str(path), "--metrics-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        url = None
+        deadline = time.monotonic() + HANG
+        assert proc.stderr is not None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            m = re.search(r"serving metrics at (http://\S+/metrics)", line)
+            if m:
+                url = m.group(1)
+        assert url, "the command did not say where it serves metrics"
+        body = ""
+        while time.monotonic() < deadline:  # until the first items have gone through
+            with urllib.request.urlopen(url, timeout=HANG) as resp:
+                body = resp.read().decode()
+            if 'reflux_node_items_in_total{pipeline="served",node="sink",kind="Loader"} 50' in body:
+                break
+            time.sleep(0.05)
+        assert 'reflux_node_items_in_total{pipeline="served",node="sink",kind="Loader"} 50' in body
+        assert 'reflux_pipeline_status{pipeline="served",status="running"} 1' in body
+    finally:
+        release.write_text("go")
+        out, err = proc.communicate(timeout=HANG)
+    assert proc.returncode == EXIT_OK, err
+    assert "loaded 50" in out
+
+
+def test_demo_shows_every_node_type(tmp_path: Path) -> None:
+    pipeline, _ = build_demo(500, tmp_path)
+    kinds = {n.kind for n in pipeline.nodes}
+    assert kinds == {"Extractor", "Transformer", "Filter", "Balancer", "Broadcast", "Funnel", "Messenger",
+                     "Accumulator", "Loader"}
+    result = pipeline.run(timeout=HANG)
+    # the Balancer spread the hot path over its replicas, and every event was scored
+    assert result["score-1"].received > 0 and result["score-2"].received > 0
+    assert result["score-1"].received + result["score-2"].received == result["spread"].received
+    result.check_accounting()
+
+
+def test_ctrl_c_during_reflux_run_exits_130(tmp_path: Path) -> None:
+    import signal
+
+    started = tmp_path / "started"
+    path = tmp_path / "forever.py"
+    path.write_text(textwrap.dedent(f'''
+        import itertools, pathlib, signal
+        from reflux import Extractor, Loader, Pipeline, Transformer
+
+        # a background process starts with SIGINT ignored: take Ctrl-C as Python does
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        def numbers():
+            pathlib.Path({str(started)!r}).write_text("yes")
+            yield from itertools.count()
+
+        pipeline = Pipeline(Extractor(numbers()) >> Transformer(lambda x: x) >> Loader(lambda x: None))
+    '''))
+    proc = subprocess.Popen([sys.executable, "-m", "reflux", "run", str(path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + HANG
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=HANG)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert json.loads(out)["status"] == "interrupted"
+
+
+def test_demo_hot_path_plugin_matches_the_python_reference() -> None:
+    """The demo's Cython ScoreEvents computes exactly what score_event does."""
+    import random
+
+    from reflux import Extractor, Loader, Pipeline, Transformer
+    from reflux.demo import EVENT_KINDS, score_event, to_records, unpack
+    from reflux_core._demo import ScoreEvents
+
+    rnd = random.Random(3)
+    events = [{"seq": rnd.randrange(2**31), "kind": rnd.choice(EVENT_KINDS), "value": rnd.randint(1, 500)}
+              for _ in range(2000)]
+    sink = Loader.to_list()
+    result = Pipeline(Extractor([to_records(events)]) >> Transformer(ScoreEvents()) >> Transformer(unpack)
+                      >> sink).run(timeout=60)
+    assert result.results[sink.name] == [score_event(dict(e)) for e in events]

@@ -102,7 +102,7 @@ def test_distribution_metadata():
 
 
 def test_compiled_modules_are_extensions():
-    from reflux_core import _stress, _testplugins, transform
+    from reflux_core import _batch, _demo, _sched, _stress, _testplugins, transform
 
-    for mod in (rc, transform, _stress, _testplugins):
+    for mod in (rc, transform, _stress, _testplugins, _batch, _sched, _demo):
         assert os.path.splitext(mod.__file__)[1] in (".so", ".pyd"), mod.__file__

@@ -32,7 +32,7 @@ except ModuleNotFoundError:  # Python 3.10
 # never in a wheel: generated C, objects, caches, build and test leftovers
 WHEEL_FORBIDDEN = ["*.c", "*.cpp", "*.o", "*.obj", "*.pyx", "*.html", "*.pyc", "*.pyo",
                    "*/__pycache__/*", "*.egg-info/*", "build/*", "*/build/*", "tests/*",
-                   "benchmarks/*", "*/.hypothesis/*", "*/.pytest_cache/*", "*reflux-build-mode*",
+                   "benchmarks/*", "examples/*", "*/.hypothesis/*", "*/.pytest_cache/*", "*reflux-build-mode*",
                    "*.lib", "*.exp", "*.pdb"]
 # never in the sdist: generated C of the core, compiled objects, caches, build outputs
 SDIST_FORBIDDEN = ["reflux_core/*.c", "reflux_core/*.cpp", "*.so", "*.pyd", "*.dylib", "*.o",

@@ -6,7 +6,8 @@
 PROJECT_DIR (default: the folder above tools/) is a checkout or an unpacked
 sdist.  Its tests/, README.md and docs/ (their examples are tests), benchmarks/
 (the benchmark smoke test runs ``python -m benchmarks.channels``), examples/
-(the user-extension test builds one, when Cython and a compiler are there) and
+(tests run each example; the user-extension test builds one, when Cython and a
+compiler are there) and
 pyproject.toml (for the ``[tool.pytest.ini_options]`` the suite relies on:
 importlib import mode, ``filterwarnings = error``, the ``slow`` marker) are
 copied to a fresh temporary folder, and pytest runs there with

@@ -32,6 +32,7 @@ from reflux_core.channel import (
 
 from .errors import (
     AccountingError,
+    ClogError,
     ErrorRecord,
     NodeError,
     NotCallableError,
@@ -55,6 +56,7 @@ from .nodes import (
     Node,
     Transformer,
 )
+from .monitor import Alert, NodeSnapshot, PipelineStats
 from .pipeline import Flow, Pipeline
 from .policies import ErrorPolicy
 from .result import NodeStats, RunResult
@@ -95,12 +97,16 @@ __all__ = [
     "Flow",
     "RunResult",
     "NodeStats",
+    "PipelineStats",
+    "NodeSnapshot",
+    "Alert",
     "ErrorPolicy",
     # errors
     "RefluxError",
     "ValidationError",
     "NotCallableError",
     "NodeError",
+    "ClogError",
     "RoutingError",
     "TransformError",
     "PipelineInterrupted",

@@ -19,6 +19,7 @@ __all__ = [
     "ValidationError",
     "NotCallableError",
     "NodeError",
+    "ClogError",
     "RoutingError",
     "TransformError",
     "PipelineInterrupted",
@@ -68,6 +69,16 @@ class NodeError(RefluxError):
         self.node: str = node
         self.record: ErrorRecord | None = record
         self.result: RunResult | None = None
+
+
+class ClogError(NodeError):
+    """The clogging watchdog stopped the pipeline (``on_clog="stop"``): the
+    input channel of :attr:`node` stayed full while the node made no progress
+    for longer than the pipeline's ``clog_timeout``.
+
+    Raised by :meth:`Pipeline.run` / :meth:`Pipeline.join`; :attr:`result`
+    holds the partial result.
+    """
 
 
 class PipelineInterrupted(KeyboardInterrupt):

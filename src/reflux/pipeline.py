@@ -29,12 +29,16 @@ from typing import TYPE_CHECKING, Any, Union
 
 from reflux_core.channel import Channel, MPMCChannel, RecordChannel, SPSCChannel
 
-from .errors import ErrorRecord, NodeError, PipelineInterrupted, ValidationError
+from .errors import ClogError, ErrorRecord, NodeError, PipelineInterrupted, ValidationError
+from .monitor import ON_CLOG, Alert, Monitor, PipelineStats
 from .nodes import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Loader, Messenger, Node
 from .result import NodeStats, RunResult
 from .sinks import ListSink
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
+    from .metrics import MetricsServer
     from .pool import PoolRuntime
     from .runtime import ThreadRuntime
 
@@ -183,7 +187,8 @@ class Pipeline:
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
     dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
-    runtime="pool", executor=None, record_edges=True)``
+    runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None,
+    record_edges=True)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -218,6 +223,18 @@ class Pipeline:
     ``executor``
         the default ``executor`` of the pipeline's Transformers (``"thread"``
         or ``"process"``); a Transformer's own ``executor=`` wins.
+    ``clog_timeout``
+        the clogging watchdog: a node whose input channel stays full while
+        it makes no progress for this many seconds is reported as clogged
+        (in :meth:`stats`, the progress view and the log).  ``None`` turns
+        the watchdog off.
+    ``on_clog``
+        what follows a clog: ``"warn"`` (log a warning and go on) or
+        ``"stop"`` (fail the run with a :class:`~reflux.ClogError` naming
+        the node).
+    ``on_alert``
+        called with each :class:`~reflux.monitor.Alert` (a node died, was
+        clogged, moved again), from a reflux thread, as it happens.
     ``record_edges``
         join two compiled plug-in nodes that feed only each other with a
         record channel, so records go from plug-in to plug-in without the
@@ -233,7 +250,8 @@ class Pipeline:
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
                  max_error_records: int = 1000, join_timeout: float = 10.0,
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
-                 executor: str | None = None, record_edges: bool = True) -> None:
+                 executor: str | None = None, clog_timeout: float | None = 60.0, on_clog: str = "warn",
+                 on_alert: Callable[[Alert], Any] | None = None, record_edges: bool = True) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"Pipeline '{name}': {label} must be a positive integer, got {value!r}")
@@ -255,6 +273,18 @@ class Pipeline:
         if executor is not None:
             from .process import check_executor
             self.executor = check_executor(f"Pipeline '{name}'", executor, None, True)[0]
+        if clog_timeout is not None and (isinstance(clog_timeout, bool)
+                                         or not isinstance(clog_timeout, (int, float)) or not clog_timeout > 0):
+            raise ValidationError(
+                f"Pipeline '{name}': clog_timeout must be a positive number of seconds or None, got {clog_timeout!r}")
+        if on_clog not in ON_CLOG:
+            raise ValidationError(f"Pipeline '{name}': on_clog must be one of {', '.join(ON_CLOG)}; got {on_clog!r}")
+        if on_alert is not None and not callable(on_alert):
+            raise ValidationError(f"Pipeline '{name}': on_alert must be callable, got {on_alert!r:.60}")
+        self.clog_timeout: float | None = None if clog_timeout is None else float(clog_timeout)
+        self.on_clog = on_clog
+        self.on_alert = on_alert
+        self._monitor: Monitor | None = None
         self.name = name
         self.capacity = capacity
         self.batch_size = batch_size
@@ -653,10 +683,16 @@ class Pipeline:
         else:
             self._runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
                                         poll=self.POLL)
+        # issue 6: stats, alerts and the clogging watchdog (reflux.monitor)
+        self._monitor = Monitor(self.name, plan, self._runtime, clog_timeout=self.clog_timeout,
+                                on_clog=self.on_clog, on_alert=self.on_alert, paused=lambda: self.paused)
+        self._runtime.on_failure = self._monitor.on_failure
         logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
         try:
             self._runtime.start()
+            self._monitor.start()
         except BaseException:
+            self._monitor.close()
             self._runtime = None
             raise
         return self
@@ -692,13 +728,50 @@ class Pipeline:
             raise RuntimeError(f"Pipeline '{self.name}' is not running")
         self._runtime.resume()
 
-    def stats(self) -> dict[str, NodeStats]:
-        """A live snapshot of the per-node counters (exact once the run is over)."""
+    def stats(self) -> PipelineStats:
+        """A snapshot of the run: a mapping of node name to
+        :class:`~reflux.monitor.NodeSnapshot` (counters in/out/filtered/errors/...,
+        ``rate_in``/``rate_out`` over the last second, ``busy`` fraction, input
+        channel ``queued``/``capacity``/``fill``, ``state``), plus the pipeline's
+        ``status``, ``elapsed``, ``clogged``, ``failed`` and ``alerts``.
+
+        Cheap enough to call every 100 ms while the pipeline runs; exact once the
+        run is over (rates are then averages over the run).  Before the first
+        run it is empty.
+        """
+        mon = self._monitor
         if self._result is not None:
-            return dict(self._result.nodes)
-        if self._runtime is None:
-            return {}
-        return self._runtime.snapshot()
+            if mon is not None:
+                return mon.final(self._result)
+            from .monitor import final_stats
+            return final_stats(self.name, self._result)
+        if self._runtime is None or mon is None:
+            return PipelineStats(self.name, "idle", 0.0, {})
+        return mon.sample("paused" if self.paused else "running")
+
+    # ------------------------------------------------------------------ graphs and metrics (issue 6)
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid ``flowchart`` (see :mod:`reflux.graph`); validates first."""
+        from .graph import to_mermaid
+        return to_mermaid(self)
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT (see :mod:`reflux.graph`); validates first."""
+        from .graph import to_dot
+        return to_dot(self)
+
+    def metrics(self) -> str:
+        """The current :meth:`stats` in the Prometheus text format (see :mod:`reflux.metrics`)."""
+        from .metrics import prometheus_text
+        return prometheus_text(self.stats())
+
+    def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve :meth:`metrics` over HTTP at ``http://host:port/metrics`` from a
+        background thread; returns the started :class:`~reflux.metrics.MetricsServer`
+        (``port=0`` picks a free port: see its ``port``; call ``close()`` when done)."""
+        from .metrics import MetricsServer
+        return MetricsServer(self, port=port, host=host).start()
 
     def join(self, timeout: float | None = None) -> RunResult:
         """Wait for the run to end and return its :class:`RunResult`.
@@ -719,6 +792,8 @@ class Pipeline:
             try:
                 while not rt.wait(self.POLL):
                     rt.detach_stalled_sources(self.stop_grace)
+                    if self._monitor is not None and self._monitor.gave_up(self.stop_grace):
+                        break  # the watchdog stopped the run; the clogged node is stuck in user code
                     if deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
                 self._finish()
@@ -741,6 +816,8 @@ class Pipeline:
             if self._result is not None:
                 return self._result
             rt = self._rt()
+            if self._monitor is not None:
+                self._monitor.close()
             stuck = rt.join_threads(self.join_timeout)
             if stuck:
                 logger.warning("Pipeline '%s': node(s) %s did not end within %.1fs (stuck in user "
@@ -761,13 +838,16 @@ class Pipeline:
         node = next((n for n in self._nodes if n.name == record.node), None)
         label = node.label if node is not None else f"node '{record.node}'"
         exc = record.exception
+        if isinstance(exc, ClogError):  # the watchdog stopped the run: its error names the node
+            exc.result = result
+            return exc
         where = "" if record.item is None else f" on item {record.item!r:.100}"
         err = NodeError(f"{label} failed{where}: {type(exc).__name__}: {exc}", node=record.node, record=record)
         err.__cause__ = exc
         err.result = result
         return err
 
-    def run(self, timeout: float | None = None) -> RunResult:
+    def run(self, timeout: float | None = None, *, progress: bool | None = False) -> RunResult:
         """Start, wait for the end, and return the :class:`RunResult`.
 
         Raises :class:`~reflux.NodeError` if a node failed under
@@ -776,9 +856,17 @@ class Pipeline:
         (a ``KeyboardInterrupt``) carrying the partial result.  With
         ``timeout``, a run still going after that many seconds is abandoned
         and :class:`TimeoutError` is raised.
+
+        ``progress=True`` shows a live view of the nodes on the terminal (see
+        :mod:`reflux.progress`); ``None`` shows it only when standard error is
+        a terminal.
         """
         self.start()
         try:
+            if progress or progress is None:
+                from .progress import LiveProgress
+                with LiveProgress(self, enabled=progress):
+                    return self.join(timeout)
             return self.join(timeout)
         except TimeoutError:
             self._rt().abort()

@@ -58,6 +58,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -514,6 +515,9 @@ class PoolRuntime:
         self._waiters: dict[int, set[_Unit]] = {}
         self._spares = 0
         self._waiting_for_room = 0
+        # [monitor hook] called once, in the failing thread, with the first
+        # failure's record before the run is aborted (set by the Pipeline)
+        self.on_failure: Callable[[ErrorRecord], None] | None = None
         self._build_units()
         for i, u in enumerate(self.units):
             u.index = i
@@ -882,7 +886,9 @@ class PoolRuntime:
             if self._stop_sources:
                 u.ending = True
                 return True
+            t0 = time.monotonic()
             more = logics[0].pull(u.outs[0], u.head.batch_size)  # type: ignore[attr-defined]
+            u.stats[0].busy += time.monotonic() - t0  # [busy time]
             self._forward(u, 0)
             if not more:
                 u.ending = True
@@ -891,7 +897,9 @@ class PoolRuntime:
             return not out.pending()
         for i in range(len(logics)):
             if logics[i].has_feedback():
+                t0 = time.monotonic()
                 logics[i].process_feedback(u.tasks[i].batch_size, u.outs[i])
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                 else:
@@ -929,6 +937,7 @@ class PoolRuntime:
         stats.received += n
         t0 = time.monotonic()
         logics[0].process(batch, u.outs[0])
+        stats.busy += time.monotonic() - t0  # [busy time]
         if ticket >= 0:
             self._hand_over(u, ticket)
         else:
@@ -1054,13 +1063,17 @@ class PoolRuntime:
             buf = out.ports[0]
             if not buf:
                 continue  # later stages may still hold feedback: handled in their own step
-            items = buf[:]
-            buf.clear()  # the same list: a logic may hold a bound ``append`` of it
+            # a fresh buffer for the stage: the logic that filled this one has
+            # returned, so nothing holds it any more
+            out.ports[0] = []
+            items = buf
             n = len(items)
             u.stats[j].emitted += n
             out.sent_count += n  # type: ignore[attr-defined]
             u.stats[j + 1].received += n
+            t0 = time.monotonic()
             u.logics[j + 1].process(items, outs[j + 1])
+            u.stats[j + 1].busy += time.monotonic() - t0  # [busy time] each stage its own logic's time
         outs[last].flush()
 
     def _arm_timer(self, u: _Unit) -> None:
@@ -1104,7 +1117,9 @@ class PoolRuntime:
             i = u.end_stage
             lg = logics[i]
             if lg.has_feedback():
+                t0 = time.monotonic()
                 lg.process_feedback(u.tasks[i].batch_size, u.outs[i])
+                u.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if u.group is not None and u.group.ordered:
                     self._hand_over(u, self._ticket(u))
                     return True
@@ -1148,7 +1163,9 @@ class PoolRuntime:
                     raise Abort()
                 if self._stop_sources:
                     break
+                t0 = time.monotonic()
                 more = logic.pull(u.outs[0], batch)  # type: ignore[attr-defined]
+                u.stats[0].busy += time.monotonic() - t0  # [busy time] (the blocking flush is not busy)
                 self._forward(u, 0)
                 if not more:
                     break
@@ -1256,7 +1273,27 @@ class PoolRuntime:
         if first:
             self._keep_error(record)
             logger.debug("node '%s' failed: %r; aborting the run", record.node, record.exception)
+            hook = self.on_failure  # [monitor hook]
+            if hook is not None:
+                try:
+                    hook(record)
+                except Exception:  # a monitor must never break the abort
+                    logger.exception("failure hook raised")
         self.abort()
+
+    def fail(self, record: ErrorRecord) -> None:
+        """Fail the run from outside a node (the clogging watchdog under
+        ``on_clog="stop"``): as if the node of ``record`` had failed."""
+        self._fail(record)
+
+    def fused_chains(self) -> list[list[str]]:
+        """[monitor hook] The node names each unit runs (a fused chain, or one node)."""
+        return [[t.name for t in u.tasks] for u in self.units]
+
+    def finished_nodes(self) -> frozenset[str]:
+        """[monitor hook] Names of the nodes that have ended."""
+        with self._lock:
+            return frozenset(self._finished)
 
     def detach_stalled_sources(self, grace: float) -> list[str]:
         """After ``stop()``: end, on their behalf, the Extractors still blocked in
@@ -1288,7 +1325,7 @@ class PoolRuntime:
         total = task.stats.copy()
         for u in group.units:
             s = u.stats[0]
-            for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
+            for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back", "busy"):
                 setattr(total, f, getattr(total, f) + getattr(s, f))
         return total
 

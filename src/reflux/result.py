@@ -40,6 +40,10 @@ class NodeStats:
         retries made (each call after the first on one item).
     ``fed_back``
         items a Transformer fed back to itself with ``NeedsMoreWork``.
+    ``busy``
+        seconds the node spent in its own logic (the user's function, not
+        waiting for input or for room downstream); the runtime adds them up,
+        and :meth:`Pipeline.stats` turns them into a busy fraction.
     """
 
     name: str
@@ -51,6 +55,7 @@ class NodeStats:
     dropped: int = 0
     retried: int = 0
     fed_back: int = 0
+    busy: float = 0.0
     #: the relation the counters obey (an internal detail used by accounting)
     law: str = field(default="one", repr=False)
     #: copies per item (Broadcast) or receivers (routing nodes)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from reflux_core.channel import ChannelClosed, Empty, Full
@@ -155,6 +156,10 @@ class ThreadRuntime:
         self._results: dict[str, Any] = {}
         self._outboxes: dict[str, _ChannelOutbox] = {}
         self._started = 0.0
+        # [monitor hook] called once, in the failing node's thread, with the
+        # record of the first failure, before the run is aborted (issue 6: the
+        # watchdog reports a node that died at once).  Set by the Pipeline.
+        self.on_failure: Callable[[ErrorRecord], None] | None = None
         if not plan.tasks:
             self._done.set()
 
@@ -272,7 +277,23 @@ class ThreadRuntime:
         if first:
             self._keep_error(record)
             logger.debug("node '%s' failed: %r; aborting the run", record.node, record.exception)
+            hook = self.on_failure  # [monitor hook]
+            if hook is not None:
+                try:
+                    hook(record)
+                except Exception:  # a monitor must never break the abort
+                    logger.exception("failure hook raised")
         self.abort()
+
+    def fail(self, record: ErrorRecord) -> None:
+        """Fail the run from outside a node (the clogging watchdog under
+        ``on_clog="stop"``): as if the node of ``record`` had failed."""
+        self._fail(record)
+
+    def finished_nodes(self) -> frozenset[str]:
+        """[monitor hook] Names of the tasks that have ended."""
+        with self._lock:
+            return frozenset(self._finished)
 
     def _end_outputs(self, task: Task) -> None:
         boxes: list[Inbox] = []
@@ -371,6 +392,8 @@ class ThreadRuntime:
     def _run_source(self, task: Task, logic: Any, out: _ChannelOutbox) -> None:
         """An Extractor: pull from the source and push until it ends or extraction stops."""
         batch = task.batch_size
+        stats = task.stats
+        monotonic = time.monotonic
         while True:
             if self._paused:
                 self._wait_resumed()
@@ -378,7 +401,9 @@ class ThreadRuntime:
                 raise Abort()
             if self._stop_sources:
                 return
+            t0 = monotonic()
             more = logic.pull(out, batch)
+            stats.busy += monotonic() - t0  # [busy time]
             out.flush()
             if not more:
                 return
@@ -398,7 +423,9 @@ class ThreadRuntime:
             if self._aborted:
                 raise Abort()
             if logic.has_feedback():
+                t0 = monotonic()
                 logic.process_feedback(batch_size, out)
+                stats.busy += monotonic() - t0  # [busy time]
                 out.flush()
                 continue
             timeout = poll
@@ -424,6 +451,7 @@ class ThreadRuntime:
             t0 = monotonic()
             logic.process(batch, out)
             spent = monotonic() - t0
+            stats.busy += spent  # [busy time]
             # Slow items get smaller batches, so stop, pause and Ctrl-C are
             # seen within about BATCH_BUDGET seconds (plus one item).
             if spent > BATCH_BUDGET:
