@@ -326,7 +326,7 @@ cdef class PumpTask:
     cdef char* errbuf
     cdef Py_ssize_t batch, in_size, out_size, got, pos, out_n, out_done
     cdef int64_t budget_ns
-    cdef uint64_t n_received, n_emitted, n_filtered, n_errors
+    cdef uint64_t n_received, n_emitted, n_filtered, n_errors, busy_ns
     cdef int32_t last_error
     #: a status the worker loop handed over to Python (P_NONE if none)
     cdef public int held
@@ -409,7 +409,7 @@ cdef class PumpTask:
         cdef reflux_status st
         cdef Py_ssize_t r, n, rest, i, kept
         cdef int s
-        cdef int64_t until = rx_now_ns() + self.budget_ns
+        cdef int64_t t0, until = rx_now_ns() + self.budget_ns
         while True:
             s = self._flush()
             if s != 0:
@@ -433,6 +433,7 @@ cdef class PumpTask:
             st.reserved = 0
             self.out_n = 0
             self.out_done = 0
+            t0 = rx_now_ns()
             if p.kind == REFLUX_PLUGIN_TRANSFORM:
                 r = p.transform(p.self, self.inbuf + self.pos * self.in_size, rest, self.outbuf, &st)
                 n = st.index if st.error != 0 else rest
@@ -451,6 +452,7 @@ cdef class PumpTask:
                                self.inbuf + (self.pos + i) * self.in_size, self.in_size)
                         kept += 1
                 r = kept
+            _count(&self.busy_ns, rx_now_ns() - t0)
             _count(&self.n_filtered, n - r)
             self.out_n = r
             if st.error != 0:
@@ -492,6 +494,11 @@ cdef class PumpTask:
     @property
     def errors(self):
         return rx_load64_relaxed(&self.n_errors)
+
+    @property
+    def busy(self):
+        """Seconds spent in the plug-in (its normal calls)."""
+        return rx_load64_relaxed(&self.busy_ns) / 1e9
 
     @property
     def error_code(self):

@@ -412,6 +412,7 @@ class _PumpLogic(NodeLogic):
     def sync(self) -> None:
         s, p = self.stats, self.pump
         s.received, s.emitted, s.filtered, s.errors = p.received, p.emitted, p.filtered, p.errors
+        s.busy = p.busy
 
     def close(self) -> None:
         self.pump.python = True  # over: never stepped without the GIL again
@@ -1046,7 +1047,9 @@ class PoolRuntime:
             return False
         self._rec_edges[id(u.inbox)].wake(self._sched)
         u.stats[0].received += n
+        t0 = time.monotonic()
         u.logics[0].process([arr], u.outs[0])
+        u.stats[0].busy += time.monotonic() - t0  # [busy time]
         self._forward(u, 0)
         if out.pending():
             return False
