@@ -100,6 +100,17 @@ cdef class Scheduler:
             raise IndexError(f"Scheduler: unit {i} out of range 0..{self.n - 1}")
         return 0
 
+    cdef inline void _enqueue(self, int64_t index) noexcept nogil:
+        """Push a unit that just became QUEUED (each unit is in the queue once at most)."""
+        # The ring never really fills up, but a Vyukov ring reports "full" at
+        # a slot that a popping worker has claimed and not yet freed (it was
+        # preempted in between) once the other pushes have gone round the
+        # ring.  Losing the index would leave the unit QUEUED forever: wait
+        # for the slot instead (the pop's notify wakes us).  -1: closed, the
+        # pool is over.
+        if self.ready.try_push_records(&index, 1) == 0:
+            self.ready.push_records(&index, 1, -1.0)
+
     cdef bint notify_nogil(self, Py_ssize_t i) noexcept nogil:
         """Make unit ``i`` run: queue it if idle, mark it RERUN if running.
         Returns True if this call queued it."""
@@ -110,7 +121,7 @@ cdef class Scheduler:
             if s == IDLE:
                 # acq_rel CAS: pairs with the worker's CAS QUEUED->RUNNING in next_nogil
                 if rx_cas32_acqrel(&self.states[i], &s, QUEUED):
-                    self.ready.try_push_records(&index, 1)  # -1 once closed: the pool is over
+                    self._enqueue(index)
                     return True
             elif s == RUNNING:
                 # acq_rel CAS: pairs with done_nogil's CAS RUNNING->IDLE, which then fails
@@ -164,7 +175,7 @@ cdef class Scheduler:
             if more or s == RERUN:
                 # acq_rel CAS: pairs with next_nogil's CAS QUEUED->RUNNING
                 if rx_cas32_acqrel(&self.states[i], &s, QUEUED):
-                    self.ready.try_push_records(&index, 1)
+                    self._enqueue(index)
                     return True
             else:
                 # acq_rel CAS RUNNING->IDLE: fails if a notify made it RERUN meanwhile
