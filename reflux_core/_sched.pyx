@@ -533,6 +533,11 @@ def worker_loop(Scheduler sched, run, idle, double poll):
     timeout it calls ``idle()``, which returns the next timeout in seconds
     (timers, sweeps) or a negative number to end this worker.  Returns when
     the queue is closed.
+
+    A unit with a :class:`PumpTask` (``Scheduler.set_pump``) is stepped here
+    without the GIL, unit after unit, as long as the queue hands out pumps;
+    ``run(index)`` sees it only when the pump asks for Python (its
+    ``python`` flag, a status in ``held``) or while paused/aborting (``hold``).
     """
     cdef int64_t index
     cdef double timeout = poll
