@@ -508,7 +508,10 @@ class GilHold:
 
     def hold(self, seconds: float, probe) -> tuple[int, int, int]:
         """Spin ``seconds`` holding the GIL; return (probe before, probe after, watcher ticks during)."""
-        sys.setswitchinterval(1000.0)  # nobody can take the GIL from this thread now
+        sys.setswitchinterval(1000.0)  # nobody can take the GIL from this thread now...
+        # ...once a thread that began waiting for it under the old interval
+        # (it would still ask for it after ~5 ms) has had its turn
+        time.sleep(0.02)
         try:
             t0 = time.perf_counter()
             before, ticks0 = probe(), self.ticks
