@@ -275,8 +275,9 @@ def test_all_dropped_chunk_counts_as_filtered_and_is_not_sent():
     neg = a.copy()
     neg["x"] = -1.0
     sink = Loader.to_list()
+    # chunk counting: without record edges (tests/test_record_edges.py counts records between plug-ins)
     result = Pipeline(Extractor([a[:10], neg[:10], a[10:]]) >> Transformer(P.NewtonSqrt(), name="t")
-                      >> Filter(P.AtLeast(1e9), name="none") >> sink).run()
+                      >> Filter(P.AtLeast(1e9), name="none") >> sink, record_edges=False).run()
     assert result.status == "completed"
     assert result.nodes["t"].filtered == 1 and result.nodes["t"].emitted == 2
     assert result.nodes["none"].filtered == 2 and result.nodes["none"].emitted == 0
@@ -508,7 +509,10 @@ class GilHold:
 
     def hold(self, seconds: float, probe) -> tuple[int, int, int]:
         """Spin ``seconds`` holding the GIL; return (probe before, probe after, watcher ticks during)."""
-        sys.setswitchinterval(1000.0)  # nobody can take the GIL from this thread now
+        sys.setswitchinterval(1000.0)  # nobody can take the GIL from this thread now...
+        # ...once a thread that began waiting for it under the old interval
+        # (it would still ask for it after ~5 ms) has had its turn
+        time.sleep(0.02)
         try:
             t0 = time.perf_counter()
             before, ticks0 = probe(), self.ticks
@@ -672,8 +676,9 @@ def test_plugin_replicas_on_the_pool(ordered):
     a = records(20000)
     chunks = chunks_of(a, 500)
     sink = Loader.to_list()
+    # one output chunk per input chunk: without record edges (see tests/test_record_edges.py)
     result = Pipeline(Extractor(chunks) >> Transformer(P.NewtonSqrt(16), name="t", parallel=2, ordered=ordered)
-                      >> Filter(P.AtLeast(2.0), name="f") >> sink).run()
+                      >> Filter(P.AtLeast(2.0), name="f") >> sink, record_edges=False).run()
     assert result.status == "completed"
     got = result.results[sink.name]
     assert len(got) == len(chunks)

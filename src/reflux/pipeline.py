@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
-from reflux_core.channel import Channel, MPMCChannel, SPSCChannel
+from reflux_core.channel import Channel, MPMCChannel, RecordChannel, SPSCChannel
 
 from .errors import ClogError, ErrorRecord, NodeError, PipelineInterrupted, ValidationError
 from .monitor import ON_CLOG, Alert, Monitor, PipelineStats
@@ -45,6 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Flow", "Pipeline", "Plan", "Task", "Inbox"]
 
 logger = logging.getLogger("reflux")
+
+#: least records a record edge holds (its capacity is the larger of this and the node's ``capacity``)
+RECORD_EDGE_CAPACITY = 4096
 
 Part = Union[Node, "Flow", Sequence[Any]]
 
@@ -136,11 +139,14 @@ class Inbox:
     """The bounded input channel of one node and how many tasks write into it.
 
     The channel is closed (end of stream) when the last of its producers ends.
+    With ``records`` it is a :class:`~reflux_core.channel.RecordChannel`
+    between two plug-in nodes (a *record edge*, see :meth:`Pipeline.compile`).
     """
 
     owner: str
-    channel: Channel
+    channel: Channel | RecordChannel
     producers: int
+    records: bool = False
 
 
 @dataclass(eq=False)
@@ -181,7 +187,8 @@ class Pipeline:
 
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
     dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
-    runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None)``
+    runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None,
+    record_edges=True)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -228,6 +235,10 @@ class Pipeline:
     ``on_alert``
         called with each :class:`~reflux.monitor.Alert` (a node died, was
         clogged, moved again), from a reflux thread, as it happens.
+    ``record_edges``
+        join two compiled plug-in nodes that feed only each other with a
+        record channel, so records go from plug-in to plug-in without the
+        GIL (default ``True``, worker pool only; see :meth:`compile`).
     """
 
     #: seconds between checks of stop / pause flags while waiting
@@ -240,7 +251,7 @@ class Pipeline:
                  max_error_records: int = 1000, join_timeout: float = 10.0,
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
                  executor: str | None = None, clog_timeout: float | None = 60.0, on_clog: str = "warn",
-                 on_alert: Callable[[Alert], Any] | None = None) -> None:
+                 on_alert: Callable[[Alert], Any] | None = None, record_edges: bool = True) -> None:
         for label, value in (("capacity", capacity), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(f"Pipeline '{name}': {label} must be a positive integer, got {value!r}")
@@ -255,6 +266,7 @@ class Pipeline:
             raise ValidationError(f"Pipeline '{name}': runtime must be 'pool' or 'threads', got {runtime!r}")
         self.workers = workers
         self.fuse = bool(fuse)
+        self.record_edges = bool(record_edges)
         self.runtime = runtime
         #: default executor of the Transformers that do not choose one (None: "thread")
         self.executor: str | None = None
@@ -529,7 +541,20 @@ class Pipeline:
 
     def compile(self) -> Plan:
         """Validate, then build the plan: one bounded channel per node input
-        (SPSC when one node feeds it, MPMC when several do), one task per node."""
+        (SPSC when one node feeds it, MPMC when several do), one task per node.
+
+        A *record edge* ``a -> b`` gets a
+        :class:`~reflux_core.channel.RecordChannel` of ``max(capacity, 4096)``
+        records instead (``Inbox.records``): when ``a`` and ``b`` are
+        Transformers or Filters made with compiled plug-ins, ``b`` is ``a``'s
+        only receiver and ``a`` is ``b``'s only sender (replicas of ``a`` or
+        ``b`` make it MPMC), ``a``'s output dtype is ``b``'s input dtype,
+        neither keeps order across replicas (``ordered=True``) nor runs in
+        processes, and the pipeline runs on the worker pool with
+        ``record_edges=True``.  A node with a record input and a record
+        output runs as a nogil record pump, so it cannot retry: with
+        ``retries`` its output stays an object channel.
+        """
         edges, dead = self._graph()
         inbox: dict[int, Inbox] = {}
         producers: dict[int, set[int]] = {id(n): set() for n in self._nodes}
@@ -540,6 +565,7 @@ class Pipeline:
             if target is not None:
                 producers[id(target)].add(id(node))
         inboxes: list[Inbox] = []
+        record_in = self._record_edges(edges, producers)
         for node in self._nodes:
             if node.is_source:
                 continue
@@ -548,6 +574,13 @@ class Pipeline:
             # replicas (parallel=N) make a channel multi-producer or multi-consumer
             single = (n_prod == 1 and getattr(node, "parallel", 1) == 1
                       and all(getattr(p, "parallel", 1) == 1 for p in self._nodes if id(p) in producers[id(node)]))
+            if id(node) in record_in:
+                rch = RecordChannel(record_in[id(node)], max(cap, RECORD_EDGE_CAPACITY),
+                                    mode="spsc" if single else "mpmc")
+                box = Inbox(node.name, rch, n_prod, records=True)
+                inbox[id(node)] = box
+                inboxes.append(box)
+                continue
             ch: Channel = SPSCChannel(cap) if single else MPMCChannel(cap)
             box = Inbox(node.name, ch, n_prod)
             inbox[id(node)] = box
@@ -572,6 +605,36 @@ class Pipeline:
                 dead_letter=inbox[id(target)] if target is not None else None))
         auto = self._auto_dead_letter.name if self._auto_dead_letter is not None else None
         return Plan(self.name, tasks, inboxes, auto, fuse=self.fuse)
+
+    def _record_edges(self, edges: list[tuple[Node, Node]], producers: dict[int, set[int]]) -> dict[int, Any]:
+        """The nodes whose input is a record edge (see :meth:`compile`): ``{id(node): dtype}``."""
+        if not self.record_edges or self.runtime != "pool":
+            return {}
+        if not any(getattr(n, "plugin", None) is not None for n in self._nodes):
+            return {}  # plain Python pipelines never import the plug-in layer (nor numpy)
+        from .plugins import record_dtypes
+
+        def eligible(n: Node) -> bool:
+            plugin = getattr(n, "plugin", None)
+            return (n.kind in ("Transformer", "Filter") and record_dtypes(n) is not None
+                    and plugin.kind in ("transform", "filter") and not getattr(n, "flat", False)
+                    and not getattr(n, "ordered", False) and getattr(n, "executor", "thread") == "thread")
+
+        outs: dict[int, list[Node]] = {}
+        for a, b in edges:
+            outs.setdefault(id(a), []).append(b)
+        record_in: dict[int, Any] = {}
+        feeds: dict[int, Node] = {}  # id(a) -> b for each record edge a -> b
+        for a, b in edges:
+            if (outs.get(id(a)) == [b] and producers[id(b)] == {id(a)} and eligible(a) and eligible(b)
+                    and record_dtypes(a)[1] == record_dtypes(b)[0]):  # type: ignore[index]
+                record_in[id(b)] = record_dtypes(b)[0]  # type: ignore[index]
+                feeds[id(a)] = b
+        # a record pump (record input and output) cannot retry: keep its output an object edge
+        for a in self._nodes:
+            if id(a) in record_in and id(a) in feeds and a.policy.retries > 0:
+                del record_in[id(feeds.pop(id(a)))]
+        return record_in
 
     def _assign_routes(self, node: Messenger, receivers: list[Node]) -> None:
         ports: dict[Any, int] = {r.name: i for i, r in enumerate(receivers)}

@@ -207,11 +207,24 @@ class _PluginLogic(NodeLogic):
     """Shared by the plug-in logics: open/close hooks, and one chunk at a time under the policy."""
 
     plugin: Plugin
+    #: counters count records, not chunks (the node's input is a record edge)
+    records = False
 
     def __init__(self, node: Any, ctx: NodeContext, plugin: Plugin) -> None:
         super().__init__(node, ctx)
         self.plugin = plugin
         self.owner = node.label
+
+    def size(self, item: Any) -> int:
+        """What ``item`` counts for: 1 (a chunk), or its records on a record input."""
+        if not self.records:
+            return 1
+        return len(item) if isinstance(item, np.ndarray) and item.ndim == 1 else 1
+
+    def fail(self, item: Any, exc: BaseException, attempts: int, out: Outbox) -> None:
+        # on a record input every record of the failing chunk counts as an error
+        self.stats.errors += self.size(item) - 1
+        super().fail(item, exc, attempts, out)
 
     def open(self) -> None:
         _open_hook(self.plugin.owner)
@@ -238,6 +251,9 @@ class PluginTransformerLogic(_PluginLogic):
     def process(self, batch: list[Any], out: Outbox) -> None:
         append = out.ports[0].append
         apply = self.apply
+        if self.records:
+            self._process_records(batch, out)
+            return
         self.remaining = len(batch)
         for item in batch:
             ok, value = self.call(apply, item, out)
@@ -247,6 +263,19 @@ class PluginTransformerLogic(_PluginLogic):
             if isinstance(value, np.ndarray) and value.ndim == 1 and len(value) == 0:
                 self.stats.filtered += 1
             else:
+                append(value)
+
+    def _process_records(self, batch: list[np.ndarray], out: Outbox) -> None:
+        """On a record input: the items are arrays popped from it, counted in records."""
+        append = out.ports[0].append
+        self.remaining = sum(len(a) for a in batch)
+        for arr in batch:
+            ok, value = self.call(self.apply, arr, out)
+            self.remaining -= len(arr)
+            if not ok:
+                continue
+            self.stats.filtered += len(arr) - len(value)
+            if len(value):
                 append(value)
 
 
@@ -271,16 +300,19 @@ class PluginFilterLogic(_PluginLogic):
         append = out.ports[0].append
         apply = self.apply
         rejected = 0
-        self.remaining = len(batch)
+        size = self.size
+        self.remaining = sum(size(item) for item in batch)
         try:
             for item in batch:
                 ok, value = self.call(apply, item, out)
-                self.remaining -= 1
+                n = size(item)
+                self.remaining -= n
                 if not ok:
                     continue
                 if value is None:
-                    rejected += 1
+                    rejected += n
                 else:
+                    rejected += n - size(value)
                     append(value)
         finally:
             self.stats.filtered += rejected

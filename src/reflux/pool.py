@@ -29,6 +29,18 @@ only to run a unit's batch.  Workers also wake every
 blocked on full outputs (a safety net: a missed wake-up costs at most one
 ``poll``, never a hang) and see stop/pause flags.
 
+Record edges (``Inbox.records``, made by :meth:`Pipeline.compile` between two
+plug-in nodes): a unit whose input and output are record channels is a
+*record pump* (:class:`reflux_core._sched.PumpTask`) that the core's worker
+loop steps without the GIL, notifying and waking its neighbours through a
+:class:`~reflux_core._sched.RecordEdge`; it comes back here (:meth:`PoolRuntime._pump_step`)
+only to open, for a failing record (the node's error policy), at its end, and
+on pause/abort.  A plug-in node with an object input and a record output
+pushes its chunks' records (:class:`_RecordOutbox`); one with a record input
+and an object output pops records as a chunk (:meth:`PoolRuntime._rec_in_step`).
+A node counts in its input's unit (chunks or records), an edge in its
+receiver's.
+
 Extractors over sized collections (or with ``batch_size`` set, which says
 the source never blocks) run on the pool; Extractors that may block in user
 code (iterators, generators, callables, async sources) get a thread of their
@@ -50,7 +62,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from reflux_core._sched import Scheduler, worker_loop
+from reflux_core._sched import PUMP_CLOSED, PUMP_END, PUMP_ERROR, PUMP_YIELD, PumpTask, RecordEdge, Scheduler, worker_loop
 from reflux_core.channel import ChannelClosed, Empty, Full
 
 from .errors import ErrorRecord
@@ -69,6 +81,10 @@ logger = logging.getLogger("reflux")
 HOLD_BATCHES = 8
 #: seconds a worker may keep running the same unit while no other unit is ready
 LOCAL_RUN = 0.01
+#: records a record pump moves per plug-in call, and a node with a record input takes per batch
+RECORD_BATCH = 1024
+#: seconds a record pump works in one step before its worker checks the ready queue
+PUMP_BUDGET = 0.005
 
 
 def default_workers() -> int:
@@ -92,6 +108,8 @@ def _fusable(task: Task) -> bool:
     node = task.node
     if _may_block(task):
         return False
+    if (task.inbox is not None and task.inbox.records) or any(b.records for b in task.outputs):
+        return False  # a record edge: records go through a RecordChannel, never fused
     if getattr(node, "parallel", 1) != 1 or not getattr(node, "fuse", True):
         return False
     if isinstance(node, Transformer):
@@ -302,6 +320,109 @@ class _PoolOutbox(Outbox):
         return n
 
 
+class _RecordOutbox(_PoolOutbox):
+    """Output of a plug-in node into a record edge: its chunks go into the
+    RecordChannel record by record, never blocking (what does not fit stays
+    here, the unit tells the edge it waits for room: see
+    :class:`~reflux_core._sched.RecordEdge`).  ``emitted`` counts the chunks
+    that went out whole (the node counts chunks, its input's unit); the
+    edge counts records (its receiver's unit)."""
+
+    def _push(self, box: Inbox, buf: list[Any], port: int) -> None:
+        if port < 0 or not box.records:
+            super()._push(box, buf, port)
+            return
+        import numpy as np
+
+        ch = box.channel
+        rt = self.rt
+        edge = rt._rec_edges[id(box)]
+        sent = chunks = 0
+        told = False
+        try:
+            while buf:
+                arr = np.asarray(buf[0])
+                if arr.ndim == 0:
+                    arr = arr.reshape(1)
+                if self.blocking:
+                    try:
+                        n = ch.push(arr, rt.poll)
+                    except Full:
+                        n = 0
+                else:
+                    n = ch.try_push(arr)
+                if n:
+                    sent += n
+                    rt._notify_box(box)
+                if n == len(arr):
+                    del buf[0]
+                    chunks += 1
+                    continue
+                if n:
+                    buf[0] = arr[n:]
+                if self.blocking:
+                    if rt._aborted:
+                        raise Abort()
+                    continue
+                if told:
+                    break
+                edge.block()  # then try once more: the consumer may have popped meanwhile
+                told = True
+        except ChannelClosed:
+            raise Abort() from None  # only an abort closes a channel with live producers
+        finally:
+            self.stats.emitted += chunks
+            self.sent_per_port[port] += sent
+
+
+def _records_in(item: Any) -> int:
+    return len(item) if getattr(item, "ndim", 0) == 1 else 1
+
+
+class _CountRecordsOutbox(_PoolOutbox):
+    """Output of a plug-in node whose input is a record edge: it counts in
+    records (``emitted``: records of the chunks it sent; the edges out of it
+    count chunks, its receivers' unit)."""
+
+    def _count(self, buf: list[Any], n: int, port: int) -> None:
+        if port >= 0:
+            self.stats.emitted += sum(_records_in(x) for x in buf[:n]) - n  # _push adds n
+        else:
+            super()._count(buf, n, port)
+
+    def discard(self) -> int:
+        n = sum(_records_in(x) for b in self.ports for x in b)
+        for b in self.ports:
+            b.clear()
+        self.dead.clear()
+        return n
+
+
+class _PumpLogic(NodeLogic):
+    """The logic of a record-pump unit: the node's own logic keeps its hooks
+    and error policy; the :class:`~reflux_core._sched.PumpTask` does the work
+    and holds the counters (records), copied into the node's stats."""
+
+    def __init__(self, inner: NodeLogic, pump: PumpTask, stats: NodeStats) -> None:
+        super().__init__(inner.node, inner.ctx)
+        self.inner = inner
+        self.pump = pump
+        self.stats = stats
+
+    def sync(self) -> None:
+        s, p = self.stats, self.pump
+        s.received, s.emitted, s.filtered, s.errors = p.received, p.emitted, p.filtered, p.errors
+        s.busy = p.busy
+
+    def close(self) -> None:
+        self.pump.python = True  # over: never stepped without the GIL again
+        self.sync()
+        self.inner.close()
+
+    def abandon(self) -> int:
+        return self.pump.abandon()
+
+
 # --------------------------------------------------------------------------- units
 
 class _Group:
@@ -359,6 +480,9 @@ class _Unit:
         self.is_source = self.head.node.is_source
         self.has_timer = False
         self.timer_at: float | None = None
+        #: "pump" (record input and output), "rec_in" (record input), or None
+        self.mode: str | None = None
+        self.pump: PumpTask | None = None
 
 
 class PoolRuntime:
@@ -399,6 +523,7 @@ class PoolRuntime:
         for i, u in enumerate(self.units):
             u.index = i
         self._sched = Scheduler(len(self.units))
+        self._build_record_edges()
         self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
@@ -452,6 +577,27 @@ class PoolRuntime:
                     boxes[id(t.dead_letter)] = t.dead_letter
             self._unit_outputs[id(u)] = list(boxes.values())
 
+    def _build_record_edges(self) -> None:
+        """Record edges (``Inbox.records``): who produces and consumes each, and
+        the outboxes and step modes of the units on them."""
+        self._rec_edges: dict[int, RecordEdge] = {}
+        for box in self.plan.inboxes:
+            if box.records:
+                prods = [u.index for u in self.units if any(b is box for b in self._unit_outputs[id(u)])]
+                cons = [u.index for u in self._consumers.get(id(box), ())]
+                self._rec_edges[id(box)] = RecordEdge(prods, cons)
+        for u in self.units:
+            rec_out = any(b.records for b in u.tail.outputs)
+            if u.inbox is not None and u.inbox.records:
+                u.mode = "pump" if rec_out else "rec_in"
+            if u.mode == "rec_in":
+                u.final = _CountRecordsOutbox(self, u, u.tail, u.stats[-1])
+            elif rec_out and u.mode is None:
+                u.final = _RecordOutbox(self, u, u.tail, u.stats[-1])
+            else:
+                continue
+            u.outs[-1] = u.final
+
     # ------------------------------------------------------------------ control
 
     def start(self) -> None:
@@ -503,6 +649,7 @@ class PoolRuntime:
         self._abort_event.set()
         self._paused = False
         self._resumed.set()
+        self._sched.set_hold(True)  # record pumps go through Python, which ends them
         for box in self.plan.inboxes:
             box.channel.close()
         for u in self.units:
@@ -515,11 +662,13 @@ class PoolRuntime:
             return
         self._resumed.clear()
         self._paused = True
+        self._sched.set_hold(True)
 
     def resume(self) -> None:
         """Let paused units go on."""
         self._paused = False
         self._resumed.set()
+        self._sched.set_hold(self._aborted)
 
     @property
     def paused(self) -> bool:
@@ -653,7 +802,7 @@ class PoolRuntime:
                 # than through the queue, which would wake another worker only
                 # to hand it the GIL (tens of µs a batch).  Bounded in time so
                 # timers and sweeps still run.
-                if more and self._sched.queued() == 0:
+                if more and self._sched.queued() == 0 and u.mode != "pump":  # a pump goes on without the GIL
                     sched = self._sched
                     until = time.monotonic() + LOCAL_RUN
                     while (not u.finalized and not self._paused and not self._aborted
@@ -683,7 +832,8 @@ class PoolRuntime:
     def _sweep(self) -> None:
         """Safety net, every ``poll``: notify units blocked on a full output."""
         for u in self.units:
-            if not u.finalized and not u.threaded and u.final.pending():
+            if not u.finalized and not u.threaded and (u.final.pending()
+                                                        or (u.pump is not None and u.pump.pending)):
                 self._notify(u)
 
     def _run_step(self, u: _Unit) -> bool:
@@ -713,6 +863,8 @@ class PoolRuntime:
         u.opened = True
 
     def _step(self, u: _Unit) -> bool:
+        if u.mode is not None:
+            return self._pump_step(u) if u.mode == "pump" else self._rec_in_step(u)
         if not u.opened:
             self._open(u)
         out = u.final
@@ -804,6 +956,104 @@ class PoolRuntime:
         # A full batch means more may wait; a closed input must be popped again
         # to see its end (its close may have been announced before this pop).
         return n == u.limit or u.inbox.channel.closed
+
+    # ------------------------------------------------------------------ record edges
+
+    def _pump_step(self, u: _Unit) -> bool:
+        """A record pump through Python: its first run (open, then the worker
+        loop steps it without the GIL), a status the worker loop handed over
+        (a failing record, the end), a blocked dead-letter output, pause/abort."""
+        pump = u.pump
+        if pump is None:
+            self._open(u)
+            task = u.head
+            plugin = task.node.plugin  # type: ignore[attr-defined]
+            src, dst = task.inbox, task.outputs[0]
+            assert src is not None
+            pump = PumpTask(self._sched, src.channel, plugin.capsule, dst.channel, self._rec_edges[id(src)],
+                            self._rec_edges[id(dst)], batch=RECORD_BATCH, budget=PUMP_BUDGET, owner=plugin.owner)
+            u.logics[0] = _PumpLogic(u.logics[0], pump, u.stats[0])
+            u.pump = pump
+            self._sched.set_pump(u.index, pump)
+        if u.finalized:
+            return False
+        logic = u.logics[0]
+        assert isinstance(logic, _PumpLogic)
+        try:
+            out = u.final  # dead letters only
+            if out.pending():
+                out.flush()
+                if out.pending():
+                    pump.python = True  # its consumer wakes it (a waiter), or the sweep does
+                    return False
+            status, pump.held = pump.held, -1
+            if status < 0:
+                status = pump.step()
+            if status == PUMP_ERROR:
+                self._pump_error(u, logic)
+                if out.pending():
+                    pump.python = True
+                    return False
+                pump.python = False
+                return True
+            if status == PUMP_END:
+                self._finalize(u, abandoned=False)
+                return False
+            if status == PUMP_CLOSED:
+                raise Abort()  # only an abort closes a channel with live producers
+            pump.python = False
+            return status == PUMP_YIELD
+        finally:
+            logic.sync()
+
+    def _pump_error(self, u: _Unit, logic: _PumpLogic) -> None:
+        """A record failed in a pump: the node's error policy, with the record as the item."""
+        import numpy as np
+
+        from reflux_core.transform import RecordError
+
+        pump = logic.pump
+        node = u.head.node
+        plugin = node.plugin  # type: ignore[attr-defined]
+        record = np.frombuffer(pump.error_record(), dtype=plugin.in_dtype).copy()[0]
+        code = pump.error_code
+        exc = RecordError(f"{node.label}: plug-in {plugin.name!r} failed on a record with error code "
+                          f"{code}: {record!r:.120}", code=code, index=-1, record=record, node=node.label)
+        logic.inner.fail(record, exc, 1, u.final)  # counts nothing the pump has not (sync)
+
+    def _rec_in_step(self, u: _Unit) -> bool:
+        """A plug-in node whose input is a record edge and output is not: pop
+        up to RECORD_BATCH records as one chunk and run the node's logic on it
+        (counted in records)."""
+        if not u.opened:
+            self._open(u)
+            u.logics[0].records = True  # type: ignore[attr-defined]
+        out = u.final
+        if out.pending():
+            out.flush()
+            if out.pending():
+                return False
+        if u.ending:
+            return self._end_step(u)
+        assert u.inbox is not None
+        ch = u.inbox.channel
+        try:
+            arr = ch.try_pop(RECORD_BATCH)
+        except ChannelClosed:
+            u.ending = True
+            return True
+        n = len(arr)
+        if n == 0:
+            return False
+        self._rec_edges[id(u.inbox)].wake(self._sched)
+        u.stats[0].received += n
+        t0 = time.monotonic()
+        u.logics[0].process([arr], u.outs[0])
+        u.stats[0].busy += time.monotonic() - t0  # [busy time]
+        self._forward(u, 0)
+        if out.pending():
+            return False
+        return n == RECORD_BATCH or ch.closed
 
     def _forward(self, u: _Unit, start: int) -> None:
         """Stage ``start`` of ``u`` wrote its outputs: run them through the
@@ -1084,6 +1334,9 @@ class PoolRuntime:
 
     def snapshot(self) -> dict[str, NodeStats]:
         """Approximate live counters."""
+        for u in self.units:
+            if u.pump is not None and not u.finalized:
+                u.logics[0].sync()  # type: ignore[attr-defined]
         return {t.name: self._merged(t) for t in self.plan.tasks}
 
     def collect(self, status: str, elapsed: float, stuck: list[str]) -> RunResult:
@@ -1101,7 +1354,13 @@ class PoolRuntime:
             left = 0
             while True:
                 try:
-                    left += len(box.channel.pop_many(1 << 16, 0))
+                    if box.records:
+                        got = len(box.channel.try_pop())
+                        if not got:
+                            break
+                        left += got
+                    else:
+                        left += len(box.channel.pop_many(1 << 16, 0))
                 except (Empty, ChannelClosed):
                     break
             if left:
@@ -1120,6 +1379,8 @@ class PoolRuntime:
             outboxes = [u.final]
             if u.group is not None and u.group.ordered and u.group.shared_out is not None and u.replica == 0:
                 outboxes.append(u.group.shared_out)
+            if u.pump is not None:
+                add((u.tail.name, u.tail.port_names[0]), u.pump.emitted)
             for box_out in outboxes:
                 for name, n in zip(u.tail.port_names, box_out.sent_per_port):
                     add((u.tail.name, name), n)
