@@ -24,7 +24,7 @@ from reflux_core.channel cimport RecordChannel
 from reflux_core.transform cimport (reflux_plugin, reflux_status, REFLUX_PLUGIN_TRANSFORM,
                                     REFLUX_PLUGIN_FILTER, REFLUX_ERR_BAD_RETURN)
 
-import numpy as np
+from reflux_core.channel import _raw_record_channel
 
 cdef extern from "reflux_core/atomics.h" nogil:
     uint32_t rx_load32_acquire(uint32_t* p)
@@ -75,7 +75,8 @@ cdef class Scheduler:
         if self.states == NULL or self.pumps == NULL:
             raise MemoryError()
         # every unit is in the queue at most once, so a push never finds it full
-        self.ready = RecordChannel(np.int64, n if n > 2 else 2, mode="mpmc")
+        # raw 8-byte records (unit indices): no numpy import for a pure-Python pipeline
+        self.ready = _raw_record_channel(n if n > 2 else 2, 8, "mpmc")
 
     def __dealloc__(self):
         free(self.states)

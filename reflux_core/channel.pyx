@@ -983,6 +983,7 @@ cdef class RecordChannel:
         """``'spsc'`` or ``'mpmc'``."""
         return "spsc" if self._kind == RING_SPSC else "mpmc"
 
+
     # -- C level, without the GIL (declared in channel.pxd)
 
     cdef Py_ssize_t try_push_records(self, const void* records, Py_ssize_t n) noexcept nogil:
@@ -1264,3 +1265,27 @@ cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline,
     finally:
         if guard != NULL:
             rx_leave_side(guard)
+
+
+def _raw_record_channel(capacity, Py_ssize_t itemsize, mode="mpmc"):
+    """Internal to reflux_core (the scheduler's ready queue): a RecordChannel
+    of raw ``itemsize``-byte records, made without importing numpy.  Its
+    ``dtype`` is None, so only its C-level (nogil) methods, ``len()``,
+    ``close()`` and ``closed`` may be used."""
+    cdef uint64_t cap = _check_capacity(capacity, "RecordChannel")
+    if itemsize < 1:
+        raise ValueError(f"RecordChannel: itemsize must be >= 1, got {itemsize}")
+    if mode not in ("spsc", "mpmc"):
+        raise ValueError(f"RecordChannel: mode must be 'spsc' or 'mpmc', got {mode!r}")
+    cdef RecordChannel ch = RecordChannel.__new__(RecordChannel)
+    ch._kind = RING_SPSC if mode == "spsc" else RING_MPMC
+    if ch._kind == RING_SPSC:
+        ch._ring = rx_spsc_new(cap, <uint64_t>itemsize)
+    else:
+        ch._ring = rx_mpmc_new(cap, <uint64_t>itemsize)
+    if ch._ring == NULL:
+        raise MemoryError(f"RecordChannel: cannot allocate {cap} records of {itemsize} bytes")
+    ch.capacity = <Py_ssize_t>_ring_capacity(ch._kind, ch._ring)
+    ch.itemsize = itemsize
+    ch.dtype = None
+    return ch

@@ -307,3 +307,19 @@ class TestExecutorOptions:
         p = Pipeline(Extractor(range(3), name="src") >> Transformer(abs, executor="process", name="t")
                      >> Loader.to_list(name="out"))
         assert [[t.name for t in c] for c in fuse_chains(p.compile())] == [["src"], ["t"], ["out"]]
+
+
+def test_a_pure_python_run_does_not_import_numpy() -> None:
+    """The pool's scheduler needs no numpy: a pipeline of Python functions never loads it
+    (numpy costs start-up time and, with OpenBLAS, threads of its own)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    code = ("import sys\nfrom reflux import Extractor, Loader, Pipeline, Transformer\n"
+            "r = Pipeline(Extractor(range(100)) >> Transformer(abs) >> Loader.to_list(name='o')).run()\n"
+            "assert r.results['o'] == list(range(100))\n"
+            "assert 'numpy' not in sys.modules, 'numpy was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stderr
