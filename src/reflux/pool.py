@@ -58,7 +58,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -69,7 +68,7 @@ from .errors import ErrorRecord
 from .nodes import Abort, Extractor, Filter, Loader, NodeFailure, NodeLogic, Outbox, Transformer
 from .pipeline import Inbox, Plan, Task
 from .result import NodeStats, RunResult
-from .runtime import BATCH_BUDGET, _Context, _drop_inputs
+from .runtime import BATCH_BUDGET, RuntimeBase, _Context, _drop_inputs
 
 __all__ = ["PoolRuntime", "default_workers", "fuse_chains"]
 
@@ -485,29 +484,13 @@ class _Unit:
         self.pump: PumpTask | None = None
 
 
-class PoolRuntime:
+class PoolRuntime(RuntimeBase):
     """Runs a :class:`~reflux.pipeline.Plan` on a fixed pool of worker threads."""
 
     def __init__(self, plan: Plan, *, workers: int | None = None, max_error_records: int = 1000,
                  poll: float = 0.1) -> None:
-        self.plan = plan
-        self.poll = poll
+        super().__init__(plan, max_error_records=max_error_records, poll=poll)
         self.n_workers = workers or default_workers()
-        self.max_error_records = max_error_records
-        self._stop_sources = False
-        self._stop_time: float | None = None
-        self._aborted = False
-        self._abort_event = threading.Event()
-        self._paused = False
-        self._resumed = threading.Event()
-        self._resumed.set()
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._finished: set[str] = set()
-        self._errors: list[ErrorRecord] = []
-        self._errors_not_kept = 0
-        self._failure: ErrorRecord | None = None
-        self._results: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
         self._source_threads: dict[str, threading.Thread] = {}
         self._running: dict[int, _Unit] = {}  # thread ident -> unit it runs now
@@ -516,9 +499,6 @@ class PoolRuntime:
         self._waiters: dict[int, set[_Unit]] = {}
         self._spares = 0
         self._waiting_for_room = 0
-        # [monitor hook] called once, in the failing thread, with the first
-        # failure's record before the run is aborted (set by the Pipeline)
-        self.on_failure: Callable[[ErrorRecord], None] | None = None
         self._build_units()
         for i, u in enumerate(self.units):
             u.index = i
@@ -528,8 +508,6 @@ class PoolRuntime:
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
         self._pool_live = sum(1 for u in self.units if not u.threaded)
-        if not plan.tasks:
-            self._done.set()
 
     # ------------------------------------------------------------------ set-up
 
@@ -632,26 +610,15 @@ class PoolRuntime:
 
     def stop_sources(self) -> None:
         """Make the Extractors end (everything extracted still flows to the end)."""
-        if self._stop_time is None:
-            self._stop_time = time.monotonic()
-        self._stop_sources = True
-        self.resume()
+        super().stop_sources()
         for u in self.units:
             if u.is_source and not u.threaded:
                 self._notify(u)
 
     def abort(self) -> None:
         """Abandon the run: release every waiting unit and end them all."""
-        self._aborted = True
-        if self._stop_time is None:
-            self._stop_time = time.monotonic()
-        self._stop_sources = True
-        self._abort_event.set()
-        self._paused = False
-        self._resumed.set()
         self._sched.set_hold(True)  # record pumps go through Python, which ends them
-        for box in self.plan.inboxes:
-            box.channel.close()
+        super().abort()
         for u in self.units:
             if not u.threaded:
                 self._notify(u)
@@ -660,29 +627,13 @@ class PoolRuntime:
         """Hold every unit between batches."""
         if self._aborted or self._stop_sources:
             return
-        self._resumed.clear()
-        self._paused = True
+        super().pause()
         self._sched.set_hold(True)
 
     def resume(self) -> None:
         """Let paused units go on."""
-        self._paused = False
-        self._resumed.set()
+        super().resume()
         self._sched.set_hold(self._aborted)
-
-    @property
-    def paused(self) -> bool:
-        """``True`` between :meth:`pause` and :meth:`resume`."""
-        return self._paused
-
-    @property
-    def failure(self) -> ErrorRecord | None:
-        """The record of the failure that aborted the run (``on_error="raise"``), if any."""
-        return self._failure
-
-    def wait(self, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` seconds for every task to end; ``True`` if they have."""
-        return self._done.wait(timeout)
 
     def threads(self) -> int:
         """Threads this runtime has started (workers, spares and source threads)."""
@@ -1261,42 +1212,9 @@ class PoolRuntime:
         if done or idle_pool:
             self._sched.close()
 
-    def _keep_error(self, record: ErrorRecord) -> None:
-        with self._lock:
-            if len(self._errors) < self.max_error_records:
-                self._errors.append(record)
-            else:
-                self._errors_not_kept += 1
-
-    def _fail(self, record: ErrorRecord) -> None:
-        with self._lock:
-            first = self._failure is None
-            if first:
-                self._failure = record
-        if first:
-            self._keep_error(record)
-            logger.debug("node '%s' failed: %r; aborting the run", record.node, record.exception)
-            hook = self.on_failure  # [monitor hook]
-            if hook is not None:
-                try:
-                    hook(record)
-                except Exception:  # a monitor must never break the abort
-                    logger.exception("failure hook raised")
-        self.abort()
-
-    def fail(self, record: ErrorRecord) -> None:
-        """Fail the run from outside a node (the clogging watchdog under
-        ``on_clog="stop"``): as if the node of ``record`` had failed."""
-        self._fail(record)
-
     def fused_chains(self) -> list[list[str]]:
         """[monitor hook] The node names each unit runs (a fused chain, or one node)."""
         return [[t.name for t in u.tasks] for u in self.units]
-
-    def finished_nodes(self) -> frozenset[str]:
-        """[monitor hook] Names of the nodes that have ended."""
-        with self._lock:
-            return frozenset(self._finished)
 
     def detach_stalled_sources(self, grace: float) -> list[str]:
         """After ``stop()``: end, on their behalf, the Extractors still blocked in
@@ -1392,21 +1310,4 @@ class PoolRuntime:
                 edges.setdefault((t.name, name), 0)
             if t.dead_letter is not None:
                 edges.setdefault((t.name, t.dead_letter.owner), 0)
-        results = {t.name: self._results.get(t.name) for t in self.plan.tasks if t.node.is_sink}
-        dead_letters: list[ErrorRecord] = []
-        if self.plan.auto_dead_letter is not None:
-            dead_letters = list(results.get(self.plan.auto_dead_letter) or [])
-        with self._lock:
-            errors = list(self._errors)
-            not_kept = self._errors_not_kept
-        return RunResult(
-            status=status,
-            nodes={t.name: t.stats.copy() for t in self.plan.tasks},
-            results=results,
-            errors=errors,
-            edges=edges,
-            elapsed=elapsed,
-            dead_letters=dead_letters,
-            errors_not_kept=not_kept,
-            stuck=list(stuck),
-        )
+        return self._result(status, elapsed, stuck, edges)

@@ -33,7 +33,7 @@ from .nodes import Abort, NodeContext, NodeFailure, NodeLogic, Outbox
 from .pipeline import Inbox, Plan, Task
 from .result import NodeStats, RunResult
 
-__all__ = ["ThreadRuntime"]
+__all__ = ["RuntimeBase", "ThreadRuntime"]
 
 #: seconds of work a stage aims to do per batch; slower items get smaller batches
 BATCH_BUDGET = 0.05
@@ -130,8 +130,14 @@ class _ChannelOutbox(Outbox):
         return n
 
 
-class ThreadRuntime:
-    """Runs a :class:`~reflux.pipeline.Plan` with one thread per task."""
+class RuntimeBase:
+    """What every runtime shares: the run's flags (stop, abort, pause), its
+    failure, the error records it keeps, and the result it builds.
+
+    Subclasses start the work and call :meth:`_fail` when a node fails; they
+    extend :meth:`stop_sources`, :meth:`abort`, :meth:`pause` and
+    :meth:`resume` with what they must wake.
+    """
 
     def __init__(self, plan: Plan, *, max_error_records: int = 1000, poll: float = 0.1) -> None:
         self.plan = plan
@@ -145,17 +151,12 @@ class ThreadRuntime:
         self._resumed = threading.Event()
         self._resumed.set()
         self._lock = threading.Lock()
-        self._open_producers = {id(box): box.producers for box in plan.inboxes}
-        self._live = len(plan.tasks)
         self._done = threading.Event()
-        self._threads: dict[str, threading.Thread] = {}
         self._finished: set[str] = set()
         self._errors: list[ErrorRecord] = []
         self._errors_not_kept = 0
         self._failure: ErrorRecord | None = None
         self._results: dict[str, Any] = {}
-        self._outboxes: dict[str, _ChannelOutbox] = {}
-        self._started = 0.0
         # [monitor hook] called once, in the failing node's thread, with the
         # record of the first failure, before the run is aborted (issue 6: the
         # watchdog reports a node that died at once).  Set by the Pipeline.
@@ -164,29 +165,6 @@ class ThreadRuntime:
             self._done.set()
 
     # ------------------------------------------------------------------ control
-
-    def start(self) -> None:
-        """Start one thread per task."""
-        self._started = time.monotonic()
-        for task in self.plan.tasks:
-            t = threading.Thread(target=self._run_task, args=(task,), daemon=True,
-                                 name=f"reflux:{self.plan.name}:{task.name}")
-            self._threads[task.name] = t
-        # an input nobody feeds (the pipeline's dead-letter Loader when no node
-        # uses it) is at its end from the start
-        for box in self.plan.inboxes:
-            if box.producers == 0:
-                box.channel.close()
-        try:
-            for t in self._threads.values():
-                t.start()
-        except BaseException:
-            # could not start every thread (resources): end the ones that did start
-            self.abort()
-            for t in self._threads.values():
-                if t.ident is not None:
-                    t.join(self.poll * 20)
-            raise
 
     def stop_sources(self) -> None:
         """Make the Extractors end (everything extracted still flows to the end)."""
@@ -233,33 +211,6 @@ class ThreadRuntime:
         """Wait up to ``timeout`` seconds for every task to end; ``True`` if they have."""
         return self._done.wait(timeout)
 
-    def join_threads(self, timeout: float, source_timeout: float = 1.0) -> list[str]:
-        """Join every thread (``timeout`` seconds at most in all); returns the names still alive.
-
-        Once the other tasks ended, an Extractor still running is blocked inside
-        its source (user code that cannot be interrupted): it is waited for
-        ``source_timeout`` seconds at most, since nothing waits on it any more.
-        """
-        deadline = time.monotonic() + timeout
-        stuck = []
-        sources = []
-        for task in self.plan.tasks:
-            t = self._threads.get(task.name)
-            if t is None:
-                continue
-            if task.node.is_source:
-                sources.append((task.name, t))
-                continue
-            t.join(max(0.0, deadline - time.monotonic()))
-            if t.is_alive():
-                stuck.append(task.name)
-        source_deadline = min(deadline, time.monotonic() + source_timeout)
-        for name, t in sources:
-            t.join(max(0.0, source_deadline - time.monotonic()))
-            if t.is_alive():
-                stuck.append(name)
-        return stuck
-
     # ------------------------------------------------------------------ bookkeeping
 
     def _keep_error(self, record: ErrorRecord) -> None:
@@ -291,9 +242,97 @@ class ThreadRuntime:
         self._fail(record)
 
     def finished_nodes(self) -> frozenset[str]:
-        """[monitor hook] Names of the tasks that have ended."""
+        """[monitor hook] Names of the nodes that have ended."""
         with self._lock:
             return frozenset(self._finished)
+
+    def _result(self, status: str, elapsed: float, stuck: list[str],
+                edges: dict[tuple[str, str], int]) -> RunResult:
+        """The :class:`RunResult` from the counters, results and error records kept."""
+        results = {t.name: self._results.get(t.name) for t in self.plan.tasks if t.node.is_sink}
+        dead_letters: list[ErrorRecord] = []
+        if self.plan.auto_dead_letter is not None:
+            dead_letters = list(results.get(self.plan.auto_dead_letter) or [])
+        with self._lock:
+            errors = list(self._errors)
+            not_kept = self._errors_not_kept
+        return RunResult(
+            status=status,
+            nodes={t.name: t.stats.copy() for t in self.plan.tasks},
+            results=results,
+            errors=errors,
+            edges=edges,
+            elapsed=elapsed,
+            dead_letters=dead_letters,
+            errors_not_kept=not_kept,
+            stuck=list(stuck),
+        )
+
+
+class ThreadRuntime(RuntimeBase):
+    """Runs a :class:`~reflux.pipeline.Plan` with one thread per task."""
+
+    def __init__(self, plan: Plan, *, max_error_records: int = 1000, poll: float = 0.1) -> None:
+        super().__init__(plan, max_error_records=max_error_records, poll=poll)
+        self._open_producers = {id(box): box.producers for box in plan.inboxes}
+        self._live = len(plan.tasks)
+        self._threads: dict[str, threading.Thread] = {}
+        self._outboxes: dict[str, _ChannelOutbox] = {}
+        self._started = 0.0
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        """Start one thread per task."""
+        self._started = time.monotonic()
+        for task in self.plan.tasks:
+            t = threading.Thread(target=self._run_task, args=(task,), daemon=True,
+                                 name=f"reflux:{self.plan.name}:{task.name}")
+            self._threads[task.name] = t
+        # an input nobody feeds (the pipeline's dead-letter Loader when no node
+        # uses it) is at its end from the start
+        for box in self.plan.inboxes:
+            if box.producers == 0:
+                box.channel.close()
+        try:
+            for t in self._threads.values():
+                t.start()
+        except BaseException:
+            # could not start every thread (resources): end the ones that did start
+            self.abort()
+            for t in self._threads.values():
+                if t.ident is not None:
+                    t.join(self.poll * 20)
+            raise
+
+    def join_threads(self, timeout: float, source_timeout: float = 1.0) -> list[str]:
+        """Join every thread (``timeout`` seconds at most in all); returns the names still alive.
+
+        Once the other tasks ended, an Extractor still running is blocked inside
+        its source (user code that cannot be interrupted): it is waited for
+        ``source_timeout`` seconds at most, since nothing waits on it any more.
+        """
+        deadline = time.monotonic() + timeout
+        stuck = []
+        sources = []
+        for task in self.plan.tasks:
+            t = self._threads.get(task.name)
+            if t is None:
+                continue
+            if task.node.is_source:
+                sources.append((task.name, t))
+                continue
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                stuck.append(task.name)
+        source_deadline = min(deadline, time.monotonic() + source_timeout)
+        for name, t in sources:
+            t.join(max(0.0, source_deadline - time.monotonic()))
+            if t.is_alive():
+                stuck.append(name)
+        return stuck
+
+    # ------------------------------------------------------------------ bookkeeping
 
     def _end_outputs(self, task: Task) -> None:
         boxes: list[Inbox] = []
@@ -491,21 +530,4 @@ class ThreadRuntime:
             if task.dead_letter is not None:
                 key = (task.name, task.dead_letter.owner)
                 edges[key] = edges.get(key, 0) + out.dead_count
-        results = {t.name: self._results.get(t.name) for t in self.plan.tasks if t.node.is_sink}
-        dead_letters: list[ErrorRecord] = []
-        if self.plan.auto_dead_letter is not None:
-            dead_letters = list(results.get(self.plan.auto_dead_letter) or [])
-        with self._lock:
-            errors = list(self._errors)
-            not_kept = self._errors_not_kept
-        return RunResult(
-            status=status,
-            nodes={t.name: t.stats.copy() for t in self.plan.tasks},
-            results=results,
-            errors=errors,
-            edges=edges,
-            elapsed=elapsed,
-            dead_letters=dead_letters,
-            errors_not_kept=not_kept,
-            stuck=list(stuck),
-        )
+        return self._result(status, elapsed, stuck, edges)
