@@ -14,8 +14,9 @@ Two ways to wire, freely mixed::
 :meth:`Pipeline.validate` (run by :meth:`Pipeline.start`) checks the graph
 before anything runs; :meth:`Pipeline.compile` turns it into a :class:`Plan`
 (one bounded channel per node input, one task per node) that a runtime
-executes.  The runtime of this release runs one thread per node
-(:mod:`reflux.runtime`); the plan does not depend on it.
+executes.  The default runtime is the worker pool (:mod:`reflux.pool`), which
+also fuses chains and runs replicas; ``runtime="threads"`` runs one thread per
+node (:mod:`reflux.runtime`).  The plan does not depend on either.
 """
 from __future__ import annotations
 

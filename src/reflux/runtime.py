@@ -1,4 +1,5 @@
-"""The first runtime: one thread per node.
+"""The first runtime, one thread per node (``Pipeline(runtime="threads")``),
+and :class:`RuntimeBase`, what every runtime shares.
 
 It executes a :class:`~reflux.pipeline.Plan`: every task (node) runs its logic
 in a thread of its own, taking batches from its bounded input channel with
@@ -15,8 +16,8 @@ Ctrl-C): every channel is closed at once, so blocked producers and consumers
 are released wherever they wait; items left anywhere are counted as
 ``dropped``.
 
-A later runtime (a nogil worker pool) replaces this one; node logic does not
-depend on it.
+The worker pool (:mod:`reflux.pool`) is the default runtime now; this one is
+kept for comparison and debugging.  Node logic depends on neither.
 """
 from __future__ import annotations
 
