@@ -323,3 +323,27 @@ def test_a_pure_python_run_does_not_import_numpy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_watchdog_needs_no_thread_on_the_pool() -> None:
+    """The pool's workers drive the clogging watchdog: a run has the pool's threads and no more."""
+    gate = threading.Event()
+    alerts: list[Any] = []
+
+    def stuck(x: int) -> int:
+        gate.wait(HANG)
+        return x
+
+    p = Pipeline(Extractor(range(100)) >> Transformer(stuck, name="stuck") >> Loader.to_list(),
+                 capacity=4, batch_size=2, fuse=False, workers=2, clog_timeout=0.2, on_alert=alerts.append)
+    p.start()
+    try:
+        deadline = time.monotonic() + HANG
+        while not any(a.kind == "clogged" for a in alerts) and time.monotonic() < deadline:
+            time.sleep(0.01)  # nobody joins: the idle worker runs the checks
+        names = [t.name for t in threading.enumerate() if t.name.startswith("reflux")]
+        assert sorted(names) == ["reflux:pipeline:worker-0", "reflux:pipeline:worker-1"]
+        assert [a.node for a in alerts if a.kind == "clogged"] == ["stuck"]
+    finally:
+        gate.set()
+    assert p.join(HANG).loaded == 100

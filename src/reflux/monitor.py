@@ -266,19 +266,39 @@ class Monitor:
         self._chains: dict[str, list[str]] = {c[0]: c for c in (chains_of() if chains_of else []) if len(c) > 1}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tick_lock = threading.Lock()
+        self._next_check = 0.0
         #: monotonic time the watchdog failed the run (``on_clog="stop"``)
         self.stopped_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        """Start the watchdog thread (only when there is a ``clog_timeout``)."""
+    def start(self, thread: bool = True) -> None:
+        """Start the watchdog (only when there is a ``clog_timeout``): in a
+        thread of its own, or (``thread=False``) driven by :meth:`tick`, which
+        the runtime's workers and the thread waiting in ``join()`` call."""
         self.started = time.monotonic()
-        if self.clog_timeout is None or self._thread is not None:
+        if self.clog_timeout is None or self._thread is not None or not thread:
             return
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"reflux-monitor:{self.name}")
         self._thread.start()
+
+    def tick(self) -> None:
+        """Run a watchdog check if one is due (cheap otherwise; safe from any
+        thread: concurrent callers skip while a check runs)."""
+        if self.clog_timeout is None or self._stop.is_set():
+            return
+        now = time.monotonic()
+        if now < self._next_check or not self._tick_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_check = now + self.interval
+            self.check()
+        except Exception:  # never let the watchdog break the caller
+            logger.exception("Pipeline '%s': watchdog check failed", self.name)
+        finally:
+            self._tick_lock.release()
 
     def close(self) -> None:
         """Stop the watchdog thread and wait for it."""

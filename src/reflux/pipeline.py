@@ -211,7 +211,7 @@ class Pipeline:
         :attr:`RunResult.stuck` (and logged) instead of hanging the caller.
     ``workers``
         threads of the worker pool that runs every node (default: the CPUs
-        this process may use).  Extractors that may block in their source
+        this process may use, at least 2).  Extractors that may block in their source
         (iterators, generators, callables) get a thread of their own.
     ``fuse``
         run chains of plain stages (Extractor, Transformer, Filter, Loader
@@ -688,10 +688,15 @@ class Pipeline:
         self._monitor = Monitor(self.name, plan, self._runtime, clog_timeout=self.clog_timeout,
                                 on_clog=self.on_clog, on_alert=self.on_alert, paused=lambda: self.paused)
         self._runtime.on_failure = self._monitor.on_failure
+        # On the pool the watchdog needs no thread of its own: the workers (every
+        # poll) and the thread waiting in join() run its checks.
+        pooled = isinstance(self._runtime, PoolRuntime)
+        if pooled:
+            self._runtime.on_tick = self._monitor.tick
         logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
         try:
             self._runtime.start()
-            self._monitor.start()
+            self._monitor.start(thread=not pooled)
         except BaseException:
             self._monitor.close()
             self._runtime = None
@@ -793,6 +798,8 @@ class Pipeline:
             try:
                 while not rt.wait(self.POLL):
                     rt.detach_stalled_sources(self.stop_grace)
+                    if self._monitor is not None:
+                        self._monitor.tick()
                     if self._monitor is not None and self._monitor.gave_up(self.stop_grace):
                         break  # the watchdog stopped the run; the clogged node is stuck in user code
                     if deadline is not None and time.monotonic() >= deadline:

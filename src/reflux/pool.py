@@ -58,6 +58,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -87,11 +88,13 @@ PUMP_BUDGET = 0.005
 
 
 def default_workers() -> int:
-    """Worker threads a pipeline uses by default: the CPUs this process may run on."""
+    """Worker threads a pipeline uses by default: the CPUs this process may run
+    on, and at least 2 (so one node stuck in user code never leaves the pool,
+    and the watchdog the workers drive, without a thread)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return max(2, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        return max(2, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- fusion
@@ -491,6 +494,8 @@ class PoolRuntime(RuntimeBase):
                  poll: float = 0.1) -> None:
         super().__init__(plan, max_error_records=max_error_records, poll=poll)
         self.n_workers = workers or default_workers()
+        #: [monitor hook] called by the workers every ``poll`` (the watchdog's check)
+        self.on_tick: Callable[[], None] | None = None
         self._threads: list[threading.Thread] = []
         self._source_threads: dict[str, threading.Thread] = {}
         self._running: dict[int, _Unit] = {}  # thread ident -> unit it runs now
@@ -781,11 +786,15 @@ class PoolRuntime(RuntimeBase):
         return False
 
     def _sweep(self) -> None:
-        """Safety net, every ``poll``: notify units blocked on a full output."""
+        """Every ``poll``: notify units blocked on a full output (a safety net),
+        and give the clogging watchdog its turn."""
         for u in self.units:
             if not u.finalized and not u.threaded and (u.final.pending()
                                                         or (u.pump is not None and u.pump.pending)):
                 self._notify(u)
+        tick = self.on_tick
+        if tick is not None:
+            tick()
 
     def _run_step(self, u: _Unit) -> bool:
         """Run one batch of ``u``; returns ``True`` if it has more work right now.
