@@ -69,7 +69,7 @@ from .errors import ErrorRecord
 from .nodes import Abort, Extractor, Filter, Loader, NodeFailure, NodeLogic, Outbox, Transformer
 from .pipeline import Inbox, Plan, Task
 from .result import NodeStats, RunResult
-from .runtime import BATCH_BUDGET, RuntimeBase, _Context, _drop_inputs
+from .runtime import BATCH_BUDGET, InboxOutbox, RuntimeBase, _Context, _drop_inputs
 
 __all__ = ["PoolRuntime", "default_workers", "fuse_chains"]
 
@@ -191,20 +191,16 @@ class _ForwardOutbox(Outbox):
         return n
 
 
-class _PoolOutbox(Outbox):
+class _PoolOutbox(InboxOutbox):
     """Output of a unit into channels.  :meth:`flush` never blocks: what does
     not fit stays buffered, the unit registers as a waiter on the full channel
     and takes no new input until it is flushed."""
 
     def __init__(self, rt: PoolRuntime, unit: _Unit, task: Task, stats: NodeStats) -> None:
-        super().__init__(len(task.outputs), task.batch_size)
+        super().__init__(task)
         self.rt = rt
         self.unit = unit
         self.stats = stats
-        self.boxes = list(task.outputs)
-        self.channels = [box.channel for box in task.outputs]
-        self.sent_per_port = [0] * len(task.outputs)
-        self.dead_box = task.dead_letter
         #: dead-letter records pushed, by the node that made them (a fused chain shares the output)
         self.dead_sent: dict[str, int] = {}
         self.blocking = False  # a source thread's outbox waits for room instead
@@ -233,16 +229,6 @@ class _PoolOutbox(Outbox):
             if b:
                 return True
         return False
-
-    def flush(self) -> None:
-        ports = self.ports
-        for i in range(len(ports)):
-            if ports[i]:
-                self._push(self.boxes[i], ports[i], i)
-        if self.dead:
-            if self.dead_box is None:  # cannot happen with a validated plan
-                raise RuntimeError("dead-letter record without a dead-letter channel")
-            self._push(self.dead_box, self.dead, -1)
 
     def _push(self, box: Inbox, buf: list[Any], port: int) -> None:
         ch = box.channel
@@ -312,15 +298,6 @@ class _PoolOutbox(Outbox):
             sent = self.dead_sent
             for r in buf[:n]:
                 sent[r.node] = sent.get(r.node, 0) + 1
-
-    def discard(self) -> int:
-        """Forget what is left in the buffers; returns how many items there were."""
-        n = sum(len(b) for b in self.ports)
-        for b in self.ports:
-            b.clear()
-        self.dead.clear()
-        return n
-
 
 class _RecordOutbox(_PoolOutbox):
     """Output of a plug-in node into a record edge: its chunks go into the

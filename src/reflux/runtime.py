@@ -69,32 +69,55 @@ class _Context(NodeContext):
         self.rt._keep_error(record)
 
 
-class _ChannelOutbox(Outbox):
-    """An outbox whose flush pushes each port's buffer into the receiver's channel."""
+class InboxOutbox(Outbox):
+    """An outbox whose flush hands each port's buffer to the receiver's
+    :class:`~reflux.pipeline.Inbox` (and dead-letter records to the dead-letter
+    one) through :meth:`_push`, which each runtime defines."""
 
-    def __init__(self, rt: ThreadRuntime, task: Task) -> None:
+    def __init__(self, task: Task) -> None:
         super().__init__(len(task.outputs), task.batch_size)
-        self.rt = rt
-        self.stats = task.stats
-        self.channels = [box.channel for box in task.outputs]
+        self.boxes: list[Inbox] = list(task.outputs)
+        self.dead_box: Inbox | None = task.dead_letter
         self.sent_per_port = [0] * len(task.outputs)
-        self.dead_channel = task.dead_letter.channel if task.dead_letter is not None else None
-        self.dead_count = 0
-        self.poll = rt.poll
 
     def flush(self) -> None:
         ports = self.ports
         for i in range(len(ports)):
             if ports[i]:
-                self._push(self.channels[i], ports[i], i)
+                self._push(self.boxes[i], ports[i], i)
         if self.dead:
-            if self.dead_channel is None:  # cannot happen with a validated plan
+            if self.dead_box is None:  # cannot happen with a validated plan
                 raise RuntimeError("dead-letter record without a dead-letter channel")
-            self._push(self.dead_channel, self.dead, -1)
+            self._push(self.dead_box, self.dead, -1)
 
-    def _push(self, ch: Any, buf: list[Any], port: int) -> None:
+    def _push(self, box: Inbox, buf: list[Any], port: int) -> None:
+        """Move ``buf`` into ``box`` (``port`` -1: the dead-letter output)."""
+        raise NotImplementedError
+
+    def discard(self) -> int:
+        """Forget what is left in the buffers; returns how many items (not records) there were."""
+        n = sum(len(b) for b in self.ports)
+        for b in self.ports:
+            b.clear()
+        self.dead.clear()
+        return n
+
+
+class _ChannelOutbox(InboxOutbox):
+    """The thread runtime's outbox: a flush pushes each buffer into the receiver's channel,
+    waiting while it is full."""
+
+    def __init__(self, rt: ThreadRuntime, task: Task) -> None:
+        super().__init__(task)
+        self.rt = rt
+        self.stats = task.stats
+        self.dead_count = 0
+        self.poll = rt.poll
+
+    def _push(self, box: Inbox, buf: list[Any], port: int) -> None:
         """Push all of ``buf`` (blocking while the channel is full) and count what went in;
         ``port`` -1 is the dead-letter output."""
+        ch = box.channel
         rt = self.rt
         pushed = 0
         poll = self.poll
@@ -121,14 +144,6 @@ class _ChannelOutbox(Outbox):
                 self.sent_per_port[port] += pushed
             else:
                 self.dead_count += pushed
-
-    def discard(self) -> int:
-        """Forget what is left in the buffers; returns how many items (not records) there were."""
-        n = sum(len(b) for b in self.ports)
-        for b in self.ports:
-            b.clear()
-        self.dead.clear()
-        return n
 
 
 class RuntimeBase:
