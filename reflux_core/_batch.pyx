@@ -36,3 +36,32 @@ def call_all(fn, list batch, list into, error_type, special_a, special_b, bint c
             not_none += 1
         into.append(r)
     return specials, not_none
+
+
+def keep_all(pred, list batch, Py_ssize_t start, list into, error_type):
+    """Append to ``into``, in order, the items of ``batch[start:]`` for which
+    ``pred(item)`` is true, and stop at the first item whose call failed.
+
+    A failed call is one that raised an ``Exception`` or returned an exact
+    ``error_type`` value (``BaseException`` that is not an ``Exception``
+    propagates, as does an error from the result's truth test).  Returns
+    ``(index, outcome)``: the index of the failed item and its exception or
+    ``error_type`` value, or ``(-1, None)`` when every call succeeded.  No
+    list of flags is built: the kept items go straight into ``into``.
+    """
+    cdef Py_ssize_t i, n = len(batch)
+    cdef object item, r
+    cdef type te = error_type
+    if start < 0:
+        start = 0
+    for i in range(start, n):
+        item = batch[i]
+        try:
+            r = pred(item)
+        except Exception as exc:  # user code: handed back to the caller
+            return i, exc
+        if type(r) is te:
+            return i, r
+        if r:
+            into.append(item)
+    return -1, None

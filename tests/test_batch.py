@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from reflux import Error, NeedsMoreWork
-from reflux_core._batch import call_all
+from reflux_core._batch import call_all, keep_all
 
 
 def test_results_in_order_and_exceptions_become_errors() -> None:
@@ -54,3 +54,42 @@ def test_base_exceptions_propagate() -> None:
 def test_rejects_non_lists() -> None:
     with pytest.raises(TypeError):
         call_all(abs, (1, 2), [], Error, Error, Error)  # type: ignore[arg-type]
+
+
+def test_keep_all_appends_kept_items_and_stops_at_a_failure() -> None:
+    calls: list[int] = []
+
+    def pred(x: int) -> Any:
+        calls.append(x)
+        if x == 4:
+            raise ValueError("four")
+        if x == 7:
+            return Error(KeyError("seven"))
+        return x % 2 == 0
+
+    items = list(range(10))
+    into: list[Any] = ["before"]
+    j, outcome = keep_all(pred, items, 0, into, Error)
+    assert (j, type(outcome), into) == (4, ValueError, ["before", 0, 2])
+    assert calls == [0, 1, 2, 3, 4]  # nothing behind the failure was called
+    j, outcome = keep_all(pred, items, 5, into, Error)
+    assert j == 7 and type(outcome) is Error and isinstance(outcome.exception, KeyError)
+    assert into == ["before", 0, 2, 6]
+    assert keep_all(pred, items, 8, into, Error) == (-1, None)
+    assert into == ["before", 0, 2, 6, 8]
+    assert keep_all(pred, items, 10, into, Error) == (-1, None)  # nothing left
+
+
+def test_keep_all_truth_errors_and_base_exceptions_propagate() -> None:
+    class NoTruth:
+        def __bool__(self) -> bool:
+            raise RuntimeError("no truth value")
+
+    with pytest.raises(RuntimeError, match="no truth value"):
+        keep_all(lambda x: NoTruth(), [1], 0, [], Error)
+
+    def interrupt(x: int) -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        keep_all(interrupt, [1], 0, [], Error)

@@ -315,6 +315,26 @@ class TestFilter:
         assert items == [1, 2, 3]
         assert result["filter"].errors == 1
 
+    def test_retries_in_order_and_counts_every_item_once(self) -> None:
+        calls: list[int] = []
+        flaky_left = {4: 1, 9: 5}  # 4 fails once (then kept), 9 fails every time
+
+        def pred(x: int) -> Any:
+            calls.append(x)
+            if flaky_left.get(x, 0) > 0:
+                flaky_left[x] -= 1
+                if x == 9:
+                    return Error(ValueError("nine"))
+                raise ValueError("four")
+            return x % 2 == 0
+
+        items, result = run_to_list(Filter(pred, retries=2, on_error="skip", name="filter"), source=range(12))
+        assert items == [0, 2, 4, 6, 8, 10]
+        # a failed item is retried before the items behind it are first called
+        assert calls == [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 9, 9, 10, 11]
+        st = result["filter"]
+        assert (st.emitted, st.filtered, st.errors, st.retried) == (6, 5, 1, 3)
+
 
 # --------------------------------------------------------------------------- routing nodes
 

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Union, cast, final
 
 from reflux_core._batch import call_all as _core_call_all
+from reflux_core._batch import keep_all as _core_keep_all
 
 from .errors import (
     ErrorRecord,
@@ -984,39 +985,40 @@ class FilterLogic(NodeLogic):
         _close_hook(self.node.predicate)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
+        # One C loop appends the kept items straight to the output; it stops
+        # at a failed call, which is retried (or failed) here, in order,
+        # before the loop goes on with the items behind it.
         pred = self.node.predicate
         buf = out.ports[0]
+        if type(batch) is not list:
+            batch = list(batch)
         n = len(batch)
         self.remaining = n
-        flags: list[Any] = []
-        errors, _ = _call_all(pred, batch, flags, Error, Error)
-        if not errors:
-            # fast path: no failure in the batch
-            before = len(buf)
-            buf.extend(itertools.compress(batch, flags))
-            self.remaining = 0
-            self.stats.filtered += n - (len(buf) - before)
-            return
-        append = buf.append
         rejected = 0
+        start = 0
         try:
-            for j in range(n):
+            while True:
+                before = len(buf)
+                j, outcome = _core_keep_all(pred, batch, start, buf, Error)
+                # the calls that succeeded this round, less the items kept
+                rejected += (n if j < 0 else j) - start - (len(buf) - before)
+                if j < 0:
+                    break
+                self.remaining = n - j
                 item = batch[j]
-                keep = flags[j]
-                if keep.__class__ is Error:
-                    self.remaining = n - j
-                    ok, keep, attempts = self.retry(pred, item, keep.exception)
-                    if not ok:
-                        self.remaining = n - j - 1
-                        self.fail(item, keep, attempts, out)
-                        continue
+                exc = outcome.exception if outcome.__class__ is Error else outcome
+                ok, keep, attempts = self.retry(pred, item, exc)
                 self.remaining = n - j - 1
-                if keep:
-                    append(item)
+                start = j + 1
+                if not ok:
+                    self.fail(item, keep, attempts, out)
+                elif keep:
+                    buf.append(item)
                 else:
                     rejected += 1
         finally:
             self.stats.filtered += rejected
+        self.remaining = 0
 
 
 # --------------------------------------------------------------------------- routing nodes
