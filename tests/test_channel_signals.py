@@ -333,3 +333,58 @@ def test_parked_main_thread_uses_little_cpu_rusage():
           f"({r1.ru_nvcsw - r0.ru_nvcsw} voluntary context switches)")
     assert wall >= 1.0 - 0.002
     assert cpu < CPU_BOUND
+
+
+def test_wait_policy_defaults_and_validation():
+    from reflux_core.channel import _usable_cpus, set_wait_policy
+
+    old = set_wait_policy()
+    try:
+        if _usable_cpus() >= 2:
+            assert old == (5000, 50000)
+        else:
+            assert old == (0, 0)  # one CPU: nothing spins
+        assert set_wait_policy(python_ns=0) == old
+        assert set_wait_policy(nogil_ns=7) == (0, old[1])
+        assert set_wait_policy() == (0, 7)
+        for bad in (-1, 1.5, True, "5"):
+            with pytest.raises((ValueError, TypeError)):
+                set_wait_policy(python_ns=bad)
+        assert set_wait_policy() == (0, 7)  # a rejected call changes nothing
+    finally:
+        set_wait_policy(*old)
+
+
+@pytest.mark.parametrize("python_ns", [0, 5000, 1_000_000])
+def test_many_python_waiters_hand_over_items_under_any_spin_budget(python_ns):
+    # More blocked Python threads than CPUs, each woken over and over: every
+    # item arrives exactly once whatever the spin budget, and with a 1 ms
+    # budget (only CPUs - 1 waiters may spin at once) the run still ends.
+    from reflux_core.channel import set_wait_policy
+
+    old = set_wait_policy(python_ns=python_ns)
+    try:
+        pairs = 4
+        n = 3000
+        chans = [SPSCChannel(2) for _ in range(pairs)]
+        sums = [0] * pairs
+
+        def produce(ch):
+            for i in range(n):
+                ch.push(i)
+            ch.close()
+
+        def consume(k):
+            for x in chans[k]:
+                sums[k] += x
+
+        threads = [threading.Thread(target=produce, args=(ch,), daemon=True) for ch in chans]
+        threads += [threading.Thread(target=consume, args=(k,), daemon=True) for k in range(pairs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WATCHDOG)
+            assert not t.is_alive(), "a producer or consumer hung"
+        assert sums == [n * (n - 1) // 2] * pairs
+    finally:
+        set_wait_policy(*old)
