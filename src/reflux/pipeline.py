@@ -674,6 +674,9 @@ class Pipeline:
         if self._runtime is not None and self._result is None:
             raise RuntimeError(f"Pipeline '{self.name}' is already running")
         plan = self.compile()
+        if any(getattr(n, "executor", "thread") == "process" for n in self._nodes):
+            from .process import refuse_while_bootstrapping
+            refuse_while_bootstrapping(f"Pipeline '{self.name}'")
         self._result = None
         self._error = None
         self._stopped = False

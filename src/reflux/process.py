@@ -110,6 +110,24 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def refuse_while_bootstrapping(owner: str) -> None:
+    """Raise a clear error when a pipeline with process workers starts while this
+    interpreter is itself a worker importing the parent's main module.
+
+    That happens when a script builds and runs its pipeline at import time: each
+    worker imports the script to find the user's function and would start a
+    pipeline of its own (multiprocessing then refuses with a long message that
+    reaches the user several times over, wrapped in the parent's errors).
+    """
+    mp = sys.modules.get("multiprocessing.process")
+    if mp is not None and getattr(mp.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            f"{owner}: a worker process started to run this pipeline while it imported your "
+            f"main module to find the function; put the code that builds and runs pipelines "
+            f"under 'if __name__ == \"__main__\":' (process workers import the main module, "
+            f"as multiprocessing's do)")
+
+
 def check_executor(owner: str, executor: str | None, workers: int | None,
                    ordered: bool, fn: Any = None) -> tuple[str, int | None, bool]:
     """Check a Transformer's ``executor``/``workers``/``ordered`` (errors name ``owner``);
