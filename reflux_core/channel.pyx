@@ -352,6 +352,32 @@ cdef int _propagate() except -1:
     return -1
 
 
+cdef inline bint _spin_until_ready(ring_kind k, void* r, bint for_push, int64_t spin_ns,
+                                   bint may_yield) noexcept nogil:
+    """Poll the ring for up to ``spin_ns`` nanoseconds; True once it is ready.
+    ``may_yield``: give the core away now and then (a waiter whose peer may
+    share its core; a capped Python spinner must not, its peer is about to
+    hand it the GIL and a yield there cost a third of 1P1C throughput)."""
+    cdef int64_t spin_end = rx_now_ns() + spin_ns
+    cdef unsigned int j, backoff = 1, rounds = 0
+    while True:
+        if _ready(k, r, for_push):
+            return True
+        if rx_now_ns() >= spin_end:
+            return False
+        # exponential back-off (up to 64 pauses, ~2 us): polling the other
+        # side's cache line too often slows the thread that owns it
+        for j in range(backoff):
+            rx_cpu_relax()
+        if backoff < 64:
+            backoff <<= 1
+        elif may_yield:
+            rounds += 1
+            if rounds % 8 == 0:
+                # let a peer that shares this core run
+                rx_thread_yield()
+
+
 cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
                      bint from_python) noexcept nogil:
     """Block until the ring may accept (for_push) or yield an element, or is
@@ -362,14 +388,12 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
     returned, the exception set, when one raised.
     """
     cdef rx_event* ev = _event(k, r, for_push)
-    cdef int64_t spin_end, now, slice_ns
+    cdef int64_t now, slice_ns
     cdef uint32_t s
-    cdef unsigned int j, backoff = 1
     cdef int result = -100
     cdef bint failed
     cdef int64_t spin_max = _spin_ns_python if from_python else _spin_ns_nogil
     cdef int64_t spin_ns
-    cdef unsigned int rounds = 0
     cdef bint gil_aware = from_python and RX_HAS_GIL
     cdef bint spinner = False
     # relaxed: a statistic only
@@ -390,17 +414,8 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
         # keeps them off a core the GIL holder needs, and an adaptive budget
         # could settle at its floor, too short to see a GIL hand-over, after
         # which both sides parked on every wait (8 instead of 14 M items/s).
-        spin_end = rx_now_ns() + spin_max
-        while True:
-            if _ready(k, r, for_push):
-                result = 1
-                break
-            if rx_now_ns() >= spin_end:
-                break
-            for j in range(backoff):
-                rx_cpu_relax()
-            if backoff < 64:
-                backoff <<= 1
+        if _spin_until_ready(k, r, for_push, spin_max, False):
+            result = 1
         # relaxed: pairs with the increment above
         rx_sub64_relaxed(&_python_spinners, 1)
     elif spin_max > 0:
@@ -412,25 +427,8 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
         spin_ns = rx_load32_relaxed(&ev.spin_hint)
         if spin_ns > spin_max:
             spin_ns = spin_max
-        spin_end = rx_now_ns() + spin_ns
-        while True:
-            if _ready(k, r, for_push):
-                result = 1
-                break
-            if rx_now_ns() >= spin_end:
-                break
-            # exponential back-off (up to 64 pauses, ~2 us): polling the other
-            # side's cache line too often slows the thread that owns it
-            for j in range(backoff):
-                rx_cpu_relax()
-            if backoff < 64:
-                backoff <<= 1
-            else:
-                rounds += 1
-                if rounds % 8 == 0:
-                    # let a peer that shares this core run
-                    rx_thread_yield()
-        if result == 1:
+        if _spin_until_ready(k, r, for_push, spin_ns, True):
+            result = 1
             spin_ns = spin_ns * 2 + SPIN_FLOOR_NS
             rx_store32_relaxed(&ev.spin_hint, <uint32_t>(spin_ns if spin_ns < spin_max else spin_max))
         else:
