@@ -94,10 +94,10 @@ cdef enum:
     # The adaptive spin budget never drops below this, so a side can learn
     # again that spinning pays.
     SPIN_FLOOR_NS = 2000
-    # The GIL-settle budget (see _settle_for_gil) never drops below this:
-    # settling must outlast the other side filling or draining a ring, or
-    # both sides end up parking on every hand-over.
-    SETTLE_FLOOR_NS = 20000
+    # A ready Python waiter settling for the GIL (see _settle_for_gil) gives
+    # up once the ring has not moved for this long: the thread holding the
+    # GIL is then not streaming through this ring.
+    SETTLE_IDLE_NS = 10000
     # Longest single park: after each slice a blocked call checks signals
     # (Ctrl-C), the close flag and its deadline.
     PARK_SLICE_NS = 50 * 1000 * 1000
@@ -122,8 +122,9 @@ cdef uint64_t _python_spinner_limit = 1
 # Python-level waiters spinning now (a hint).
 cdef uint64_t _python_spinners = 0
 # Longest a ready Python caller waits for the GIL to be released by a reflux
-# waiter before taking it the ordinary way (see _settle_for_gil).
-cdef int64_t _gil_settle_max_ns = 100000
+# waiter before taking it the ordinary way (see _settle_for_gil), however
+# busily the other side moves the ring.
+cdef int64_t _gil_settle_max_ns = 250000
 # Threads inside a Python-level wait, i.e. not holding the GIL (a hint).
 cdef uint64_t _gil_waiters = 0
 
@@ -464,42 +465,51 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
                 result = SIGNALLED
     if gil_aware:
         if result == 1:
-            _settle_for_gil(ev)
+            _settle_for_gil(k, r)
         rx_sub64_relaxed(&_gil_waiters, 1)
     return result
 
 
-cdef inline void _settle_for_gil(rx_event* ev) noexcept nogil:
+cdef inline bint _settle_for_gil(ring_kind k, void* r) noexcept nogil:
     """The channel is ready; before taking the GIL back, wait (briefly,
     spinning) until another thread has released it in a reflux wait.
+    Returns whether that happened.
 
     Taking the GIL while the thread that made us ready still runs Python
     parks us in the interpreter's own GIL wait, and waking from there costs
     tens of microseconds, twice per hand-over.  A producer that fills a ring
     and then waits, or a consumer that drains it and then waits, releases
-    the GIL inside a reflux wait, which this counts.  The budget adapts per
-    ring side: when the other side is not a reflux waiter (a thread busy
-    with other Python work), settling fails, the budget halves to the
-    floor and this costs almost nothing."""
-    cdef int64_t budget = rx_load32_relaxed(&ev.gil_hint)
-    cdef int64_t end
+    the GIL inside a reflux wait, which this counts.  Settling lasts while
+    the other side keeps moving the ring (it is filling or draining it and
+    will wait next), and ends once the ring has stood still for
+    SETTLE_IDLE_NS (the GIL holder is doing other work) or after
+    _gil_settle_max_ns.  A fixed or adaptive time budget failed here: once
+    it fell below the time the other side takes to drain a ring, every
+    settle failed, and both sides parked on every hand-over (8 instead of
+    14 M items/s for 1P1C single items)."""
+    cdef int64_t now = rx_now_ns()
+    cdef int64_t hard_end = now + _gil_settle_max_ns
+    cdef int64_t idle_end = now + SETTLE_IDLE_NS
+    cdef uint64_t seen = _len(k, r), cur
     cdef unsigned int j, backoff = 1
-    if budget > _gil_settle_max_ns:
-        budget = _gil_settle_max_ns
-    if budget <= 0:
-        return
-    end = rx_now_ns() + budget
+    if _gil_settle_max_ns <= 0:
+        return False
     # relaxed: a scheduling hint, never a correctness condition
     while rx_load64_relaxed(&_gil_waiters) < 2:
-        if rx_now_ns() >= end:
-            rx_store32_relaxed(&ev.gil_hint, <uint32_t>(budget // 2 if budget > 2 * SETTLE_FLOOR_NS else SETTLE_FLOOR_NS))
-            return
         for j in range(backoff):
             rx_cpu_relax()
         if backoff < 64:
             backoff <<= 1
-    budget = budget * 2 + SETTLE_FLOOR_NS
-    rx_store32_relaxed(&ev.gil_hint, <uint32_t>(budget if budget < _gil_settle_max_ns else _gil_settle_max_ns))
+        now = rx_now_ns()
+        cur = _len(k, r)
+        if cur != seen:
+            seen = cur
+            idle_end = now + SETTLE_IDLE_NS
+        elif now >= idle_end:
+            return False
+        if now >= hard_end:
+            return False
+    return True
 
 
 cdef enum:

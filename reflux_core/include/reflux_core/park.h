@@ -63,7 +63,7 @@ typedef struct rx_event {
     uint32_t seq;      /* bumped by notifiers; a parked thread sleeps while unchanged */
     uint32_t sleepers; /* 1 when some thread may be parked on seq */
     uint32_t spin_hint; /* ns a waiter here should spin before parking (adaptive) */
-    uint32_t gil_hint;  /* ns a ready Python waiter may wait for the GIL to come free (adaptive) */
+    uint32_t gil_hint;  /* unused since the GIL settle follows the ring instead of a budget; kept for the layout */
 #if defined(RX_PARK_PORTABLE)
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -108,7 +108,7 @@ static inline int rx_event_init(rx_event *ev) {
     ev->seq = 0;
     ev->sleepers = 0;
     ev->spin_hint = 20000;
-    ev->gil_hint = 50000;
+    ev->gil_hint = 0;
 #if defined(RX_PARK_PORTABLE)
     if (pthread_mutex_init(&ev->mu, NULL) != 0) return -1;
     {
