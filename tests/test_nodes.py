@@ -592,3 +592,43 @@ class TestLogicAlone:
         assert out.ports[0] == []
         logic.tick(deadline, out)
         assert out.sent[0] == [[1, 2]] or out.ports[0] == [[1, 2]]
+
+
+# --------------------------------------------------------------------------- calling the user's function
+
+def test_callable_objects_are_called_as_python_would() -> None:
+    import functools
+
+    from reflux.nodes import _direct_call
+
+    class Counter:
+        def __init__(self) -> None:
+            self.n = 0
+
+        def __call__(self, x: int) -> int:
+            self.n += 1
+            return x + self.n
+
+    c = Counter()
+    c.__call__ = lambda x: "instance attribute"  # type: ignore[method-assign]  # an implicit call ignores it
+    call = _direct_call(c)
+    assert call is not c and call(10) == 11 and c(10) == 12 and c.n == 2
+
+    def f(x: int) -> int:
+        return x
+
+    part = functools.partial(pow, 2)
+    for fn in (f, len, part, Counter, print):
+        assert _direct_call(fn) is fn  # functions, builtins, partials and classes as they are
+
+    class Slotted:
+        __call__ = staticmethod(f)  # not a plain function on the class: left to the interpreter
+
+    s = Slotted()
+    assert _direct_call(s) is s
+
+    # a stateful Loader and Transformer still see every item once, in order
+    sink = Counter()
+    t = Counter()
+    result = Pipeline(Extractor(range(600)) >> Transformer(t, name="t") >> Loader(sink, name="sink")).run(timeout=HANG)
+    assert t.n == 600 and sink.n == 600 and result["sink"].received == 600

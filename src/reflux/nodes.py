@@ -34,6 +34,7 @@ import inspect
 import itertools
 import logging
 import time
+import types
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, ClassVar, Union, cast, final
@@ -263,6 +264,26 @@ def _default_name(fn: Any) -> str | None:
             return cls[0].lower() + cls[1:]
         return None
     return name
+
+
+def _direct_call(fn: Any) -> Callable[[Any], Any]:
+    """What the batch loops call for ``fn``: ``fn`` itself, or, for an instance of
+    a Python class whose ``__call__`` is a plain function, that function bound to
+    the instance.  Calling an instance goes through the interpreter's generic
+    path (an argument tuple and a type lookup per call); the bound method does
+    the same call about a third faster (111 -> 73 ns here).  The method is looked
+    up on the class, as the implicit call does, once when the node's logic is made."""
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
+        return fn
+    for klass in type(fn).__mro__:
+        if "__call__" in klass.__dict__:
+            # the raw class attribute: a staticmethod, classmethod or other
+            # descriptor is left to the interpreter
+            call = klass.__dict__["__call__"]
+            if type(call) is types.FunctionType:
+                return types.MethodType(call, fn)
+            break
+    return fn
 
 
 def _is_generator_callable(fn: Any) -> bool:
@@ -830,6 +851,7 @@ class TransformerLogic(NodeLogic):
     def __init__(self, node: Transformer, ctx: NodeContext) -> None:
         super().__init__(node, ctx)
         self.fn = node.fn
+        self.call = _direct_call(node.fn)
         self.pending: deque[Any] = deque()
 
     def open(self) -> None:
@@ -847,7 +869,7 @@ class TransformerLogic(NodeLogic):
         n = len(batch)
         self.remaining = n
         before = len(buf)
-        specials, _ = _call_all(self.fn, batch, buf)
+        specials, _ = _call_all(self.call, batch, buf)
         if specials:
             results = buf[before:]
             del buf[before:]
@@ -866,7 +888,7 @@ class TransformerLogic(NodeLogic):
         (``remaining`` counts this item; it is decremented once the item is handled.)"""
         if isinstance(r, BaseException) or r.__class__ is Error:
             exc = r if isinstance(r, BaseException) else r.exception
-            ok, r, attempts = self.retry(self.fn, item, exc)
+            ok, r, attempts = self.retry(self.call, item, exc)
             if not ok:
                 self.remaining -= 1
                 self.fail(item, r, attempts, out)
@@ -898,7 +920,7 @@ class FlatTransformerLogic(TransformerLogic):
     """Any number of outputs per input (generator function or ``flat=True``)."""
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        fn = self.fn
+        fn = self.call
         emit = out.emit
         self.remaining = len(batch)
         for item in batch:
@@ -978,6 +1000,10 @@ class FilterLogic(NodeLogic):
 
     node: Filter
 
+    def __init__(self, node: Filter, ctx: NodeContext) -> None:
+        super().__init__(node, ctx)
+        self.call = _direct_call(node.predicate)
+
     def open(self) -> None:
         _open_hook(self.node.predicate)
 
@@ -988,7 +1014,7 @@ class FilterLogic(NodeLogic):
         # One C loop appends the kept items straight to the output; it stops
         # at a failed call, which is retried (or failed) here, in order,
         # before the loop goes on with the items behind it.
-        pred = self.node.predicate
+        pred = self.call
         buf = out.ports[0]
         if type(batch) is not list:
             batch = list(batch)
@@ -1370,6 +1396,7 @@ class LoaderLogic(NodeLogic):
     def __init__(self, node: Loader, ctx: NodeContext) -> None:
         super().__init__(node, ctx)
         self.fn = node.fn
+        self.call = _direct_call(node.fn)
         self.returned: list[Any] = []
 
     def open(self) -> None:
@@ -1379,7 +1406,7 @@ class LoaderLogic(NodeLogic):
         _close_hook(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        fn = self.fn
+        fn = self.call
         st = self.stats
         self.remaining = len(batch)
         if self.node.batch:
