@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -342,6 +343,109 @@ def test_a_worker_that_dies_fails_its_items_and_is_replaced() -> None:
     assert not r.accounting_problems()
 
 
+# --------------------------------------------------------------------------- start_method="fork"
+
+
+def _single_threaded() -> None:
+    """A fork start needs this process to run one thread: wait for the threads of earlier runs."""
+    deadline = time.monotonic() + 10
+    while threading.active_count() > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == 1, [t.name for t in threading.enumerate()]
+
+
+def test_fork_start_gives_the_same_results_from_forked_workers() -> None:
+    _single_threaded()
+    n = 3000
+    r = run(Extractor(range(n)) >> Transformer(procfns.square, executor="process", workers=2,
+                                               start_method="fork") >> Loader.to_list(name="out"))
+    assert r.results["out"] == [x * x for x in range(n)]
+    assert not r.accounting_problems()
+    _single_threaded()
+    r = run(Extractor(range(400)) >> Transformer(procfns.pid, executor="process", workers=2,
+                                                 start_method="fork") >> Loader.to_list(name="pids"),
+            batch_size=8)
+    pids = set(r.results["pids"])
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+
+
+def test_fork_workers_see_what_the_parent_has_loaded() -> None:
+    # unlike spawned workers (test_function_the_worker_cannot_import_fails_at_start)
+    mod = types.ModuleType("reflux_forked_phantom")
+    exec("def ghost(x):\n    return x + 1\n", mod.__dict__)
+    sys.modules["reflux_forked_phantom"] = mod
+    try:
+        _single_threaded()
+        r = run(Extractor(range(10)) >> Transformer(mod.ghost, executor="process", workers=1,
+                                                    start_method="fork", name="ghost")
+                >> Loader.to_list(name="out"))
+    finally:
+        del sys.modules["reflux_forked_phantom"]
+    assert r.results["out"] == list(range(1, 11))
+
+
+def test_fork_errors_and_a_dying_worker_go_through_the_policy() -> None:
+    _single_threaded()
+    r = run(Extractor(range(10)) >> Transformer(procfns.fail_on_3, executor="process", workers=2,
+                                                start_method="fork", on_error="dead_letter")
+            >> Loader.to_list(name="out"))
+    assert r.results["out"] == [1, 2, 4, 5, 7, 8]  # fail_on_3 fails on multiples of 3
+    assert [rec.item for rec in r.dead_letters] == [0, 3, 6, 9]
+    assert "Traceback in worker process" in "".join(getattr(r.dead_letters[0].exception, "__notes__", []))
+    _single_threaded()
+    r = run(Extractor(range(200)) >> Transformer(procfns.crash_on_5, executor="process", workers=2,
+                                                 start_method="fork", on_error="dead_letter")
+            >> Loader.to_list(name="out"), batch_size=8)
+    lost = [rec.item for rec in r.dead_letters]
+    assert 5 in lost and "exited with code 3" in str(r.dead_letters[0].exception)
+    assert sorted(r.results["out"] + lost) == list(range(200))  # the replacement (spawned) went on
+
+
+def test_fork_stop_without_drain_ends_the_workers() -> None:
+    _single_threaded()
+    p = Pipeline(Extractor([0.01] * 100_000) >> Transformer(procfns.sleepy, executor="process", workers=2,
+                                                            start_method="fork")
+                 >> Loader.to_list(name="out"))
+    p.start()
+    try:
+        time.sleep(0.3)
+    finally:
+        p.stop(drain=False)
+    r = p.join(HANG)
+    assert r.status == "stopped" and not r.accounting_problems()
+
+
+def test_fork_workers_of_a_node_that_never_opened_are_ended() -> None:
+    # the run fails before the process node runs: its forked workers must not outlive it
+    def bad_source() -> Iterator[int]:
+        raise ValueError("no input")
+        yield 0
+
+    _single_threaded()
+    p = Pipeline(Extractor(bad_source(), batch_size=4) >> Transformer(procfns.square, executor="process",
+                                                                      workers=2, start_method="fork")
+                 >> Loader.to_list(name="out"))
+    with pytest.raises(NodeError, match="no input"):
+        p.run(timeout=HANG)
+    assert all(getattr(n, "_preforked", None) is None for n in p.nodes)
+
+
+def test_fork_start_is_refused_while_other_threads_run() -> None:
+    _single_threaded()
+    release = threading.Event()
+    t = threading.Thread(target=release.wait, name="someone-else", daemon=True)
+    t.start()
+    try:
+        p = Pipeline(Extractor(range(10)) >> Transformer(procfns.square, executor="process",
+                                                         start_method="fork") >> Loader.to_list())
+        with pytest.raises(RuntimeError, match="Transformer 'square': start_method='fork' .* someone-else"):
+            p.run(timeout=HANG)
+    finally:
+        release.set()
+        t.join()
+    _single_threaded()  # the refused run started no thread and no process (the fixture checks)
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -354,6 +458,11 @@ def test_options_are_validated_with_the_node_named() -> None:
         Transformer(procfns.square, workers=2)
     with pytest.raises(ValidationError, match="ordered must be True or False"):
         Transformer(procfns.square, executor="process", ordered="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="Transformer 'square': start_method must be one of 'spawn', 'fork'"):
+        Transformer(procfns.square, executor="process", start_method="forkserver")
+    with pytest.raises(ValidationError, match="start_method= needs executor='process'"):
+        Transformer(procfns.square, start_method="fork")
+    assert Transformer(procfns.square, executor="process").start_method == "spawn"
 
 
 def test_unpicklable_function_is_refused_naming_the_node() -> None:

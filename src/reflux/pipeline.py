@@ -674,9 +674,12 @@ class Pipeline:
         if self._runtime is not None and self._result is None:
             raise RuntimeError(f"Pipeline '{self.name}' is already running")
         plan = self.compile()
+        forked = []
         if any(getattr(n, "executor", "thread") == "process" for n in self._nodes):
             from .process import refuse_while_bootstrapping
             refuse_while_bootstrapping(f"Pipeline '{self.name}'")
+            forked = [n for n in self._nodes if getattr(n, "executor", "thread") == "process"
+                      and getattr(n, "start_method", "spawn") == "fork"]
         self._result = None
         self._error = None
         self._stopped = False
@@ -698,11 +701,17 @@ class Pipeline:
             self._runtime.on_tick = self._monitor.tick
         logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
         try:
+            if forked:
+                from .process import prefork
+                prefork(forked)  # before any thread of the run exists (see there)
             self._runtime.start()
             self._monitor.start(thread=not pooled)
         except BaseException:
             self._monitor.close()
             self._runtime = None
+            if forked:
+                from .process import discard_preforked
+                discard_preforked(forked)
             raise
         return self
 
@@ -830,6 +839,9 @@ class Pipeline:
             if self._monitor is not None:
                 self._monitor.close()
             stuck = rt.join_threads(self.join_timeout)
+            if any(getattr(n, "_preforked", None) for n in self._nodes):
+                from .process import discard_preforked
+                discard_preforked(self._nodes)  # forked workers of nodes that never opened
             if stuck:
                 logger.warning("Pipeline '%s': node(s) %s did not end within %.1fs (stuck in user "
                                "code?); their threads are left behind", self.name, ", ".join(stuck),

@@ -51,6 +51,7 @@ import multiprocessing.spawn
 import os
 import pickle
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -75,6 +76,8 @@ __all__ = [
 
 #: accepted values of ``executor``
 EXECUTORS: tuple[str, ...] = ("thread", "process")
+#: accepted values of ``start_method``
+START_METHODS: tuple[str, ...] = ("spawn", "fork")
 #: chunks in flight per worker (one being worked on, the rest queued in its pipe)
 PREFETCH = 3
 #: seconds of worker time a chunk aims at once the cost per item is known
@@ -126,6 +129,20 @@ def refuse_while_bootstrapping(owner: str) -> None:
             f"main module to find the function; put the code that builds and runs pipelines "
             f"under 'if __name__ == \"__main__\":' (process workers import the main module, "
             f"as multiprocessing's do)")
+
+
+def check_start_method(owner: str, executor: str, start_method: str | None) -> str:
+    """Check a Transformer's ``start_method`` (errors name ``owner``); returns it normalised."""
+    if start_method is None:
+        return "spawn"
+    if start_method not in START_METHODS:
+        raise ValidationError(f"{owner}: start_method must be one of "
+                              f"{', '.join(map(repr, START_METHODS))}, got {start_method!r}")
+    if executor != "process":
+        raise ValidationError(f"{owner}: start_method= needs executor='process' (got executor={executor!r})")
+    if start_method == "fork" and not hasattr(os, "fork"):
+        raise ValidationError(f"{owner}: start_method='fork' is not available on {sys.platform}")
+    return start_method
 
 
 def check_executor(owner: str, executor: str | None, workers: int | None,
@@ -183,7 +200,7 @@ def check_picklable(owner: str, fn: Any) -> bytes:
 
 # ---------------------------------------------------------------- a safety net for the parent's exit
 
-_live: set[subprocess.Popen[bytes]] = set()
+_live: set[Any] = set()  # subprocess.Popen or _ForkedProcess
 _live_lock = threading.Lock()
 
 
@@ -202,12 +219,144 @@ def _kill_leftovers() -> None:
             pass
 
 
+class _ForkedProcess:
+    """The parent's handle of a worker forked from it (``start_method="fork"``): the
+    part of :class:`subprocess.Popen` the logic uses (``pid``, ``returncode``,
+    ``poll``, ``wait``, ``terminate``, ``kill``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is gone
+                self.returncode = 0
+                return 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"reflux worker {self.pid}", timeout or 0.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        self._send(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._send(signal.SIGKILL)
+
+    def _send(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _run_forked_worker(rfd: int, wfd: int, close: list[int]) -> None:
+    """The child side of a fork: drop the parent's other pipe ends, then run the
+    worker loop on the inherited interpreter (no import, no preparation) and exit
+    without running the parent's exit handlers.  Never returns."""
+    code = 1
+    try:
+        for fd in close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        os.setsid()  # as spawned workers: a terminal's Ctrl-C goes to the parent only
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        code = wire.main(["", str(rfd), str(wfd)])
+    except BaseException:  # noqa: BLE001 - never return into the parent's code
+        try:
+            import traceback
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        wire._exit(code)
+
+
+def prefork(nodes: list[Any]) -> None:
+    """``start_method="fork"``: fork the worker processes of ``nodes`` now, at the
+    start of the run, while this process runs a single thread (a fork then copies
+    no lock another thread holds).  Each node keeps its workers in ``_preforked``
+    until its logic opens and adopts them; :func:`discard_preforked` ends the ones
+    never adopted.  Raises ``RuntimeError`` naming the node when other threads run.
+    """
+    if len(threading.enumerate()) > 1:
+        others = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
+        raise RuntimeError(
+            f"{nodes[0].label}: start_method='fork' forks the worker processes when the run starts, "
+            f"which is only safe while this process runs a single thread; running: {others}. "
+            f"Use start_method='spawn' (the default), or start this pipeline before other threads")
+    for stream in (sys.stdout, sys.stderr):  # else the children would write the buffers again
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    parent_fds: list[int] = []  # every parent-side end made so far: no child may keep one
+    try:
+        for node in nodes:
+            node._preforked = []
+            for _ in range(getattr(node, "workers", None) or default_workers()):
+                to_r, to_w = os.pipe()
+                from_r, from_w = os.pipe()
+                for fd in (to_w, from_r):
+                    ProcessTransformerLogic._grow_pipe(fd)
+                pid = os.fork()
+                if pid == 0:  # the child
+                    _run_forked_worker(to_r, from_w, [*parent_fds, to_w, from_r])
+                os.close(to_r)
+                os.close(from_w)
+                proc = _ForkedProcess(pid)
+                with _live_lock:
+                    _live.add(proc)
+                node._preforked.append((proc, to_w, from_r))
+                parent_fds += (to_w, from_r)
+    except BaseException:
+        discard_preforked(nodes)
+        raise
+
+
+def discard_preforked(nodes: Any) -> None:
+    """End the forked workers no logic adopted (the run ended before the node opened)."""
+    for node in nodes:
+        handles = getattr(node, "_preforked", None)
+        if not handles:
+            continue
+        node._preforked = None
+        for proc, wfd, rfd in handles:
+            for fd in (wfd, rfd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            proc.kill()
+            proc.wait()
+            with _live_lock:
+                _live.discard(proc)
+
+
 class _Worker:
     """Parent-side handle of one worker process."""
 
     __slots__ = ("popen", "pid", "wfd", "rfd", "inflight", "ready", "closed", "index")
 
-    def __init__(self, popen: subprocess.Popen[bytes], wfd: int, rfd: int, index: int) -> None:
+    def __init__(self, popen: Any, wfd: int, rfd: int, index: int) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.wfd = wfd
@@ -268,7 +417,10 @@ class ProcessTransformerLogic(NodeLogic):
         self._cost: float | None = None
         self._deadline: float | None = None
         self._interval = MIN_POLL
-        self._setup: list[Any] | None = None
+        self._setup: list[Any] | None = None  # the SETUP message for spawned workers
+        self._fork_setup: list[Any] | None = None  # ... for forked ones (no preparation)
+        self._fn_pickle = b""
+        self._opts: dict[str, Any] = {}
         self._stopped = False
         self._closing_errors: list[str] = []
 
@@ -281,13 +433,29 @@ class ProcessTransformerLogic(NodeLogic):
         pol = self.policy
         opts = {"flat": self.flat, "retries": pol.retries, "backoff": pol.backoff,
                 "backoff_factor": pol.backoff_factor, "max_backoff": pol.max_backoff}
-        prep = multiprocessing.spawn.get_preparation_data(f"reflux:{node.name}")
-        if "authkey" in prep:  # an AuthenticationString refuses plain pickling
-            prep["authkey"] = bytes(prep["authkey"])
-        self._setup = wire.encode((wire.SETUP, prep, fn_pickle, opts))
+        self._fn_pickle, self._opts = fn_pickle, opts
+        pre = getattr(node, "_preforked", None)
+        if pre:
+            # start_method="fork": adopt the workers forked when the run started; they
+            # share this interpreter's state, so they need no preparation
+            node._preforked = None
+            self._fork_setup = wire.encode((wire.SETUP, None, fn_pickle, opts))
+            for i, (proc, to_w, from_r) in enumerate(pre):
+                self._send_setup(self._adopt(_Worker(proc, to_w, from_r, i)))
+            return
         # one worker now; the others when there is work for them (see _pick), so a
         # short run starts (and ends) one interpreter, not ``workers`` of them
         self._send_setup(self._spawn(0))
+
+    def _adopt(self, w: _Worker) -> _Worker:
+        """Track a started worker: its slot, and its result pipe in the poller."""
+        if w.index < len(self.workers):
+            self.workers[w.index] = w
+        else:
+            self.workers.append(w)
+        self._by_fd[w.rfd] = w
+        self._poller.register(w.rfd, select.POLLIN)
+        return w
 
     def _spawn(self, index: int) -> _Worker:
         """Start one worker interpreter with a pipe each way."""
@@ -308,14 +476,7 @@ class ProcessTransformerLogic(NodeLogic):
         os.close(from_w)
         with _live_lock:
             _live.add(popen)
-        w = _Worker(popen, to_w, from_r, index)
-        if index < len(self.workers):
-            self.workers[index] = w
-        else:
-            self.workers.append(w)
-        self._by_fd[from_r] = w
-        self._poller.register(from_r, select.POLLIN)
-        return w
+        return self._adopt(_Worker(popen, to_w, from_r, index))
 
     @staticmethod
     def _grow_pipe(fd: int) -> None:
@@ -327,9 +488,18 @@ class ProcessTransformerLogic(NodeLogic):
             pass
 
     def _send_setup(self, w: _Worker) -> None:
-        assert self._setup is not None
+        if isinstance(w.popen, _ForkedProcess):
+            setup = self._fork_setup
+        else:  # a fresh interpreter: it first re-creates sys.path, cwd and __main__
+            if self._setup is None:
+                prep = multiprocessing.spawn.get_preparation_data(f"reflux:{self.node.name}")
+                if "authkey" in prep:  # an AuthenticationString refuses plain pickling
+                    prep["authkey"] = bytes(prep["authkey"])
+                self._setup = wire.encode((wire.SETUP, prep, self._fn_pickle, self._opts))
+            setup = self._setup
+        assert setup is not None
         try:
-            wire.write_all(w.wfd, self._setup)
+            wire.write_all(w.wfd, setup)
         except OSError:
             pass  # it died already: its pipe's end tells us when we read
 
