@@ -162,6 +162,15 @@ def process_executor_support():
     return True, None
 
 
+def fork_start_support():
+    """Whether ``Transformer(..., executor="process", start_method="fork")`` is accepted here."""
+    try:
+        Transformer(identity, executor="process", start_method="fork")
+    except (TypeError, ValidationError):
+        return False
+    return True
+
+
 def _join_all(label, threads, timeout=RUN_TIMEOUT):
     deadline = time.monotonic() + timeout
     for t in threads:
@@ -501,6 +510,10 @@ def section_cpu(bench):
     if bench.process_executor:
         bench.measure("cpu", "cpu_reflux_process", label, n,
                       partial(run_cpu_reflux, n, executor="process"), max_runs=runs, reflux=True)
+        if fork_start_support():
+            bench.measure("cpu", "cpu_reflux_fork", label.replace('"process"', '"process", start_method="fork"'),
+                          n, partial(run_cpu_reflux, n, executor="process", start_method="fork"),
+                          max_runs=runs, reflux=True)
     else:
         bench.unavailable("cpu", "cpu_reflux_process", label, n, NOT_YET)
     m = bench.args.mp_items
@@ -832,6 +845,10 @@ def section_startup(bench):
     if bench.process_executor:
         bench.measure("startup", "st_process", label, 1,
                       partial(_median_of, k, partial(run_startup_reflux, executor="process")), reflux=True)
+        if fork_start_support():
+            bench.measure("startup", "st_fork", label.replace('"process"', '"process", start_method="fork"'), 1,
+                          partial(_median_of, k, partial(run_startup_reflux, executor="process",
+                                                         start_method="fork")), reflux=True)
     else:
         bench.unavailable("startup", "st_process", label, 1, NOT_YET)
 
@@ -1132,6 +1149,7 @@ def targets(bench):
     ratio_target("1. overhead: reflux vs bytewax (1 worker)", "ov_reflux", "ov_bytewax", 2.0)
     ratio_target("1. overhead: reflux vs thread+queue pipeline", "ov_reflux", "ov_threads", 15.0)
     ratio_target("2. CPU-heavy: reflux process workers vs plain loop", "cpu_reflux_process", "cpu_plain", 1.8)
+    ratio_target('2. CPU-heavy: the same, start_method="fork"', "cpu_reflux_fork", "cpu_plain", 1.8)
     ratio_target("2. process to process: reflux vs multiprocessing.Queue", "p2p_reflux", "mp_queue", 5.0)
     cores = os.cpu_count() or 1
     limit_target(f"3. many nodes: threads of the chain <= pool ({cores} cores; issue 4 scheduler)",
@@ -1142,6 +1160,8 @@ def targets(bench):
     limit_target("5. start-up in-process under 0.1 s", "st_reflux", "secs", 0.1, "ms", 1e3,
                  lambda v: f"{v:.1f}")
     limit_target("5. start-up with process workers under 0.5 s", "st_process", "secs", 0.5, "ms", 1e3,
+                 lambda v: f"{v:.1f}")
+    limit_target('5. start-up with process workers, start_method="fork"', "st_fork", "secs", 0.5, "ms", 1e3,
                  lambda v: f"{v:.1f}")
     return out
 
