@@ -554,7 +554,8 @@ CTRL_C = textwrap.dedent("""
 
     if __name__ == "__main__":
         p = Pipeline(Extractor([0.002] * 10_000_000)
-                     >> Transformer(procfns.sleepy, executor="process", workers=2) >> Loader(load))
+                     >> Transformer(procfns.sleepy, executor="process", workers=2, start_method={start!r})
+                     >> Loader(load))
         try:
             p.run()
         except PipelineInterrupted as e:
@@ -565,9 +566,10 @@ CTRL_C = textwrap.dedent("""
 """)
 
 
-def test_ctrl_c_ends_the_workers(tmp_path: Any) -> None:
+@pytest.mark.parametrize("start", ["spawn", "fork"])
+def test_ctrl_c_ends_the_workers(tmp_path: Any, start: str) -> None:
     script = tmp_path / "child.py"
-    script.write_text(CTRL_C.format(tests=TESTS))
+    script.write_text(CTRL_C.format(tests=TESTS, start=start))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, cwd=str(tmp_path))
     try:
@@ -603,16 +605,18 @@ PARENT_DIES = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     if __name__ == "__main__":
-        Pipeline(Extractor([{cost}] * 10_000_000) >> Transformer(procfns.sleepy, executor="process", workers=2)
+        Pipeline(Extractor([{cost}] * 10_000_000)
+                 >> Transformer(procfns.sleepy, executor="process", workers=2, start_method={start!r})
                  >> Loader(load)).run()
 """)
 
 
+@pytest.mark.parametrize("start", ["spawn", "fork"])
 @pytest.mark.parametrize("cost", [0.0, 0.2])
-def test_workers_exit_when_the_parent_dies(tmp_path: Any, cost: float) -> None:
+def test_workers_exit_when_the_parent_dies(tmp_path: Any, cost: float, start: str) -> None:
     """Idle or busy, a worker whose parent was killed notices its pipe closed and exits."""
     script = tmp_path / "child.py"
-    script.write_text(PARENT_DIES.format(tests=TESTS, cost=cost))
+    script.write_text(PARENT_DIES.format(tests=TESTS, cost=cost, start=start))
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, cwd=str(tmp_path))
     try:
