@@ -106,12 +106,8 @@ cdef enum:
 
 # Bounded spinning before parking, in nanoseconds, for callers that hold no
 # GIL (C-level record transfer, worker loops): a spinning consumer sees an
-# item within a fraction of a microsecond, a parked one within tens.  The
-# budget adapts per ring side (halving when spins fail).  200 us rather than
-# 50: on this VM a peer is sometimes held up for more than 50 us, and each
-# park then cost both sides a futex round trip (single 8-byte records
-# between two nogil threads: 60 -> 66 M/s, 0.75x -> 0.83x a plain C ring).
-cdef int64_t _spin_ns_nogil = 200000
+# item within a fraction of a microsecond, a parked one within tens.
+cdef int64_t _spin_ns_nogil = 50000
 # For calls from Python: a waiter spins with the GIL released, and once the
 # channel is ready it settles (below) until the thread that made it ready
 # gives the GIL up in a reflux wait, so neither side sleeps in the kernel.
@@ -168,7 +164,7 @@ def set_wait_policy(python_ns=None, nogil_ns=None):
 
     Spinning helps when producer and consumer run on different cores and
     hand items over quickly; it wastes CPU when threads outnumber cores.
-    Defaults: 5,000 ns from Python, 200,000 ns without the GIL (0 and 0 on a
+    Defaults: 5,000 ns from Python, 50,000 ns without the GIL (0 and 0 on a
     one-CPU machine).  However long the budget, at most one fewer Python
     waiters than the CPUs this process may use spin at a time; the others
     park at once.

@@ -341,7 +341,7 @@ def test_wait_policy_defaults_and_validation():
     old = set_wait_policy()
     try:
         if _usable_cpus() >= 2:
-            assert old == (5000, 200000)
+            assert old == (5000, 50000)
         else:
             assert old == (0, 0)  # one CPU: nothing spins
         assert set_wait_policy(python_ns=0) == old
