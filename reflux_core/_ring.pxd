@@ -30,6 +30,7 @@ cdef extern from "reflux_core/park.h" nogil:
     void rx_thread_yield()
     uint32_t rx_event_prepare(rx_event* ev)
     int rx_event_wait(rx_event* ev, uint32_t s, int64_t timeout_ns)
+    void rx_event_notify(rx_event* ev)
 
 cdef extern from "reflux_core/rings.h" nogil:
     uint64_t RX_MAX_CAPACITY
