@@ -861,7 +861,8 @@ class TransformerLogic(NodeLogic):
     def __init__(self, node: Transformer, ctx: NodeContext) -> None:
         super().__init__(node, ctx)
         self.fn = node.fn
-        self.call = _direct_call(node.fn)
+        #: what the batch loops call: fn, or its class's __call__ bound to it (see _direct_call)
+        self.direct_fn = _direct_call(node.fn)
         self.pending: deque[Any] = deque()
 
     def open(self) -> None:
@@ -879,7 +880,7 @@ class TransformerLogic(NodeLogic):
         n = len(batch)
         self.remaining = n
         before = len(buf)
-        specials, _ = _call_all(self.call, batch, buf)
+        specials, _ = _call_all(self.direct_fn, batch, buf)
         if specials:
             results = buf[before:]
             del buf[before:]
@@ -898,7 +899,7 @@ class TransformerLogic(NodeLogic):
         (``remaining`` counts this item; it is decremented once the item is handled.)"""
         if isinstance(r, BaseException) or r.__class__ is Error:
             exc = r if isinstance(r, BaseException) else r.exception
-            ok, r, attempts = self.retry(self.call, item, exc)
+            ok, r, attempts = self.retry(self.direct_fn, item, exc)
             if not ok:
                 self.remaining -= 1
                 self.fail(item, r, attempts, out)
@@ -930,7 +931,7 @@ class FlatTransformerLogic(TransformerLogic):
     """Any number of outputs per input (generator function or ``flat=True``)."""
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        fn = self.call
+        fn = self.direct_fn
         emit = out.emit
         self.remaining = len(batch)
         for item in batch:
@@ -1012,7 +1013,7 @@ class FilterLogic(NodeLogic):
 
     def __init__(self, node: Filter, ctx: NodeContext) -> None:
         super().__init__(node, ctx)
-        self.call = _direct_call(node.predicate)
+        self.direct_fn = _direct_call(node.predicate)
 
     def open(self) -> None:
         _open_hook(self.node.predicate)
@@ -1024,7 +1025,7 @@ class FilterLogic(NodeLogic):
         # One C loop appends the kept items straight to the output; it stops
         # at a failed call, which is retried (or failed) here, in order,
         # before the loop goes on with the items behind it.
-        pred = self.call
+        pred = self.direct_fn
         buf = out.ports[0]
         if type(batch) is not list:
             batch = list(batch)
@@ -1406,7 +1407,7 @@ class LoaderLogic(NodeLogic):
     def __init__(self, node: Loader, ctx: NodeContext) -> None:
         super().__init__(node, ctx)
         self.fn = node.fn
-        self.call = _direct_call(node.fn)
+        self.direct_fn = _direct_call(node.fn)
         self.returned: list[Any] = []
 
     def open(self) -> None:
@@ -1416,7 +1417,7 @@ class LoaderLogic(NodeLogic):
         _close_hook(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        fn = self.call
+        fn = self.direct_fn
         st = self.stats
         self.remaining = len(batch)
         if self.node.batch:

@@ -438,7 +438,7 @@ class ProcessTransformerLogic(NodeLogic):
         if pre:
             # start_method="fork": adopt the workers forked when the run started; they
             # share this interpreter's state, so they need no preparation
-            node._preforked = None
+            node._preforked = None  # type: ignore[attr-defined]  # a Transformer here
             self._fork_setup = wire.encode((wire.SETUP, None, fn_pickle, opts))
             for i, (proc, to_w, from_r) in enumerate(pre):
                 self._send_setup(self._adopt(_Worker(proc, to_w, from_r, i)))
