@@ -369,6 +369,19 @@ def test_fork_start_gives_the_same_results_from_forked_workers() -> None:
     assert os.getpid() not in pids and 1 <= len(pids) <= 2
 
 
+def test_two_forked_nodes_and_a_spawned_one_end_cleanly() -> None:
+    # each forked child closes the parent's ends of its siblings' pipes, so every
+    # worker sees its end of input when the parent closes it (no hang at the end)
+    _single_threaded()
+    r = run(Extractor(range(2000))
+            >> Transformer(procfns.square, executor="process", workers=2, start_method="fork", name="a")
+            >> Transformer(procfns.square, executor="process", workers=2, start_method="fork", name="b")
+            >> Transformer(procfns.square, executor="process", workers=1, name="c")
+            >> Loader.to_list(name="out"))
+    assert r.results["out"] == [x ** 8 for x in range(2000)]
+    assert not r.accounting_problems()
+
+
 def test_fork_workers_see_what_the_parent_has_loaded() -> None:
     # unlike spawned workers (test_function_the_worker_cannot_import_fails_at_start)
     mod = types.ModuleType("reflux_forked_phantom")
