@@ -414,20 +414,6 @@ def test_fork_errors_and_a_dying_worker_go_through_the_policy() -> None:
     assert sorted(r.results["out"] + lost) == list(range(200))  # the replacement (spawned) went on
 
 
-def test_fork_stop_without_drain_ends_the_workers() -> None:
-    _single_threaded()
-    p = Pipeline(Extractor([0.01] * 100_000) >> Transformer(procfns.sleepy, executor="process", workers=2,
-                                                            start_method="fork")
-                 >> Loader.to_list(name="out"))
-    p.start()
-    try:
-        time.sleep(0.3)
-    finally:
-        p.stop(drain=False)
-    r = p.join(HANG)
-    assert r.status == "stopped" and not r.accounting_problems()
-
-
 def test_fork_workers_of_a_node_that_never_opened_are_ended() -> None:
     # the run fails before the process node runs: its forked workers must not outlive it
     def bad_source() -> Iterator[int]:
@@ -509,8 +495,12 @@ def test_function_the_worker_cannot_import_fails_at_start() -> None:
 # --------------------------------------------------------------------------- stopping
 
 
-def test_stop_without_drain_ends_the_workers() -> None:
-    p = Pipeline(Extractor([0.01] * 100_000) >> Transformer(procfns.sleepy, executor="process", workers=2)
+@pytest.mark.parametrize("start", ["spawn", "fork"])
+def test_stop_without_drain_ends_the_workers(start: str) -> None:
+    if start == "fork":
+        _single_threaded()
+    p = Pipeline(Extractor([0.01] * 100_000) >> Transformer(procfns.sleepy, executor="process", workers=2,
+                                                            start_method=start)
                  >> Loader.to_list(name="out"))
     p.start()
     try:
