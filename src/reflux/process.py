@@ -315,9 +315,14 @@ def prefork(nodes: list[Any]) -> None:
             for _ in range(getattr(node, "workers", None) or default_workers()):
                 to_r, to_w = os.pipe()
                 from_r, from_w = os.pipe()
-                for fd in (to_w, from_r):
-                    ProcessTransformerLogic._grow_pipe(fd)
-                pid = os.fork()
+                try:
+                    for fd in (to_w, from_r):
+                        ProcessTransformerLogic._grow_pipe(fd)
+                    pid = os.fork()
+                except BaseException:
+                    for fd in (to_r, to_w, from_r, from_w):
+                        os.close(fd)
+                    raise
                 if pid == 0:  # the child
                     _run_forked_worker(to_r, from_w, [*parent_fds, to_w, from_r])
                 os.close(to_r)
