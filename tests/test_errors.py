@@ -357,3 +357,14 @@ def test_ctrl_c_during_run_stops_cleanly(tmp_path: Any) -> None:
     assert problems == 0
     assert threads_left == 0
     assert "interrupted" in err  # the summary is logged (logging's last-resort handler)
+
+
+def test_a_multi_line_failure_is_not_repeated_in_the_node_error() -> None:
+    def boom(x: int) -> int:
+        raise RuntimeError("first line\nsecond line\nthird line")
+
+    with pytest.raises(NodeError) as info:
+        Pipeline(Extractor(range(3)) >> Transformer(boom, name="boom") >> Loader.to_list()).run(timeout=60)
+    message = str(info.value)
+    assert message == "Transformer 'boom' failed on item 0: RuntimeError: first line (see its cause for the rest)"
+    assert "second line" in str(info.value.__cause__)

@@ -865,7 +865,12 @@ class Pipeline:
             exc.result = result
             return exc
         where = "" if record.item is None else f" on item {record.item!r:.100}"
-        err = NodeError(f"{label} failed{where}: {type(exc).__name__}: {exc}", node=record.node, record=record)
+        text = str(exc)
+        if "\n" in text:
+            # a multi-line message (a worker's traceback) is shown in full with the
+            # chained cause; repeating it here doubled the output
+            text = text.split("\n", 1)[0].rstrip(":") + " (see its cause for the rest)"
+        err = NodeError(f"{label} failed{where}: {type(exc).__name__}: {text}", node=record.node, record=record)
         err.__cause__ = exc
         err.result = result
         return err
