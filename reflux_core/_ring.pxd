@@ -16,6 +16,7 @@ cdef extern from "reflux_core/atomics.h" nogil:
     uint64_t rx_load64_relaxed(uint64_t* p)
     uint64_t rx_load64_acquire(uint64_t* p)
     uint64_t rx_add64_release(uint64_t* p, uint64_t v)
+    void rx_store64_release(uint64_t* p, uint64_t v)
     uint64_t rx_sub64_acqrel(uint64_t* p, uint64_t v)
     uint64_t rx_sub64_relaxed(uint64_t* p, uint64_t v)
 

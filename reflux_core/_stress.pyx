@@ -18,7 +18,7 @@ from reflux_core.channel cimport RecordChannel
 from reflux_core._ring cimport (rx_event, rx_event_init, rx_event_destroy, rx_event_wait,
                                 rx_event_prepare, rx_event_notify, rx_heavy_barrier,
                                 rx_light_barrier, rx_now_ns, rx_load64_acquire, rx_add64_release,
-                                rx_sub64_acqrel, rx_thread_yield)
+                                rx_sub64_acqrel, rx_thread_yield, rx_cpu_relax, rx_store64_release)
 
 cdef enum:
     MAX_PRODUCERS = 64
@@ -151,6 +151,8 @@ cdef struct Job:
     uint64_t* producers_left
     rx_event* finished      # notified as each thread ends (run_native sleeps on it)
     uint64_t* notified      # counts the notifies done: run_native frees `finished` after all
+    uint64_t* arrived       # start gate: threads that reached their loop
+    uint64_t* gate          # threads to wait for at the gate (lowered if one failed to start)
 
 
 cdef void _native_run(RecordChannel ch, Job* job) noexcept:
@@ -158,6 +160,13 @@ cdef void _native_run(RecordChannel ch, Job* job) noexcept:
     cdef int i
     if buf != NULL:
         with nogil:
+            # start gate: no side waits on a ring while the other is still starting
+            # release: pairs with the acquire loads of the other threads
+            rx_add64_release(job.arrived, 1)
+            # acquire: pairs with the increments above, and with run_native's
+            # release store when it lowers the gate
+            while rx_load64_acquire(job.arrived) < rx_load64_acquire(job.gate):
+                rx_cpu_relax()
             if job.producer >= 0:
                 job.pushed = _produce(ch, <uint32_t>job.producer, job.n, job.batch, buf)
                 # acq_rel: each producer's pushes happen-before the close;
@@ -196,7 +205,14 @@ def run_native(RecordChannel ch, int producers, int consumers, Py_ssize_t per_pr
     """Start ``producers`` + ``consumers`` native threads (no Python thread
     state) that move tagged records through ``ch`` without the GIL; the last
     producer closes the channel.  Returns (seconds, pushed per producer, tally
-    per consumer)."""
+    per consumer).
+
+    The threads meet at a start gate before their loops, as the benchmark's
+    Python-thread runs meet at a barrier.  Without it, runs where the loops
+    were preempted hundreds to thousands of times (involuntary context
+    switches; parks stayed rare) waited 300-1,500 times per 10 M records,
+    likely because a thread started while the other already spun can be
+    placed on the same CPU until the scheduler moves it."""
     cdef int total = producers + consumers
     cdef Job* jobs
     cdef uint64_t done = 0
@@ -205,6 +221,8 @@ def run_native(RecordChannel ch, int producers, int consumers, Py_ssize_t per_pr
     cdef int64_t t0, t1
     cdef rx_event finished
     cdef uint64_t notified = 0
+    cdef uint64_t arrived = 0
+    cdef uint64_t gate = total
     cdef uint32_t seen
     cdef int started = 0
     _check_channel(ch)
@@ -223,6 +241,8 @@ def run_native(RecordChannel ch, int producers, int consumers, Py_ssize_t per_pr
         jobs[i].producers_left = &left
         jobs[i].finished = &finished
         jobs[i].notified = &notified
+        jobs[i].arrived = &arrived
+        jobs[i].gate = &gate
     if rx_event_init(&finished) != 0:
         free(jobs)
         raise MemoryError()
@@ -233,6 +253,9 @@ def run_native(RecordChannel ch, int producers, int consumers, Py_ssize_t per_pr
             ch.close()
             break
         started += 1
+    if started < total:
+        # release: pairs with the gate's acquire load in the started threads
+        rx_store64_release(&gate, <uint64_t>started)
     with nogil:
         # Sleep until the threads have ended, woken by each one as it ends (a
         # periodic wake-up here would take a core from the threads measured:
