@@ -141,7 +141,8 @@ def _usable_cpus():
         return os.cpu_count() or 1
 
 
-_python_spinner_limit = <uint64_t>max(0, _usable_cpus() - 1)
+_cpus = _usable_cpus()
+_python_spinner_limit = <uint64_t>max(0, _cpus - 1)
 
 
 def park_backend():
@@ -182,7 +183,7 @@ def set_wait_policy(python_ns=None, nogil_ns=None):
 
 
 def _init_wait_policy():
-    if _usable_cpus() < 2:
+    if _cpus < 2:
         set_wait_policy(0, 0)
 
 
@@ -410,7 +411,7 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
         else:
             rx_sub64_relaxed(&_python_spinners, 1)
             spin_max = 0
-    if spin_max > 0 and spinner:
+    if spinner:
         # Python waiters spin a fixed budget: the spinner cap above already
         # keeps them off a core the GIL holder needs, and an adaptive budget
         # could settle at its floor, too short to see a GIL hand-over, after
@@ -470,10 +471,9 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
     return result
 
 
-cdef inline bint _settle_for_gil(ring_kind k, void* r) noexcept nogil:
+cdef inline void _settle_for_gil(ring_kind k, void* r) noexcept nogil:
     """The channel is ready; before taking the GIL back, wait (briefly,
     spinning) until another thread has released it in a reflux wait.
-    Returns whether that happened.
 
     Taking the GIL while the thread that made us ready still runs Python
     parks us in the interpreter's own GIL wait, and waking from there costs
@@ -493,7 +493,7 @@ cdef inline bint _settle_for_gil(ring_kind k, void* r) noexcept nogil:
     cdef uint64_t seen = _len(k, r), cur
     cdef unsigned int j, backoff = 1
     if _gil_settle_max_ns <= 0:
-        return False
+        return
     # relaxed: a scheduling hint, never a correctness condition
     while rx_load64_relaxed(&_gil_waiters) < 2:
         for j in range(backoff):
@@ -506,10 +506,9 @@ cdef inline bint _settle_for_gil(ring_kind k, void* r) noexcept nogil:
             seen = cur
             idle_end = now + SETTLE_IDLE_NS
         elif now >= idle_end:
-            return False
+            return
         if now >= hard_end:
-            return False
-    return True
+            return
 
 
 cdef enum:
