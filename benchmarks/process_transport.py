@@ -8,7 +8,7 @@ One producer process sends ``--items`` small ints to one consumer process, in
 lists of ``--batch`` (what reflux's process workers move: chunks of items),
 through:
 
-``pipe+writev``  reflux's framing (:mod:`reflux._procworker`): pickle protocol
+``pipe+writev``  reflux's framing (:mod:`reflux.run.process.child`): pickle protocol
                  5 with out-of-band buffers, ``os.writev`` / ``os.readv`` on an
                  OS pipe (1 MiB pipe buffer asked for)
 ``mp.Pipe``      ``multiprocessing.Pipe()``: ``send_bytes`` / ``recv_bytes`` of
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from reflux import _procworker as wire
+from reflux.run.process import child as wire
 
 PIPE_SIZE = 1 << 20
 RING = 8 << 20

@@ -6,7 +6,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
@@ -28,7 +27,7 @@ REC = np.dtype([("id", "<u4"), ("x", "<f8")])
 
 
 
-from support import Worker, start, wait_until  # noqa: E402
+from support import start, wait_until  # noqa: E402
 
 
 def records(ids, dtype=REC):

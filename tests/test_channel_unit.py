@@ -18,7 +18,6 @@ import queue
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -46,7 +45,7 @@ EARLY_SLACK = 0.002  # clock granularity allowed when checking "not earlier than
 # ---------------------------------------------------------------- helpers
 
 
-from support import Worker, start, wait_until  # noqa: E402
+from support import start, wait_until  # noqa: E402
 
 
 def wait_blocked(ch, consumers=0, producers=0):

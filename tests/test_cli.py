@@ -6,7 +6,8 @@ import math
 import subprocess
 import sys
 
-from reflux.cli import EVENT_KINDS, _generate_events, build_demo
+from reflux.cli.demo import EVENT_KINDS, build_demo
+from reflux.cli.demo import generate_events as _generate_events
 
 
 def test_demo_command_writes_window_totals(tmp_path):
@@ -53,8 +54,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from reflux.cli import (EXIT_FAILED, EXIT_INVALID, EXIT_NO_FILE, EXIT_NO_NAME, EXIT_OK,  # noqa: E402
-                        EXIT_USER_CODE, main)
+from reflux.cli.main import (EXIT_FAILED, EXIT_INVALID, EXIT_NO_FILE, EXIT_NO_NAME, EXIT_OK,  # noqa: E402
+                             EXIT_USER_CODE, main)
 
 HANG = 120
 
@@ -300,7 +301,7 @@ def test_demo_hot_path_plugin_matches_the_python_reference() -> None:
     import random
 
     from reflux import Extractor, Loader, Pipeline, Transformer
-    from reflux.demo import EVENT_KINDS, score_event, to_records, unpack
+    from reflux.cli.demo import EVENT_KINDS, score_event, to_records, unpack
     from reflux_core._demo import ScoreEvents
 
     rnd = random.Random(3)

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from reflux import Extractor, Filter, Funnel, Loader, Messenger, Pipeline, Transformer, ValidationError
-from reflux.metrics import CONTENT_TYPE, MetricsServer, prometheus_text
-from reflux.progress import LiveProgress, render_stats
+from reflux.observe.metrics import CONTENT_TYPE, MetricsServer, prometheus_text
+from reflux.observe.progress import LiveProgress, render_stats
 
 HANG = 60
 
@@ -190,7 +190,7 @@ def test_progress_draws_the_nodes_on_a_terminal() -> None:
 
 
 def test_render_marks_a_clogged_node() -> None:
-    from reflux.monitor import NodeSnapshot, PipelineStats
+    from reflux.observe.stats import NodeSnapshot, PipelineStats
 
     st = PipelineStats("x", "running", 3.0, {
         "a": NodeSnapshot("a", "Transformer", received=12_345_678, queued=4, capacity=4, state="clogged",

@@ -1,4 +1,4 @@
-"""Pipeline.stats() snapshots, alerts and the clogging watchdog (reflux.monitor)."""
+"""Pipeline.stats() snapshots, alerts and the clogging watchdog (reflux.observe)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from reflux import ClogError, Extractor, Filter, Loader, NodeError, Pipeline, Transformer, ValidationError
-from reflux.monitor import Alert, Monitor, PipelineStats
+from reflux.observe.stats import Alert, PipelineStats
+from reflux.observe.watchdog import Monitor
 
 HANG = 60
 

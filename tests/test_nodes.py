@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ from reflux import (
     Transformer,
     ValidationError,
 )
-from reflux.nodes import LocalContext, Outbox
+from reflux.logic import LocalContext, Outbox, make_logic
 
 HANG = 60  # generous hang guard (seconds) for every run
 
@@ -552,7 +551,7 @@ class TestLogicAlone:
     def test_transformer_logic(self) -> None:
         node = Transformer(lambda x: NeedsMoreWork(x - 1) if x > 0 else "done", name="t")
         ctx = LocalContext(node.make_stats())
-        logic = node.make_logic(ctx, 1, ["next"])
+        logic = make_logic(node, ctx, 1, ["next"])
         out = Outbox(1)
         logic.process([0, 2], out)
         assert out.ports[0] == ["done"] and logic.has_feedback()
@@ -566,7 +565,7 @@ class TestLogicAlone:
     def test_filter_and_errors_logic(self) -> None:
         node = Filter(lambda x: 1 / x > 0.3, on_error="log", name="f")
         ctx = LocalContext(node.make_stats())
-        logic = node.make_logic(ctx, 1, ["next"])
+        logic = make_logic(node, ctx, 1, ["next"])
         out = Outbox(1)
         logic.process([1, 0, 2, 5], out)
         assert out.ports[0] == [1, 2]
@@ -575,7 +574,7 @@ class TestLogicAlone:
 
     def test_balancer_logic_continues_round_robin_across_batches(self) -> None:
         node = Balancer(name="b")
-        logic = node.make_logic(LocalContext(node.make_stats()), 2, ["x", "y"])
+        logic = make_logic(node, LocalContext(node.make_stats()), 2, ["x", "y"])
         out = Outbox(2)
         logic.process([1, 2, 3], out)
         logic.process([4, 5], out)
@@ -583,7 +582,7 @@ class TestLogicAlone:
 
     def test_accumulator_logic_window(self) -> None:
         node = Accumulator(10, window=5.0)
-        logic = node.make_logic(LocalContext(node.make_stats()), 1, ["next"])
+        logic = make_logic(node, LocalContext(node.make_stats()), 1, ["next"])
         out = Outbox(1)
         logic.process([1, 2], out)
         deadline = logic.next_deadline()
@@ -599,7 +598,7 @@ class TestLogicAlone:
 def test_callable_objects_are_called_as_python_would() -> None:
     import functools
 
-    from reflux.nodes import _direct_call
+    from reflux.logic.base import direct_call as _direct_call
 
     class Counter:
         def __init__(self) -> None:

@@ -23,7 +23,7 @@ from support import start, wait_until
 
 import reflux_core
 from reflux import Extractor, Filter, Loader, Messenger, NodeError, Pipeline, Transformer
-from reflux.plugins import PluginABIError, c_plugin, check_plugin, is_plugin
+from reflux.describe.plugins import PluginABIError, c_plugin, check_plugin, is_plugin
 from reflux_core import _testplugins as P
 from reflux_core import transform as T
 from reflux_core.channel import RecordChannel
@@ -601,7 +601,8 @@ def test_two_plugin_nodes_joined_by_a_record_channel_run_without_the_gil():
     """The record edge a runtime builds between two plug-in nodes (pump_for):
     records flow source -> Transformer -> Filter -> sink through record
     channels while this thread holds the GIL without a break."""
-    from reflux.plugins import pump_for, record_dtypes
+    from reflux.describe.plugins import record_dtypes
+    from reflux.logic.plugins import pump_for
 
     t, f = Transformer(P.NewtonSqrt(40), name="t"), Filter(P.AtLeast(3.0), name="f")
     assert record_dtypes(t) == (REC, REC) and record_dtypes(f) == (REC, REC)
@@ -628,18 +629,21 @@ def test_two_plugin_nodes_joined_by_a_record_channel_run_without_the_gil():
 
 
 def test_pump_for_a_messenger_routes_by_port():
-    from reflux.plugins import pump_for
+    from reflux.logic.plugins import pump_for
 
     zero, one = Loader.to_list(name="zero"), Loader.to_list(name="one")
     m = Messenger(P.IdModulo(3), routes={0: zero, 1: one}, default=one, name="m")
-    Pipeline(Extractor([]) >> m >> [zero, one]).compile()  # fills the Messenger's port table
+    task = Pipeline(Extractor([]) >> m >> [zero, one]).compile().task("m")  # the Messenger's port table
     outs = [RecordChannel(REC, 64) for _ in range(2)]
     src = RecordChannel(REC, 64)
     src.push(records(9))
     src.close()
-    pump = pump_for(m, src, outs)
+    with pytest.raises(Exception, match="Messenger 'm': a record pump for a Messenger needs ports="):
+        pump_for(m, src, outs)
+    pump = pump_for(m, src, outs, ports=task.ports, default_port=task.default_port)
     assert pump.run() == "end"
-    zero_port = m._ports[0]
+    assert task.ports is not None
+    zero_port = task.ports[0]
     np.testing.assert_array_equal(outs[zero_port].pop(64)["id"], [0, 3, 6])
     np.testing.assert_array_equal(outs[1 - zero_port].pop(64)["id"], [1, 2, 4, 5, 7, 8])
     with pytest.raises(Exception, match="Transformer 'plain': not made with a compiled plug-in"):
@@ -660,10 +664,11 @@ def test_pump_runs_in_one_thread_at_a_time():
 
 
 def test_plain_python_nodes_do_not_load_the_plugin_layer():
-    """A pipeline of Python functions never imports reflux.plugins (nor numpy): no start-up cost."""
+    """A pipeline of Python functions never imports the plug-in modules (nor numpy): no start-up cost."""
     code = ("import sys\nfrom reflux import Filter, Messenger, Transformer\n"
             "Transformer(abs); Filter(bool); Messenger(len)\n"
-            "assert 'reflux.plugins' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)\n")
+            "assert not {'reflux.describe.plugins', 'reflux.logic.plugins', 'numpy'} & set(sys.modules), "
+            "sorted(sys.modules)\n")
     # cwd: not the checkout, whose uncompiled reflux_core/ would shadow the installed one
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=tempfile.gettempdir())

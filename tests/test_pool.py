@@ -18,7 +18,8 @@ from reflux import (
     Transformer,
     ValidationError,
 )
-from reflux.pool import PoolRuntime, fuse_chains
+from reflux.run.fusion import fuse_chains
+from reflux.run.pool import PoolRuntime
 
 HANG = 60.0
 
@@ -93,10 +94,12 @@ class TestThreads:
         assert isinstance(rt, PoolRuntime) and rt.n_workers == 3
         p.join(HANG)
 
-    def test_thread_runtime_still_available(self) -> None:
+    def test_the_pool_is_the_only_runtime(self) -> None:
         sink = Loader.to_list()
-        result = Pipeline(Extractor(range(100)) >> Transformer(lambda x: -x) >> sink, runtime="threads").run(HANG)
+        result = Pipeline(Extractor(range(100)) >> Transformer(lambda x: -x) >> sink, runtime="pool").run(HANG)
         assert result.results[sink.name] == [-x for x in range(100)]
+        with pytest.raises(ValidationError, match="runtime='threads' .* is no longer available.*workers="):
+            Pipeline(runtime="threads")
 
 
 class TestFusion:

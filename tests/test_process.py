@@ -1,4 +1,4 @@
-"""Process workers: ``Transformer(fn, executor="process")`` (reflux.process).
+"""Process workers: ``Transformer(fn, executor="process")`` (reflux.run.process).
 
 Every test checks (autouse fixture) that no child process is left behind,
 by scanning /proc for processes whose parent is this one.
@@ -29,7 +29,7 @@ from reflux import (
     Transformer,
     ValidationError,
 )
-from reflux.process import ProcessWorkerError, RemoteError
+from reflux import ProcessWorkerError, RemoteError
 
 HANG = 60  # seconds: a hang guard only
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -166,7 +166,7 @@ def test_numpy_payloads_round_trip_writable() -> None:
 
 def test_numpy_data_travels_out_of_band() -> None:
     """The array's bytes are not in the pickle stream (protocol 5 buffers)."""
-    from reflux import _procworker as wire
+    from reflux.run.process import child as wire
     a = np.arange(100_000, dtype=np.float64)
     parts = wire.encode((wire.WORK, 0, [a]))
     assert len(parts) == 3
@@ -426,7 +426,7 @@ def test_fork_workers_of_a_node_that_never_opened_are_ended() -> None:
                  >> Loader.to_list(name="out"))
     with pytest.raises(NodeError, match="no input"):
         p.run(timeout=HANG)
-    assert all(getattr(n, "_preforked", None) is None for n in p.nodes)
+    assert p._runtime is not None and p._runtime.preforked == {}  # every forked worker adopted or ended
 
 
 def test_fork_start_is_refused_while_other_threads_run() -> None:
@@ -643,9 +643,10 @@ def test_workers_exit_when_the_parent_dies(tmp_path: Any, cost: float, start: st
 
 
 def _logic(node: Transformer) -> tuple[Any, Any, Any]:
-    from reflux.nodes import LocalContext, Outbox
+    from reflux.logic import LocalContext, Outbox
+    from reflux.run.placement import logic_for
     ctx = LocalContext(node.make_stats())
-    return node.make_logic(ctx, 1, ["out"]), Outbox(), ctx
+    return logic_for(node, ctx, 1, ["out"]), Outbox(), ctx
 
 
 def test_the_logic_runs_without_a_runtime() -> None:

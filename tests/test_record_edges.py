@@ -22,7 +22,7 @@ from support import wait_until
 from test_plugins import GilHold
 
 from reflux import Extractor, Filter, Loader, NodeError, Pipeline, Transformer
-from reflux.plugins import c_plugin
+from reflux import c_plugin
 from reflux_core import _testplugins as P
 from reflux_core.channel import RecordChannel
 from reflux_core.transform import CTransform, RecordError
@@ -86,9 +86,8 @@ def test_inner_edges_of_a_plugin_chain_are_record_channels():
     assert record_inboxes(pipe) == {"f": "spsc", "t2": "spsc"}
     assert all(isinstance(b.channel, RecordChannel) and b.channel.dtype == REC
                for b in plan.inboxes if b.records)
-    # turned off, or on the thread-per-node runtime: object channels only
+    # turned off: object channels only
     assert record_inboxes(chain(records(10), record_edges=False)[0]) == {}
-    assert record_inboxes(chain(records(10), runtime="threads")[0]) == {}
 
 
 def test_which_edges_stay_object_channels():

@@ -18,6 +18,8 @@ which are re-exported here too.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from reflux_core.channel import (
     EMPTY,
     Channel,
@@ -30,6 +32,19 @@ from reflux_core.channel import (
     SPSCChannel,
 )
 
+from .describe.base import Flow, Node
+from .describe.nodes import (
+    Accumulator,
+    Balancer,
+    Broadcast,
+    Extractor,
+    Filter,
+    Funnel,
+    Loader,
+    Messenger,
+    Transformer,
+)
+from .describe.sinks import CallbackSink, FileSink, ListSink
 from .errors import (
     AccountingError,
     ClogError,
@@ -42,25 +57,11 @@ from .errors import (
     TransformError,
     ValidationError,
 )
-from .nodes import (
-    Accumulator,
-    Balancer,
-    Broadcast,
-    Error,
-    Extractor,
-    Filter,
-    Funnel,
-    Loader,
-    Messenger,
-    NeedsMoreWork,
-    Node,
-    Transformer,
-)
-from .monitor import Alert, NodeSnapshot, PipelineStats
-from .pipeline import Flow, Pipeline
+from .observe.stats import Alert, NodeSnapshot, PipelineStats
+from .pipeline import Pipeline
 from .policies import ErrorPolicy
 from .result import NodeStats, RunResult
-from .sinks import CallbackSink, FileSink, ListSink
+from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
 
@@ -112,5 +113,47 @@ __all__ = [
     "PipelineInterrupted",
     "AccountingError",
     "ErrorRecord",
+    # loaded on first use (they import numpy, rich, http.server or subprocess)
+    "CPluginHandle",
+    "LiveProgress",
+    "MetricsServer",
+    "PluginABIError",
+    "ProcessWorkerError",
+    "RecordError",
+    "RemoteError",
+    "c_plugin",
+    "prometheus_text",
+    "pump_for",
+    "render_stats",
     "__version__",
 ]
+
+#: public names whose modules are imported only when a name is first used, so
+#: ``import reflux`` stays cheap: {name: module}
+_LAZY = {
+    "CPluginHandle": "reflux.describe.plugins",
+    "PluginABIError": "reflux.describe.plugins",
+    "c_plugin": "reflux.describe.plugins",
+    "RecordError": "reflux_core.transform",
+    "pump_for": "reflux.logic.plugins",
+    "LiveProgress": "reflux.observe.progress",
+    "render_stats": "reflux.observe.progress",
+    "MetricsServer": "reflux.observe.metrics",
+    "prometheus_text": "reflux.observe.metrics",
+    "ProcessWorkerError": "reflux.run.process.launch",
+    "RemoteError": "reflux.run.process.launch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reflux' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

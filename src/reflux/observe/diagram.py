@@ -11,11 +11,11 @@ https://mermaid.live; render the DOT text with ``dot -Tsvg``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .nodes import Node
-    from .pipeline import Pipeline
+from ..describe.base import Node
+from ..describe.graph import Graph
+from ..describe.nodes import Messenger
 
 __all__ = ["graph_edges", "to_dot", "to_mermaid"]
 
@@ -44,15 +44,13 @@ _DOT_SHAPES = {
 }
 
 
-def graph_edges(pipeline: Pipeline) -> list[tuple[Node, Node, str, bool]]:
+def graph_edges(pipeline: Graph) -> list[tuple[Node, Node, str, bool]]:
     """Every edge as ``(sender, receiver, label, dead_letter)``, validating the pipeline.
 
     ``label`` lists the Messenger route keys that lead along the edge (and
     ``default`` for its default route), else it is empty.
     """
-    from .nodes import Messenger
-
-    edges, dead = pipeline._graph()
+    edges, dead = pipeline.resolved()
     out: list[tuple[Node, Node, str, bool]] = []
     for a, b in edges:
         label = ""
@@ -73,7 +71,7 @@ def graph_edges(pipeline: Pipeline) -> list[tuple[Node, Node, str, bool]]:
     return out
 
 
-def _ids(pipeline: Pipeline) -> dict[int, str]:
+def _ids(pipeline: Graph) -> dict[int, str]:
     return {id(n): f"n{i}" for i, n in enumerate(pipeline.nodes)}
 
 
@@ -82,7 +80,7 @@ def _mermaid_text(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_mermaid(pipeline: Pipeline, direction: str = "LR") -> str:
+def to_mermaid(pipeline: Graph, direction: str = "LR") -> str:
     """The pipeline as a Mermaid ``flowchart`` (``direction`` ``LR`` or ``TD``)."""
     edges = graph_edges(pipeline)  # validates, and may add the built-in dead-letter Loader
     ids = _ids(pipeline)
@@ -101,7 +99,7 @@ def _dot_quote(text: Any) -> str:
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def to_dot(pipeline: Pipeline) -> str:
+def to_dot(pipeline: Graph) -> str:
     """The pipeline as a Graphviz ``digraph``."""
     edges = graph_edges(pipeline)
     ids = _ids(pipeline)

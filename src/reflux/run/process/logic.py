@@ -2,7 +2,7 @@
 
 CPU-bound pure Python does not scale over threads on a GIL build of CPython;
 this module runs a Transformer's function in ``N`` worker processes instead.
-It is a node *logic* (see :mod:`reflux.nodes`), so any runtime that drives
+It is a node *logic* (see :mod:`reflux.logic.base`), so any runtime that drives
 logics runs it: the runtime hands it batches, it hands results to the outbox.
 
 How it works
@@ -23,7 +23,7 @@ How it works
   GIL released) only while ``workers * PREFETCH`` chunks are in flight.
 * Items travel as pickle protocol 5 with out-of-band buffers over OS pipes
   (``os.writev``/``os.readv``): numpy array data is not copied into the
-  pickle stream and arrives writable (see :mod:`reflux._procworker`).
+  pickle stream and arrives writable (see :mod:`reflux.run.process.child`).
 * Results are emitted in input order (``ordered=True``, the default) or as
   they complete (``ordered=False``).  While chunks are in flight,
   ``next_deadline()`` asks the runtime to call ``tick()`` every 0.5-10 ms, so
@@ -45,39 +45,31 @@ How it works
 """
 from __future__ import annotations
 
-import atexit
 import math
 import multiprocessing.spawn
 import os
 import pickle
 import select
-import signal
 import subprocess
-import sys
-import threading
 import time
 from collections import deque
 from typing import Any
 
-from . import _procworker as wire
-from .errors import RefluxError, ValidationError
-from .nodes import Error, NeedsMoreWork, NodeContext, NodeLogic, Outbox, _Signal
+from ...describe.executors import check_picklable
+from ...logic.base import NodeContext, NodeLogic, Outbox
+from ...signals import Error, NeedsMoreWork, Signal
+from . import child as wire
+from .launch import (
+    ForkedProcess,
+    ProcessWorkerError,
+    RemoteError,
+    default_workers,
+    spawn_worker,
+    untrack,
+)
 
-__all__ = [
-    "EXECUTORS",
-    "ProcessWorkerError",
-    "RemoteError",
-    "ProcessTransformerLogic",
-    "apply_default_executor",
-    "check_executor",
-    "check_picklable",
-    "default_workers",
-]
+__all__ = ["ProcessTransformerLogic"]
 
-#: accepted values of ``executor``
-EXECUTORS: tuple[str, ...] = ("thread", "process")
-#: accepted values of ``start_method``
-START_METHODS: tuple[str, ...] = ("spawn", "fork")
 #: chunks in flight per worker (one being worked on, the rest queued in its pipe)
 PREFETCH = 3
 #: seconds of worker time a chunk aims at once the cost per item is known
@@ -88,272 +80,6 @@ MIN_POLL, MAX_POLL = 0.0005, 0.01
 WAIT_SLICE = 0.05
 #: seconds a worker gets to finish (close hook, exit) before it is killed
 EXIT_GRACE = 5.0
-#: bytes asked for each pipe (Linux; ignored where it fails)
-PIPE_SIZE = 1 << 20
-
-
-class ProcessWorkerError(RefluxError):
-    """A worker process could not start, or died while it held items.
-
-    A worker that cannot load the function (or whose ``open()`` fails) fails
-    the node; items held by a worker that died go through the error policy.
-    """
-
-
-class RemoteError(RefluxError):
-    """Stands in for an exception raised in a worker that cannot be pickled;
-    the message is ``"TypeName: message"`` and the worker's traceback is attached."""
-
-
-def default_workers() -> int:
-    """Worker processes by default: the CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def refuse_while_bootstrapping(owner: str) -> None:
-    """Raise a clear error when a pipeline with process workers starts while this
-    interpreter is itself a worker importing the parent's main module.
-
-    That happens when a script builds and runs its pipeline at import time: each
-    worker imports the script to find the user's function and would start a
-    pipeline of its own (multiprocessing then refuses with a long message that
-    reaches the user several times over, wrapped in the parent's errors).
-    """
-    mp = sys.modules.get("multiprocessing.process")
-    if mp is not None and getattr(mp.current_process(), "_inheriting", False):
-        raise RuntimeError(
-            f"{owner}: a worker process started to run this pipeline while it imported your "
-            f"main module to find the function; put the code that builds and runs pipelines "
-            f"under 'if __name__ == \"__main__\":' (process workers import the main module, "
-            f"as multiprocessing's do)")
-
-
-def check_start_method(owner: str, executor: str, start_method: str | None) -> str:
-    """Check a Transformer's ``start_method`` (errors name ``owner``); returns it normalised."""
-    if start_method is None:
-        return "spawn"
-    if start_method not in START_METHODS:
-        raise ValidationError(f"{owner}: start_method must be one of "
-                              f"{', '.join(map(repr, START_METHODS))}, got {start_method!r}")
-    if executor != "process":
-        raise ValidationError(f"{owner}: start_method= needs executor='process' (got executor={executor!r})")
-    if start_method == "fork" and not hasattr(os, "fork"):
-        raise ValidationError(f"{owner}: start_method='fork' is not available on {sys.platform}")
-    return start_method
-
-
-def check_executor(owner: str, executor: str | None, workers: int | None,
-                   ordered: bool, fn: Any = None) -> tuple[str, int | None, bool]:
-    """Check a Transformer's ``executor``/``workers``/``ordered`` (errors name ``owner``);
-    with ``executor="process"``, also that ``fn`` can be pickled.
-
-    Returns ``(executor, workers, ordered)`` normalised (``executor`` None is "thread").
-    """
-    if executor is None:
-        executor = "thread"
-    if executor not in EXECUTORS:
-        raise ValidationError(
-            f"{owner}: executor must be one of {', '.join(map(repr, EXECUTORS))}, got {executor!r}")
-    if workers is not None:
-        if executor != "process":
-            raise ValidationError(f"{owner}: workers= needs executor='process' (got executor={executor!r})")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValidationError(f"{owner}: workers must be a positive integer, got {workers!r}")
-    if not isinstance(ordered, bool):
-        raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
-    if executor == "process":
-        if os.name != "posix":
-            raise ValidationError(f"{owner}: executor='process' is not available on {sys.platform} yet")
-        if fn is not None:
-            check_picklable(owner, fn)
-    return executor, workers, ordered
-
-
-def apply_default_executor(nodes: Any, executor: str) -> None:
-    """Give a pipeline's default ``executor`` to its Transformers that did not choose one
-    (checking, for ``"process"``, that their function can be pickled)."""
-    from .nodes import Transformer
-    for node in nodes:
-        if isinstance(node, Transformer) and not node.executor_chosen:
-            if executor == "process" and (node.plugin is not None or node.parallel != 1):
-                continue  # compiled plug-ins and thread replicas keep their threads
-            if executor == "process":
-                check_picklable(node.label, node.fn)
-                if node.ordered_given is None:
-                    node.ordered = True  # the process executor's default
-            node.executor = executor
-
-
-def check_picklable(owner: str, fn: Any) -> bytes:
-    """Pickle ``fn`` as it will be sent to the workers; a clear error naming ``owner`` if it cannot be."""
-    try:
-        return pickle.dumps(fn, protocol=5)
-    except Exception as exc:
-        raise ValidationError(
-            f"{owner}: executor='process' sends the function to worker processes, but it cannot be "
-            f"pickled ({type(exc).__name__}: {exc}); use a module-level function or a picklable "
-            f"callable object") from exc
-
-
-# ---------------------------------------------------------------- a safety net for the parent's exit
-
-_live: set[Any] = set()  # subprocess.Popen or _ForkedProcess
-_live_lock = threading.Lock()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """At interpreter exit, end any worker a logic did not get to stop."""
-    with _live_lock:
-        procs = list(_live)
-        _live.clear()
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        try:
-            p.wait(1.0)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            pass
-
-
-class _ForkedProcess:
-    """The parent's handle of a worker forked from it (``start_method="fork"``): the
-    part of :class:`subprocess.Popen` the logic uses (``pid``, ``returncode``,
-    ``poll``, ``wait``, ``terminate``, ``kill``)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: its status is gone
-                self.returncode = 0
-                return 0
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.0005
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"reflux worker {self.pid}", timeout or 0.0)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
-        assert self.returncode is not None
-        return self.returncode
-
-    def terminate(self) -> None:
-        self._send(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._send(signal.SIGKILL)
-
-    def _send(self, sig: int) -> None:
-        if self.poll() is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-
-def _run_forked_worker(rfd: int, wfd: int, close: list[int]) -> None:
-    """The child side of a fork: drop the parent's other pipe ends, then run the
-    worker loop on the inherited interpreter (no import, no preparation) and exit
-    without running the parent's exit handlers.  Never returns."""
-    code = 1
-    try:
-        for fd in close:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        os.setsid()  # as spawned workers: a terminal's Ctrl-C goes to the parent only
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        code = wire.main(["", str(rfd), str(wfd)])
-    except BaseException:  # noqa: BLE001 - never return into the parent's code
-        try:
-            import traceback
-            traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        wire._exit(code)
-
-
-def prefork(nodes: list[Any]) -> None:
-    """``start_method="fork"``: fork the worker processes of ``nodes`` now, at the
-    start of the run, while this process runs a single thread (a fork then copies
-    no lock another thread holds).  Each node keeps its workers in ``_preforked``
-    until its logic opens and adopts them; :func:`discard_preforked` ends the ones
-    never adopted.  Raises ``RuntimeError`` naming the node when other threads run.
-    """
-    if len(threading.enumerate()) > 1:
-        others = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
-        raise RuntimeError(
-            f"{nodes[0].label}: start_method='fork' forks the worker processes when the run starts, "
-            f"which is only safe while this process runs a single thread; running: {others}. "
-            f"Use start_method='spawn' (the default), or start this pipeline before other threads")
-    for stream in (sys.stdout, sys.stderr):  # else the children would write the buffers again
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
-    parent_fds: list[int] = []  # every parent-side end made so far: no child may keep one
-    try:
-        for node in nodes:
-            node._preforked = []
-            for _ in range(getattr(node, "workers", None) or default_workers()):
-                to_r, to_w = os.pipe()
-                from_r, from_w = os.pipe()
-                try:
-                    for fd in (to_w, from_r):
-                        ProcessTransformerLogic._grow_pipe(fd)
-                    pid = os.fork()
-                except BaseException:
-                    for fd in (to_r, to_w, from_r, from_w):
-                        os.close(fd)
-                    raise
-                if pid == 0:  # the child
-                    _run_forked_worker(to_r, from_w, [*parent_fds, to_w, from_r])
-                os.close(to_r)
-                os.close(from_w)
-                proc = _ForkedProcess(pid)
-                with _live_lock:
-                    _live.add(proc)
-                node._preforked.append((proc, to_w, from_r))
-                parent_fds += (to_w, from_r)
-    except BaseException:
-        discard_preforked(nodes)
-        raise
-
-
-def discard_preforked(nodes: Any) -> None:
-    """End the forked workers no logic adopted (the run ended before the node opened)."""
-    for node in nodes:
-        handles = getattr(node, "_preforked", None)
-        if not handles:
-            continue
-        node._preforked = None
-        for proc, wfd, rfd in handles:
-            for fd in (wfd, rfd):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            proc.kill()
-            proc.wait()
-            with _live_lock:
-                _live.discard(proc)
 
 
 class _Worker:
@@ -401,8 +127,10 @@ def _attach_traceback(exc: BaseException, tb: str, pid: int) -> BaseException:
 class ProcessTransformerLogic(NodeLogic):
     """The logic of a Transformer with ``executor="process"`` (see the module docs)."""
 
-    def __init__(self, node: Any, ctx: NodeContext) -> None:
+    def __init__(self, node: Any, ctx: NodeContext, preforked: list[Any] | None = None) -> None:
         super().__init__(node, ctx)
+        #: workers forked for this node when the run started (start_method="fork"), to adopt at open
+        self._preforked = preforked
         self.flat: bool = bool(node.flat)
         self.ordered: bool = bool(getattr(node, "ordered", True))
         self.n_workers: int = getattr(node, "workers", None) or default_workers()
@@ -439,11 +167,10 @@ class ProcessTransformerLogic(NodeLogic):
         opts = {"flat": self.flat, "retries": pol.retries, "backoff": pol.backoff,
                 "backoff_factor": pol.backoff_factor, "max_backoff": pol.max_backoff}
         self._fn_pickle, self._opts = fn_pickle, opts
-        pre = getattr(node, "_preforked", None)
+        pre, self._preforked = self._preforked, None
         if pre:
             # start_method="fork": adopt the workers forked when the run started; they
             # share this interpreter's state, so they need no preparation
-            node._preforked = None  # type: ignore[attr-defined]  # a Transformer here
             self._fork_setup = wire.encode((wire.SETUP, None, fn_pickle, opts))
             for i, (proc, to_w, from_r) in enumerate(pre):
                 self._send_setup(self._adopt(_Worker(proc, to_w, from_r, i)))
@@ -464,36 +191,11 @@ class ProcessTransformerLogic(NodeLogic):
 
     def _spawn(self, index: int) -> _Worker:
         """Start one worker interpreter with a pipe each way."""
-        to_r, to_w = os.pipe()
-        from_r, from_w = os.pipe()
-        try:
-            for fd in (to_w, from_r):
-                self._grow_pipe(fd)
-            argv = [multiprocessing.spawn.get_executable(), *subprocess._args_from_interpreter_flags(),
-                    "-c", wire.BOOT, wire.__file__, str(to_r), str(from_w)]
-            popen = subprocess.Popen(argv, pass_fds=(to_r, from_w), stdin=subprocess.DEVNULL,
-                                     close_fds=True, start_new_session=True)
-        except BaseException:
-            for fd in (to_r, to_w, from_r, from_w):
-                os.close(fd)
-            raise
-        os.close(to_r)
-        os.close(from_w)
-        with _live_lock:
-            _live.add(popen)
-        return self._adopt(_Worker(popen, to_w, from_r, index))
-
-    @staticmethod
-    def _grow_pipe(fd: int) -> None:
-        """Ask for a larger pipe buffer (fewer wake-ups for big chunks); best effort."""
-        try:
-            import fcntl
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
-        except (ImportError, AttributeError, OSError):
-            pass
+        popen, wfd, rfd = spawn_worker()
+        return self._adopt(_Worker(popen, wfd, rfd, index))
 
     def _send_setup(self, w: _Worker) -> None:
-        if isinstance(w.popen, _ForkedProcess):
+        if isinstance(w.popen, ForkedProcess):
             setup = self._fork_setup
         else:  # a fresh interpreter: it first re-creates sys.path, cwd and __main__
             if self._setup is None:
@@ -548,8 +250,7 @@ class ProcessTransformerLogic(NodeLogic):
             os.close(w.wfd)
             w.wfd = -1
         w.closed = True
-        with _live_lock:
-            _live.discard(w.popen)
+        untrack(w.popen)
 
     # ------------------------------------------------------------------ sending
 
@@ -679,7 +380,7 @@ class ProcessTransformerLogic(NodeLogic):
     def _wait(self, out: Outbox) -> None:
         """Block (GIL released) until some result arrives or a slice passes; emit what is ready.
 
-        Raises :class:`~reflux.nodes.Abort` (through ``ctx.sleep(0)``) when the run is abandoned.
+        Raises :class:`~reflux.logic.base.Abort` (through ``ctx.sleep(0)``) when the run is abandoned.
         """
         if out.held():  # about to block: hand on what is ready first
             out.flush()
@@ -735,7 +436,7 @@ class ProcessTransformerLogic(NodeLogic):
             v = values[i]
             if self.flat:
                 for r in v:
-                    if isinstance(r, _Signal):
+                    if isinstance(r, Signal):
                         if r.__class__ is NeedsMoreWork:
                             self.stats.fed_back += 1
                             self.pending.append(r.item)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
 __all__ = ["EVENT_KINDS", "build_demo", "generate_events", "score_event", "to_records", "unpack"]
 
@@ -112,8 +112,18 @@ def build_demo(items: int, out_dir: Path, seed: int = 7) -> tuple[Pipeline, dict
     """The demo pipeline over ``items`` generated events, writing its totals to
     ``out_dir / "reflux-demo-totals.jsonl"``.  Returns the pipeline and its
     sinks by role (``"file"``: the result path, ``"to_list"``, ``"to_file"``)."""
-    from . import (Accumulator, Balancer, Broadcast, Extractor, Filter, Funnel, Loader, Messenger, Pipeline,
-                   Transformer)
+    from ..describe.nodes import (
+        Accumulator,
+        Balancer,
+        Broadcast,
+        Extractor,
+        Filter,
+        Funnel,
+        Loader,
+        Messenger,
+        Transformer,
+    )
+    from ..pipeline import Pipeline
 
     source = Extractor(generate_events(items, seed), name="events")
     parse = Transformer(parse_event, name="parse")

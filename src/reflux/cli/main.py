@@ -29,17 +29,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-# the demo's pieces, importable from here as before
-from .demo import EVENT_KINDS, build_demo
-from .demo import generate_events as _generate_events
+from .demo import build_demo
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from .pipeline import Pipeline
-    from .result import RunResult
+    from ..pipeline import Pipeline
+    from ..result import RunResult
 
-__all__ = ["main", "build_demo", "load_pipeline", "CLIError", "EVENT_KINDS", "_generate_events",
+__all__ = ["main", "load_pipeline", "CLIError",
            "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NO_FILE", "EXIT_NO_NAME", "EXIT_INVALID",
            "EXIT_USER_CODE", "EXIT_INTERRUPTED"]
 
@@ -101,7 +99,7 @@ def load_pipeline(target: str) -> Pipeline:
     """The pipeline ``FILE.py[:NAME]`` defines; raises :class:`CLIError` with the
     exit code for a missing file, a missing name, something that is not a
     pipeline, or a file/function that raised."""
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     file, name = _split_target(target)
     path = Path(file)
@@ -145,7 +143,7 @@ def load_pipeline(target: str) -> Pipeline:
 
 
 def _validate(pipeline: Pipeline) -> None:
-    from .errors import ValidationError
+    from ..errors import ValidationError
 
     try:
         pipeline.validate()
@@ -228,8 +226,8 @@ def _execute(pipeline: Pipeline, *, progress: bool | None, console: Console, as_
              metrics_port: int | None, metrics_host: str, workers: int | None, timeout: float | None,
              report: bool = True) -> tuple[int, RunResult | None]:
     """Run ``pipeline`` with progress and metrics as asked, print the report; returns (exit code, result)."""
-    from .errors import NodeError, PipelineInterrupted
-    from .progress import LiveProgress
+    from ..errors import NodeError, PipelineInterrupted
+    from ..observe.progress import LiveProgress
 
     kwargs = _run_kwargs(pipeline, workers)
     server = pipeline.serve_metrics(metrics_port, metrics_host) if metrics_port is not None else None

@@ -1,6 +1,6 @@
 """Metrics for monitoring systems: a pipeline's stats in the Prometheus text format.
 
-:func:`prometheus_text` renders a :class:`~reflux.monitor.PipelineStats`
+:func:`prometheus_text` renders a :class:`~reflux.PipelineStats`
 snapshot in the Prometheus text exposition format (version 0.0.4);
 :class:`MetricsServer` serves it at ``/metrics`` from a small standard-library
 HTTP server on a background thread (no ``prometheus_client`` needed), which
@@ -21,12 +21,9 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
-from .monitor import NodeSnapshot, PipelineStats
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
+from .stats import HasStats, NodeSnapshot, PipelineStats
 
 __all__ = ["CONTENT_TYPE", "MetricsServer", "prometheus_text"]
 
@@ -107,7 +104,7 @@ def prometheus_text(stats: PipelineStats | Iterable[PipelineStats]) -> str:
     return "\n".join(lines) + "\n"
 
 
-Source = Union["Pipeline", Callable[[], Union[PipelineStats, Iterable[PipelineStats]]]]
+Source = Union[HasStats, Callable[[], Union[PipelineStats, Iterable[PipelineStats]]]]
 
 
 class MetricsServer:

@@ -1,6 +1,7 @@
 """Watching a running pipeline: live stats, alerts and the clogging watchdog.
 
-Everything here reads only what any runtime offers:
+Everything here reads only what the runtime offers (it never imports the run
+layer):
 
 * ``runtime.snapshot()``: ``{node name: NodeStats}`` copies of the counters
   (including ``busy``, the seconds a node spent in its own logic);
@@ -13,7 +14,8 @@ Everything here reads only what any runtime offers:
 :class:`Monitor` is made by :meth:`Pipeline.start` for each run.  It turns
 counters into a :class:`PipelineStats` snapshot (rates over the last second,
 busy fraction, channel fill, a state per node), and, when the pipeline has a
-``clog_timeout``, runs the watchdog on a small thread of its own:
+``clog_timeout``, runs the watchdog each time :meth:`Monitor.tick` is called
+(the runtime's workers call it every ``poll``; it has no thread of its own):
 
     A node is **clogged** when its input channel stays full while the node
     makes no progress (no counter moves) for ``clog_timeout`` seconds.  A
@@ -37,17 +39,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClogError, ErrorRecord
+from ..errors import ClogError, ErrorRecord
+from .stats import Alert, NodeSnapshot, PipelineStats, final_stats, snapshot_of
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Plan
-    from .result import NodeStats, RunResult
+    from ..describe.plan import Plan
+    from ..result import NodeStats, RunResult
 
-__all__ = ["Alert", "Monitor", "NodeSnapshot", "PipelineStats", "ON_CLOG"]
+__all__ = ["Monitor", "ON_CLOG"]
 
 logger = logging.getLogger("reflux")
 
@@ -60,160 +62,6 @@ RATE_WINDOW = 1.0
 _MIN_SAMPLE_GAP = 0.02
 
 _PROGRESS_COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "fed_back")
-
-
-@dataclass(frozen=True)
-class Alert:
-    """Something the monitor noticed about one node.
-
-    ``kind`` is ``"failed"`` (the node died), ``"clogged"`` (the watchdog
-    found it stuck) or ``"unclogged"`` (a clogged node made progress again).
-    """
-
-    kind: str
-    node: str
-    message: str
-    #: ``time.time()`` when it was noticed
-    time: float = field(default_factory=time.time)
-    #: the failure record, for ``"failed"`` and a ``"clogged"`` that stopped the run
-    record: ErrorRecord | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class NodeSnapshot:
-    """One node in a :class:`PipelineStats` snapshot.
-
-    The counters are those of :class:`~reflux.NodeStats` (``snapshot["in"]``
-    and ``snapshot.received`` are the same number); then:
-
-    ``rate_in`` / ``rate_out``
-        items per second taken / sent over the last second or so (after the
-        run: averages over the whole run).
-    ``busy``
-        fraction of that time (0 to 1) the node spent in its own logic (per
-        replica for a node with ``parallel=N``); near 1 means the node is the
-        bottleneck.
-    ``queued`` / ``capacity``
-        items waiting in the node's input channel and its size (``None`` for
-        an Extractor, which has no input).
-    ``state``
-        ``"running"``, ``"done"``, ``"failed"``, ``"clogged"`` (input full, no
-        progress, stuck in itself), ``"blocked"`` (input full and no progress
-        because a receiver is full) or ``"stuck"`` (did not end when the run
-        was over).
-    ``stalled``
-        seconds the node has been without progress with a full input (0 when
-        it is moving).
-    """
-
-    name: str
-    kind: str
-    received: int = 0
-    emitted: int = 0
-    filtered: int = 0
-    errors: int = 0
-    dropped: int = 0
-    retried: int = 0
-    fed_back: int = 0
-    busy_seconds: float = 0.0
-    rate_in: float = 0.0
-    rate_out: float = 0.0
-    busy: float = 0.0
-    queued: int | None = None
-    capacity: int | None = None
-    state: str = "running"
-    stalled: float = 0.0
-
-    _ALIASES = {"in": "received", "out": "emitted"}
-    _COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back")
-
-    @property
-    def fill(self) -> float | None:
-        """``queued / capacity`` (0 to 1), ``None`` for an Extractor."""
-        if self.queued is None or not self.capacity:
-            return None
-        return min(1.0, self.queued / self.capacity)
-
-    def __getitem__(self, key: str) -> int:
-        """``snapshot["in"]``, ``snapshot["out"]`` or any counter by name."""
-        key = self._ALIASES.get(key, key)
-        if key not in self._COUNTERS:
-            raise KeyError(key)
-        return int(getattr(self, key))
-
-    def as_dict(self) -> dict[str, Any]:
-        """Everything as plain JSON-able values."""
-        return {"kind": self.kind, "in": self.received, "out": self.emitted, "filtered": self.filtered,
-                "errors": self.errors, "dropped": self.dropped, "retried": self.retried,
-                "fed_back": self.fed_back, "busy_seconds": round(self.busy_seconds, 6),
-                "rate_in": round(self.rate_in, 3), "rate_out": round(self.rate_out, 3),
-                "busy": round(self.busy, 4), "queued": self.queued, "capacity": self.capacity,
-                "fill": None if self.fill is None else round(self.fill, 4), "state": self.state,
-                "stalled": round(self.stalled, 3)}
-
-
-class PipelineStats(Mapping[str, NodeSnapshot]):
-    """What :meth:`Pipeline.stats` returns: a snapshot of the whole pipeline.
-
-    It is a mapping of node name to :class:`NodeSnapshot`, in pipeline order,
-    so ``stats["parse"].received`` and ``stats["parse"]["in"]`` work as with
-    the plain counters; it also has the pipeline's :attr:`status`,
-    :attr:`elapsed` seconds, the nodes :attr:`clogged` and :attr:`failed`, and
-    the recent :attr:`alerts`.
-    """
-
-    def __init__(self, pipeline: str, status: str, elapsed: float, nodes: dict[str, NodeSnapshot],
-                 alerts: list[Alert] | None = None) -> None:
-        self.pipeline = pipeline
-        #: ``"idle"`` (never started), ``"running"``, ``"paused"``, or the
-        #: finished run's status (``"completed"``, ``"stopped"``, ``"failed"``, ``"interrupted"``)
-        self.status = status
-        self.elapsed = elapsed
-        self.nodes = nodes
-        self.alerts: list[Alert] = list(alerts or [])
-
-    def __getitem__(self, name: str) -> NodeSnapshot:
-        return self.nodes[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.nodes)
-
-    def __len__(self) -> int:
-        return len(self.nodes)
-
-    @property
-    def clogged(self) -> list[str]:
-        """Names of the nodes the watchdog reports as clogged now."""
-        return [n for n, s in self.nodes.items() if s.state == "clogged"]
-
-    @property
-    def failed(self) -> list[str]:
-        """Names of the nodes that died."""
-        return [n for n, s in self.nodes.items() if s.state == "failed"]
-
-    def as_dict(self) -> dict[str, Any]:
-        """The snapshot as plain JSON-able values (what ``reflux run --json`` prints)."""
-        return {"pipeline": self.pipeline, "status": self.status, "elapsed": round(self.elapsed, 6),
-                "nodes": {n: s.as_dict() for n, s in self.nodes.items()},
-                "clogged": self.clogged, "failed": self.failed,
-                "alerts": [{"kind": a.kind, "node": a.node, "message": a.message, "time": a.time}
-                           for a in self.alerts]}
-
-    def table(self) -> str:
-        """A plain-text table (what the progress view shows, without colour)."""
-        head = (f"{'node':<20} {'kind':<12} {'in':>9} {'out':>9} {'filt':>7} {'err':>5} "
-                f"{'in/s':>9} {'busy':>5} {'input':>11}  state")
-        lines = [f"pipeline '{self.pipeline}' {self.status} {self.elapsed:.1f}s", head]
-        for s in self.nodes.values():
-            fill = "-" if s.queued is None else f"{s.queued}/{s.capacity}"
-            lines.append(f"{s.name[:20]:<20} {s.kind:<12} {s.received:>9} {s.emitted:>9} {s.filtered:>7} "
-                         f"{s.errors:>5} {s.rate_in:>9.0f} {s.busy:>5.0%} {fill:>11}  {s.state}")
-        for a in self.alerts:
-            lines.append(f"! {a.message}")
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        return f"<PipelineStats '{self.pipeline}' {self.status} nodes={len(self.nodes)} clogged={self.clogged}>"
 
 
 def _label(kind: str, name: str) -> str:
@@ -265,7 +113,6 @@ class Monitor:
         chains_of = getattr(runtime, "fused_chains", None)
         self._chains: dict[str, list[str]] = {c[0]: c for c in (chains_of() if chains_of else []) if len(c) > 1}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._tick_lock = threading.Lock()
         self._next_check = 0.0
         #: monotonic time the watchdog failed the run (``on_clog="stop"``)
@@ -273,16 +120,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, thread: bool = True) -> None:
-        """Start the watchdog (only when there is a ``clog_timeout``): in a
-        thread of its own, or (``thread=False``) driven by :meth:`tick`, which
-        the runtime's workers and the thread waiting in ``join()`` call."""
+    def start(self) -> None:
+        """Start the clock.  The watchdog has no thread of its own: :meth:`tick`
+        runs its checks, called by the runtime's workers (every ``poll``) and by
+        the thread waiting in ``join()``."""
         self.started = time.monotonic()
-        if self.clog_timeout is None or self._thread is not None or not thread:
-            return
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"reflux-monitor:{self.name}")
-        self._thread.start()
 
     def tick(self) -> None:
         """Run a watchdog check if one is due (cheap otherwise; safe from any
@@ -301,18 +143,8 @@ class Monitor:
             self._tick_lock.release()
 
     def close(self) -> None:
-        """Stop the watchdog thread and wait for it."""
+        """Stop the watchdog (later ticks do nothing)."""
         self._stop.set()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.check()
-            except Exception:  # never let the watchdog die silently
-                logger.exception("Pipeline '%s': watchdog check failed", self.name)
 
     def gave_up(self, grace: float) -> bool:
         """``True`` once the watchdog stopped the run at least ``grace`` seconds
@@ -485,7 +317,7 @@ class Monitor:
         nodes: dict[str, NodeSnapshot] = {}
         for name, s in raw.items():
             b_in, b_out, b_busy = base.get(name, (0, 0, 0.0))
-            snap = _snapshot(s)
+            snap = snapshot_of(s)
             snap.rate_in = (s.received - b_in) / dt
             snap.rate_out = (s.emitted - b_out) / dt
             snap.busy = min(1.0, max(0.0, (s.busy - b_busy) / dt / self._replicas.get(name, 1)))
@@ -505,35 +337,3 @@ class Monitor:
     def final(self, result: RunResult) -> PipelineStats:
         """The snapshot of a finished run: averages over the run, nothing queued."""
         return final_stats(self.name, result, self._inbox, set(self._failed), self.alerts, self._replicas)
-
-
-def _snapshot(s: NodeStats) -> NodeSnapshot:
-    return NodeSnapshot(name=s.name, kind=s.kind, received=s.received, emitted=s.emitted,
-                        filtered=s.filtered, errors=s.errors, dropped=s.dropped, retried=s.retried,
-                        fed_back=s.fed_back, busy_seconds=float(getattr(s, "busy", 0.0)))
-
-
-def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None = None,
-                failed: set[str] | None = None, alerts: list[Alert] | None = None,
-                replicas: Mapping[str, int] | None = None) -> PipelineStats:
-    """A :class:`PipelineStats` built from a :class:`~reflux.RunResult` (rates and busy
-    fractions are averages over the run)."""
-    elapsed = max(result.elapsed, 1e-9)
-    failed = set(failed or ())
-    for rec in result.errors:
-        if isinstance(rec.exception, ClogError):
-            failed.discard(rec.node)
-    clog_stopped = {rec.node for rec in result.errors if isinstance(rec.exception, ClogError)}
-    nodes: dict[str, NodeSnapshot] = {}
-    for n, s in result.nodes.items():
-        snap = _snapshot(s)
-        snap.rate_in = s.received / elapsed
-        snap.rate_out = s.emitted / elapsed
-        snap.busy = min(1.0, max(0.0, snap.busy_seconds / elapsed / (replicas or {}).get(n, 1)))
-        box = (inboxes or {}).get(n)
-        if box is not None:
-            snap.queued, snap.capacity = 0, box.channel.capacity
-        snap.state = ("stuck" if n in result.stuck else "failed" if n in failed
-                      else "clogged" if n in clog_stopped else "done")
-        nodes[n] = snap
-    return PipelineStats(name, result.status, result.elapsed, nodes, alerts)

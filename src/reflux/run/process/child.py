@@ -1,6 +1,6 @@
 """Worker process of ``Transformer(fn, executor="process")``, and the framing both sides use.
 
-This module uses the standard library only.  The parent (:mod:`reflux.process`)
+This module uses the standard library only.  The parent (:mod:`reflux.run.process`)
 imports it for :func:`encode`, :func:`write_all` and :func:`read_msg`; a worker
 process runs this very file by path (``python -c BOOT rfd wfd``, see
 :data:`BOOT`), so a worker does not import the ``reflux`` package (nor numpy,
@@ -162,7 +162,7 @@ def pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
 
 def _signal_classes() -> tuple[Any, Any]:
     """``(NeedsMoreWork, Error)`` if the user's code imported reflux, else ``(None, None)``."""
-    nodes = sys.modules.get("reflux.nodes")
+    nodes = sys.modules.get("reflux.signals")
     if nodes is None:
         return None, None
     return getattr(nodes, "NeedsMoreWork", None), getattr(nodes, "Error", None)

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console, RenderableType
 
-    from .monitor import PipelineStats
-    from .pipeline import Pipeline
+    from .stats import HasStats, PipelineStats
 
 __all__ = ["LiveProgress", "render_stats"]
 
@@ -45,7 +44,7 @@ def _count(n: float) -> str:
 
 
 def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableType:
-    """A ``rich`` table of a :class:`~reflux.monitor.PipelineStats` snapshot
+    """A ``rich`` table of a :class:`~reflux.PipelineStats` snapshot
     (the ``kind`` column is left out on terminals narrower than 100 columns)."""
     from rich import box
     from rich.console import Group
@@ -92,7 +91,7 @@ class LiveProgress:
     draws only when ``console`` (standard error by default) is a terminal.
     """
 
-    def __init__(self, pipeline: Pipeline, *, enabled: bool | None = None, console: Console | None = None,
+    def __init__(self, pipeline: HasStats, *, enabled: bool | None = None, console: Console | None = None,
                  refresh_per_second: float = 8.0) -> None:
         from rich.console import Console
 

@@ -1,0 +1,365 @@
+"""The nine node types a user wires into a pipeline (the Rust crate's vocabulary).
+
+:class:`Extractor` (source), :class:`Transformer`, :class:`Filter`,
+:class:`Balancer`, :class:`Broadcast`, :class:`Funnel`, :class:`Messenger`,
+:class:`Accumulator` and :class:`Loader` (sink).  Each class checks its
+arguments when it is built (errors name the node) and holds them; what a node
+does with a batch is in :mod:`reflux.logic`, one module per kind.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
+from typing import Any, ClassVar
+
+from ..errors import NotCallableError, ValidationError
+from .base import (
+    Node,
+    check_callable,
+    check_positive_int,
+    check_replicas,
+    chunk_batches,
+    default_name,
+    is_generator_callable,
+    plugin_for,
+)
+from .executors import check_executor, check_start_method
+from .sinks import CallbackSink, FileSink, ListSink
+
+__all__ = [
+    "Extractor",
+    "Transformer",
+    "Filter",
+    "Balancer",
+    "Broadcast",
+    "Funnel",
+    "Messenger",
+    "Accumulator",
+    "Loader",
+]
+
+
+# --------------------------------------------------------------------------- Extractor
+
+class Extractor(Node):
+    """Source of a pipeline: reads items from ``source`` and sends them on.
+
+    ``source`` may be:
+
+    * an iterable (list, range, file, iterator, ...): iterated once;
+    * a generator function (called once with no arguments): once-off, or an
+      infinite loop that runs until the pipeline stops;
+    * an async iterable or async generator function: iterated on an event
+      loop of the Extractor's own;
+    * any other callable: called repeatedly with no arguments; the source ends
+      when it raises ``StopIteration`` or returns ``sentinel`` (if given),
+      else it runs until the pipeline stops.
+
+    Items from sized collections (list, tuple, range, ...) move in batches of
+    ``batch_size``.  Items from generators, iterators and callables move one
+    at a time as soon as they are made (a generator may block, e.g. on a
+    socket, and an item must not wait for the next one); pass ``batch_size``
+    to batch them when the source never blocks.
+
+    A failing source is handled by the error policy; an iterator or
+    generator ends at its first failure (it cannot resume), a callable
+    source is retried per ``retries`` and then called again.
+    """
+
+    kind = "Extractor"
+    is_source = True
+    _NO_SENTINEL: ClassVar[object] = object()
+
+    def __init__(self, source: Any, *, sentinel: Any = _NO_SENTINEL, **kwargs: Any) -> None:
+        default = default_name(source) if callable(source) and not isinstance(source, Iterable) else None
+        super().__init__(_default=default, **kwargs)
+        if isinstance(source, (str, bytes)):
+            raise NotCallableError(
+                f"{self.label}: source is a {type(source).__name__}; wrap it in a list to send it as one item")
+        if inspect.isasyncgenfunction(source):
+            self.mode = "asyncgen"
+        elif is_generator_callable(source) and not isinstance(source, Iterable):
+            self.mode = "genfunc"
+        elif isinstance(source, AsyncIterable):
+            self.mode = "async"
+        elif isinstance(source, Iterable):
+            self.mode = "sized" if isinstance(source, Sized) else "iter"
+        elif callable(source):
+            self.mode = "call"
+        else:
+            raise NotCallableError(
+                f"{self.label}: source must be an iterable, a generator function, an async "
+                f"iterable or a callable, got {type(source).__name__} {source!r:.60}")
+        self.source = source
+        self.sentinel = sentinel
+
+    stats_law = "source"
+
+
+# --------------------------------------------------------------------------- Transformer
+
+class Transformer(Node):
+    """Applies ``fn`` to each item.
+
+    * a plain return value is the output (Transformed);
+    * ``NeedsMoreWork(x)`` feeds ``x`` back into this Transformer (e.g. walk a
+      directory tree); the node ends only once its feedback is done;
+    * raising, or returning ``Error(e)``, is a failure handled by the node's
+      error policy (``on_error``, ``retries``);
+    * a generator function yields any number of outputs per input (flat-map);
+      it may also yield ``NeedsMoreWork(x)`` and ``Error(e)``.  With
+      ``flat=True``, the iterable a plain function returns is flattened.
+    * a class instance with ``__call__`` may keep state; its optional
+      ``open()`` and ``close()`` methods are called once per worker.
+    * a compiled transform plug-in (a ``reflux_core.transform.CTransform``
+      subclass, or a C plug-in) runs over chunks of records without the GIL
+      (see :mod:`reflux.logic.plugins`).
+
+    ``parallel=N`` runs N replicas of the node, fed from one shared channel
+    (each replica has its own ``open()``/``close()`` and state).  On a GIL
+    build this speeds up functions that release the GIL (numpy, Cython
+    transformers, I/O).  Replicas emit in completion order unless
+    ``ordered=True``, which restores input order (per batch) on output.
+
+    ``executor="process"`` runs ``fn`` in ``workers`` worker processes
+    (default: one per CPU) for CPU-bound pure Python; ``fn`` (with its state)
+    must be picklable and is sent once per worker, items and results travel
+    pickled; results keep input order unless ``ordered=False``.  See
+    :mod:`reflux.run.process`.  (``parallel=`` replicas run in threads; with
+    ``executor="process"`` use ``workers=``.)  Workers are fresh interpreters
+    (``start_method="spawn"``, the default); ``start_method="fork"`` forks them
+    from this process when the run starts, which saves their start-up (tens of
+    milliseconds each) and needs this process to run a single thread then.
+    """
+
+    kind = "Transformer"
+
+    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
+                 ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
+                 start_method: str | None = None, **kwargs: Any) -> None:
+        super().__init__(_default=default_name(fn), **kwargs)
+        #: the checked plug-in when ``fn`` is a compiled one (reflux.describe.plugins)
+        self.plugin = plugin_for(self.label, fn, "transform")
+        if self.plugin is None:
+            check_callable(self.label, fn)
+        elif flat:
+            raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
+        else:
+            chunk_batches(self)
+        self.fn = fn
+        self.generator = is_generator_callable(fn)
+        self.flat = bool(flat) or self.generator
+        self.executor: str = "thread"
+        self.workers: int | None = None
+        if executor is not None or workers is not None:
+            if self.plugin is not None and executor == "process":
+                raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
+                                      "cannot be sent to worker processes; use parallel= for replicas")
+            self.executor, self.workers, _ = check_executor(
+                self.label, executor, workers, True if ordered is None else ordered, fn)
+        #: how process workers start: "spawn" (fresh interpreters) or "fork"
+        self.start_method = "spawn"
+        if start_method is not None:
+            self.start_method = check_start_method(self.label, self.executor, start_method)
+        if self.executor == "process" and parallel != 1:
+            raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
+                                  "executor='process' set the number of processes with workers=")
+        #: ``ordered=`` as given (None: the default of the executor in the end)
+        self.ordered_given = ordered
+        # process workers keep input order by default; thread replicas emit as they complete
+        default_order = self.executor == "process"
+        self.parallel, self.ordered = check_replicas(self.label, parallel,
+                                                     default_order if ordered is None else ordered)
+        #: False when the pipeline's default executor applies
+        self.executor_chosen = executor is not None
+
+    @property  # type: ignore[override]
+    def stats_law(self) -> str:
+        return "free" if self.flat else "one"
+
+
+# --------------------------------------------------------------------------- Filter
+
+class Filter(Node):
+    """Passes the items for which ``predicate(item)`` is true; counts the others
+    as ``filtered``.  Never sends an empty batch downstream.
+
+    A predicate that raises (or returns ``Error``) goes through the error policy.
+    A compiled filter plug-in (``reflux_core.transform.CFilter``) filters
+    chunks of records without the GIL (see :mod:`reflux.logic.plugins`).
+    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`.
+    """
+
+    kind = "Filter"
+
+    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(_default=default_name(predicate), **kwargs)
+        #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
+        self.plugin = plugin_for(self.label, predicate, "filter")
+        if self.plugin is None:
+            check_callable(self.label, predicate, "predicate")
+        else:
+            chunk_batches(self)
+        self.parallel, self.ordered = check_replicas(self.label, parallel, ordered)
+        self.predicate = predicate
+
+
+# --------------------------------------------------------------------------- routing nodes
+
+class Balancer(Node):
+    """Sends items to its receivers in turn (round-robin), one item each.
+
+    Receivers are the nodes it is connected to, in the order connected; a
+    Balancer without receivers is rejected when the pipeline is validated.
+    """
+
+    kind = "Balancer"
+    routes = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+
+class Broadcast(Node):
+    """Sends every item to every receiver.
+
+    Receivers share the same object; pass ``copy`` (e.g. ``copy.deepcopy``)
+    to give each receiver after the first its own copy when they mutate items.
+    """
+
+    kind = "Broadcast"
+    routes = True
+
+    def __init__(self, *, copy: Callable[[Any], Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if copy is not None:
+            check_callable(self.label, copy, "copy")
+        self.copy = copy
+
+    stats_law = "fanout"
+
+
+class Funnel(Node):
+    """Merges any number of inputs into one output.
+
+    Every input feeds one shared channel, so an item on any input is
+    forwarded at once however many inputs are idle; the Funnel ends when all
+    its inputs have ended.
+    """
+
+    kind = "Funnel"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+
+class Messenger(Node):
+    """Routes each item to the receiver named by ``key(item)``.
+
+    The key is looked up in ``routes`` (a mapping of key to a node or a
+    node's name), then among the names of the Messenger's receivers.  An
+    unknown key goes to ``default`` (a node or a name) when given, else it is
+    a failure (:class:`~reflux.errors.RoutingError`) handled by the node's
+    error policy: never a silent drop.  Nodes named in ``routes`` and
+    ``default`` are connected automatically if they are in the pipeline.
+
+    ``key`` may be a compiled key plug-in (``reflux_core.transform.CKey``):
+    each chunk of records is split by key without the GIL and the parts are
+    routed (see :mod:`reflux.logic.plugins`); counters then count chunks in and
+    parts out, so they follow no fixed law.
+    """
+
+    kind = "Messenger"
+    routes = True
+
+    def __init__(self, key: Callable[[Any], Any], *, routes: Mapping[Any, Node | str] | None = None,
+                 default: Node | str | None = None, **kwargs: Any) -> None:
+        super().__init__(_default=default_name(key), **kwargs)
+        #: the checked plug-in when ``key`` is a compiled one (reflux.describe.plugins)
+        self.plugin = plugin_for(self.label, key, "key")
+        if self.plugin is None:
+            check_callable(self.label, key, "key")
+        else:
+            self.stats_law = "free"  # one chunk in may leave as several parts
+            chunk_batches(self)
+        if routes is not None and not isinstance(routes, Mapping):
+            raise ValidationError(f"{self.label}: routes must be a mapping of key to node, got {routes!r:.60}")
+        for k, target in (routes or {}).items():
+            if not isinstance(target, (Node, str)):
+                raise ValidationError(
+                    f"{self.label}: route {k!r} must lead to a node or a node's name, got {target!r:.60}")
+        if default is not None and not isinstance(default, (Node, str)):
+            raise ValidationError(f"{self.label}: default must be a node or a node's name, got {default!r:.60}")
+        self.key = key
+        self.route_table: dict[Any, Node | str] = dict(routes or {})
+        self.default = default
+
+
+# --------------------------------------------------------------------------- Accumulator
+
+class Accumulator(Node):
+    """Groups items into lists: of ``count`` items, and/or of what arrived
+    within ``window`` seconds of a group's first item; whichever comes first.
+
+    At end of stream the partial group left is sent (never an empty list).
+    """
+
+    kind = "Accumulator"
+
+    def __init__(self, count: int | None = None, *, window: float | None = None, **kwargs: Any) -> None:
+        super().__init__(_default="accumulator", **kwargs)
+        check_positive_int(self.label, "count", count)
+        if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))
+                                   or not window > 0 or window != window or window == float("inf")):
+            raise ValidationError(f"{self.label}: window must be a positive number of seconds, got {window!r}")
+        if count is None and window is None:
+            raise ValidationError(f"{self.label}: give count=, window= or both")
+        self.count = count
+        self.window = None if window is None else float(window)
+
+    stats_law = "free"
+
+
+# --------------------------------------------------------------------------- Loader
+
+class Loader(Node):
+    """End of a pipeline: calls ``fn`` on each item (or, with ``batch=True``, on
+    each list of items) to store, send or drop it.
+
+    What :meth:`Pipeline.run` reports for the Loader (``result.results[name]``):
+    the value of ``fn.result()`` when ``fn`` has a ``result`` method (the
+    built-in sinks do), else the list of the values ``fn`` returned that
+    were not ``None`` (usually empty).
+
+    Built-in sinks: :meth:`to_list`, :meth:`to_file`, :meth:`to_callback`.
+    ``fn``'s optional ``open()`` and ``close()`` methods are called once per worker.
+    A batch that fails is retried as a whole, then each item of it is handled
+    by the error policy.
+    """
+
+    kind = "Loader"
+    is_sink = True
+
+    def __init__(self, fn: Callable[[Any], Any], *, batch: bool | None = None, **kwargs: Any) -> None:
+        super().__init__(_default=default_name(fn), **kwargs)
+        check_callable(self.label, fn)
+        self.fn = fn
+        self.batch = bool(getattr(fn, "batched", False)) if batch is None else bool(batch)
+
+    @classmethod
+    def to_list(cls, target: list[Any] | None = None, **kwargs: Any) -> Loader:
+        """A Loader appending every item to ``target`` (a new list by default); reports the list."""
+        return cls(ListSink(target), **kwargs)
+
+    @classmethod
+    def to_file(cls, path: Any, *, mode: str = "w", encoding: str = "utf-8",
+                format: Callable[[Any], str] = str, **kwargs: Any) -> Loader:
+        """A Loader writing each item as one line of the text file ``path``; reports lines written."""
+        return cls(FileSink(path, mode=mode, encoding=encoding, format=format), **kwargs)
+
+    @classmethod
+    def to_callback(cls, fn: Callable[[Any], Any], **kwargs: Any) -> Loader:
+        """A Loader calling ``fn(item)`` for each item; reports how many items it took."""
+        check_callable(f"Loader '{kwargs.get('name') or default_name(fn) or 'loader'}'", fn)
+        return cls(CallbackSink(fn), **kwargs)

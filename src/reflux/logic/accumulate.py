@@ -1,0 +1,59 @@
+"""What an Accumulator does: group items into lists by count and/or time window."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..describe.nodes import Accumulator
+from .base import NodeContext, NodeLogic, Outbox
+
+__all__ = ["AccumulatorLogic"]
+
+
+class AccumulatorLogic(NodeLogic):
+    """Collects items into groups closed by count, by time window, or at end of stream."""
+
+    node: Accumulator
+
+    def __init__(self, node: Accumulator, ctx: NodeContext) -> None:
+        super().__init__(node, ctx)
+        self.group: list[Any] = []
+        self.deadline: float | None = None
+        #: items sent downstream inside lists
+        self.grouped = 0
+
+    def _emit(self, out: Outbox) -> None:
+        group = self.group
+        self.group = []
+        self.deadline = None
+        self.grouped += len(group)
+        out.emit(group)
+
+    def process(self, batch: list[Any], out: Outbox) -> None:
+        count = self.node.count
+        window = self.node.window
+        now = time.monotonic() if window is not None else 0.0
+        if self.deadline is not None and now >= self.deadline:
+            self._emit(out)
+        for item in batch:
+            if not self.group and window is not None:
+                self.deadline = now + window
+            self.group.append(item)
+            if count is not None and len(self.group) >= count:
+                self._emit(out)
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+    def tick(self, now: float, out: Outbox) -> None:
+        if self.deadline is not None and now >= self.deadline and self.group:
+            self._emit(out)
+
+    def finish(self, out: Outbox) -> None:
+        if self.group:
+            self._emit(out)
+
+    def abandon(self) -> int:
+        n = len(self.group)
+        self.group = []
+        return n

@@ -1,0 +1,140 @@
+"""What an Extractor does: pull items from its source (iterable, generator, callable, async)."""
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from ..describe.nodes import Extractor
+from .base import NodeContext, NodeLogic, Outbox
+
+if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+
+__all__ = ["ExtractorLogic"]
+
+
+class ExtractorLogic(NodeLogic):
+    """Pulls items from an Extractor's source into port 0."""
+
+    node: Extractor
+
+    def __init__(self, node: Extractor, ctx: NodeContext) -> None:
+        super().__init__(node, ctx)
+        self.mode = node.mode
+        self._it: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._done = False
+        #: items per pull: whole batches for sized sources, else one (or batch_size if set)
+        self.batched = self.mode == "sized" or node.batch_size is not None
+
+    def open(self) -> None:
+        src = self.node.source
+        if self.mode in ("sized", "iter"):
+            self._it = iter(src)
+        elif self.mode == "genfunc":
+            self._it = src()
+        elif self.mode in ("async", "asyncgen"):
+            self._it = src() if self.mode == "asyncgen" else src
+            self._it = self._it.__aiter__()
+            import asyncio  # only for async sources (it takes ~20 ms to import)
+
+            self._loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        it = self._it
+        self._it = None
+        if self._loop is not None:
+            loop = self._loop
+            self._loop = None
+            try:
+                aclose = getattr(it, "aclose", None)
+                if aclose is not None:
+                    loop.run_until_complete(aclose())
+            finally:
+                loop.close()
+        elif inspect.isgenerator(it):
+            it.close()
+
+    def pull(self, out: Outbox, max_items: int) -> bool:
+        """Move up to ``max_items`` items from the source into ``out.ports[0]``.
+
+        Returns ``False`` once the source is exhausted (after adding its last items).
+        """
+        if self._done:
+            return False
+        if self.mode == "call":
+            return self._pull_call(out, max_items if self.batched else 1)
+        if self.mode in ("async", "asyncgen"):
+            return self._pull_async(out)
+        buf = out.ports[0]
+        before = len(buf)
+        try:
+            if self.batched:
+                buf.extend(itertools.islice(self._it, max_items))
+                if len(buf) - before < max_items:
+                    self._done = True
+            else:
+                buf.append(next(self._it))
+        except StopIteration:
+            self._done = True
+        except Exception as exc:  # user code
+            self._done = True
+            self.stats.received += len(buf) - before
+            self.fail(None, exc, 1, out)
+            return False
+        self.stats.received += len(buf) - before
+        return not self._done
+
+    def _pull_call(self, out: Outbox, n: int) -> bool:
+        fn = self.node.source
+        sentinel = self.node.sentinel
+        buf = out.ports[0]
+        for _ in range(n):
+            try:
+                item = fn()
+            except StopIteration:
+                self._done = True
+                return False
+            except Exception as exc:  # user code
+                ok, item, attempts = self.retry(lambda _: fn(), None, exc)
+                if not ok:
+                    if isinstance(item, StopIteration):
+                        self._done = True
+                        return False
+                    self.fail(None, item, attempts, out)
+                    continue
+            if item is sentinel:
+                self._done = True
+                return False
+            self.stats.received += 1
+            buf.append(item)
+        return True
+
+    def _pull_async(self, out: Outbox) -> bool:
+        import asyncio
+        loop = self._loop
+        assert loop is not None
+        fut = loop.create_task(self._it.__anext__())
+        while not fut.done():
+            loop.run_until_complete(asyncio.wait([fut], timeout=0.1))
+            if not fut.done() and self.ctx.should_stop():
+                fut.cancel()
+                try:
+                    loop.run_until_complete(fut)
+                except (asyncio.CancelledError, Exception):  # cancelled user code
+                    pass
+                self._done = True
+                return False
+        try:
+            item = fut.result()
+        except StopAsyncIteration:
+            self._done = True
+            return False
+        except Exception as exc:  # user code
+            self._done = True
+            self.fail(None, exc, 1, out)
+            return False
+        self.stats.received += 1
+        out.ports[0].append(item)
+        return True
