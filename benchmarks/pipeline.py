@@ -1185,7 +1185,7 @@ def _checkout():
 
 def _runtime_doc():
     try:
-        from reflux import pool
+        from reflux.run import pool
         return (pool.__doc__ or "").strip().splitlines()[0]
     except Exception:  # noqa: BLE001 - informational
         return "?"

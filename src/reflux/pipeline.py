@@ -383,7 +383,7 @@ class Pipeline(Graph):
         and :class:`TimeoutError` is raised.
 
         ``progress=True`` shows a live view of the nodes on the terminal (see
-        :mod:`reflux.progress`); ``None`` shows it only when standard error is
+        :mod:`reflux.observe.progress`); ``None`` shows it only when standard error is
         a terminal.
         """
         self.start()

@@ -60,8 +60,8 @@ class RunContext(NodeContext):
 
 class InboxOutbox(Outbox):
     """An outbox whose flush hands each port's buffer to the receiver's
-    :class:`~reflux.pipeline.Inbox` (and dead-letter records to the dead-letter
-    one) through :meth:`_push`, which each runtime defines."""
+    :class:`~reflux.describe.plan.Inbox` (and dead-letter records to the dead-letter
+    one) through :meth:`_push`, which the pool's outboxes define."""
 
     def __init__(self, task: Task) -> None:
         super().__init__(len(task.outputs), task.batch_size)
@@ -120,8 +120,8 @@ class RuntimeBase:
         self._failure: ErrorRecord | None = None
         self._results: dict[str, Any] = {}
         # [monitor hook] called once, in the failing node's thread, with the
-        # record of the first failure, before the run is aborted (issue 6: the
-        # watchdog reports a node that died at once).  Set by the Pipeline.
+        # record of the first failure, before the run is aborted (the watchdog
+        # reports a node that died at once).  Set by the Pipeline.
         self.on_failure: Callable[[ErrorRecord], None] | None = None
         if not plan.tasks:
             self._done.set()

@@ -1,6 +1,6 @@
 """The worker-pool runtime: a fixed pool of threads runs any number of nodes.
 
-It executes a :class:`~reflux.pipeline.Plan` as a set of *units*.  A unit is
+It executes a :class:`~reflux.describe.plan.Plan` as a set of *units*.  A unit is
 one node, one replica of a node (``parallel=N``), or a chain of nodes fused
 into one (see :func:`fuse_chains`).  A unit is *runnable* when its input holds
 items (or has ended), when it has fed-back work or a due timer, or when an
@@ -29,15 +29,16 @@ only to run a unit's batch.  Workers also wake every
 blocked on full outputs (a safety net: a missed wake-up costs at most one
 ``poll``, never a hang) and see stop/pause flags.
 
-Record edges (``Inbox.records``, made by :meth:`Pipeline.compile` between two
+Record edges (``Inbox.records``, made by :func:`~reflux.describe.plan.compile_plan` between two
 plug-in nodes): a unit whose input and output are record channels is a
 *record pump* (:class:`reflux_core._sched.PumpTask`) that the core's worker
 loop steps without the GIL, notifying and waking its neighbours through a
-:class:`~reflux_core._sched.RecordEdge`; it comes back to Python (:meth:`Unit.step <reflux.run.units.Unit.step>`)
-only to open, for a failing record (the node's error policy), at its end, and
-on pause/abort.  A plug-in node with an object input and a record output
-pushes its chunks' records (:class:`_RecordOutbox`); one with a record input
-and an object output pops records as a chunk (:meth:`PoolRuntime._rec_in_step`).
+:class:`~reflux_core._sched.RecordEdge`; it comes back to Python
+(:meth:`~reflux.run.units.Unit.step`) only to open, for a failing record (the
+node's error policy), at its end, and on pause/abort.  A plug-in node with an
+object input and a record output pushes its chunks' records
+(:class:`~reflux.run.outboxes.RecordOutbox`); one with a record input and an
+object output pops records as a chunk.
 A node counts in its input's unit (chunks or records), an edge in its
 receiver's.
 
@@ -49,6 +50,12 @@ own, and are not fused, so a blocking source never holds a pool worker.
 Python node logic runs with the GIL held, one batch per call; correctness of
 the scheduler itself does not depend on the GIL (its shared state is changed
 under ``_lock``; counters are per unit).
+
+This module is one class, the scheduler, and a little over 600 lines: what a
+unit does in a step lives in :mod:`reflux.run.units`, where its outputs go in
+:mod:`reflux.run.outboxes`; what is left here (starting and ending workers,
+notifications, waiters, timers, spares, finishing units, the result) is the
+scheduler's shared state and the code that changes it under one lock.
 """
 from __future__ import annotations
 
@@ -98,7 +105,7 @@ def default_workers() -> int:
 
 
 class PoolRuntime(RuntimeBase):
-    """Runs a :class:`~reflux.pipeline.Plan` on a fixed pool of worker threads."""
+    """Runs a :class:`~reflux.describe.plan.Plan` on a fixed pool of worker threads."""
 
     def __init__(self, plan: Plan, *, workers: int | None = None, max_error_records: int = 1000,
                  poll: float = 0.1, preforked: dict[str, list[Any]] | None = None) -> None:
