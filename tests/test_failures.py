@@ -113,6 +113,31 @@ def test_a_fused_chain_blames_the_node_that_failed(bad: str, hook: str, exc: typ
     assert fused[0] == bad and fused[1] is exc
 
 
+ROUTING = [("Messenger", hook, e) for hook in ("open", "call", "close") for e in (ValueError, SystemExit)] + [
+    ("Broadcast", "call", e) for e in (ValueError, SystemExit)]  # a copy function has no hooks
+
+
+@pytest.mark.parametrize("kind,hook,exc", ROUTING, ids=[f"{k}-{h}-{e.__name__}" for k, h, e in ROUTING])
+def test_routing_nodes_are_blamed_for_their_own_code(kind: str, hook: str, exc: type[BaseException]) -> None:
+    """Messenger keys and Broadcast copies are user code too (these nodes never fuse)."""
+    class Key(Hooked):
+        def __call__(self, x: int) -> Any:
+            if x == 5:
+                self._maybe("call")
+            return x % 2
+
+    fn = Key("key", hook, exc)
+    bad = (Messenger(fn, name="bad", routes={0: "even", 1: "odd"}) if kind == "Messenger"
+           else Broadcast(copy=fn, name="bad"))
+    even, odd = Loader.to_list(name="even"), Loader.to_list(name="odd")
+    p = Pipeline(Extractor(range(20)) >> Transformer(lambda x: x, name="t") >> bad >> [even, odd])
+    with pytest.raises(NodeError) as info:
+        p.run(timeout=HANG)
+    assert info.value.node == "bad" and type(info.value.__cause__) is exc
+    assert info.value.result is not None
+    info.value.result.check_accounting()
+
+
 def test_a_truth_test_that_raises_goes_through_the_policy_fused_or_not() -> None:
     class NoTruth:
         def __bool__(self) -> bool:

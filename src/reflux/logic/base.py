@@ -319,8 +319,16 @@ class NodeLogic:
             ok, value, attempts = self.retry(fn, item, value.exception)
         if ok:
             return True, value
-        self.fail(item, value, attempts, out)
+        try:
+            self.fail(item, value, attempts, out)
+        except NodeFailure:
+            self.remaining -= self.weight(item)  # counted in errors now, not to be dropped too
+            raise
         return False, None
+
+    def weight(self, item: Any) -> int:
+        """How many units of :attr:`remaining` (and of the counters) ``item`` is: 1."""
+        return 1
 
 
 def open_hook(fn: Any) -> None:
