@@ -63,6 +63,7 @@ import heapq
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +93,21 @@ logger = logging.getLogger("reflux")
 
 #: seconds a worker may keep running the same unit while no other unit is ready
 LOCAL_RUN = 0.01
+#: seconds one step may hold the Python lane before another worker takes it over
+LANE_PATIENCE = 0.25
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL (always before 3.13)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def in_lane(u: Unit) -> bool:
+    """Whether a unit runs in the Python lane: every unit but the replicas of a
+    ``parallel=N`` node (asking for replicas says the function releases the GIL:
+    they run on any worker) and sources in threads of their own."""
+    return u.group is None and not u.threaded
 
 
 def default_workers() -> int:
@@ -128,6 +144,14 @@ class PoolRuntime(RuntimeBase):
         for i, u in enumerate(self.units):
             u.index = i
         self._sched = Scheduler(len(self.units))
+        #: whether the GIL-holding units run in the Python lane, one worker at a time
+        #: (a GIL build with two or more workers: see reflux_core._sched)
+        self.lanes = gil_enabled() and self.n_workers > 1
+        if self.lanes:
+            self._sched.set_lane_patience(LANE_PATIENCE)
+            for u in self.units:
+                if in_lane(u):
+                    self._sched.set_lane(u.index, True)
         self._build_record_edges()
         self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
@@ -337,6 +361,8 @@ class PoolRuntime(RuntimeBase):
                 self._spares += 1
         if spawn:
             self._spawn_worker(f"reflux:{self.plan.name}:spare-{self._spares}", spare=True)
+        if self.lanes and in_lane(out.unit):
+            self._sched.release_lane()  # the receiver is a lane unit too, most likely: let it run
         try:
             out.blocking = True
             out.flush()
