@@ -49,6 +49,7 @@ cdef extern from "reflux_core/atomics.h" nogil:
     bint rx_cas32_acqrel(uint32_t* p, uint32_t* expected, uint32_t desired)
     uint32_t rx_xchg32_acqrel(uint32_t* p, uint32_t v)
     uint32_t rx_add32_relaxed(uint32_t* p, uint32_t v)
+    uint64_t rx_add64_relaxed(uint64_t* p, uint64_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
     void rx_store64_relaxed(uint64_t* p, uint64_t v)
     void rx_fence_seqcst()
@@ -99,6 +100,13 @@ cdef class Scheduler:
     cdef uint64_t lane_since
     # ns a holder may spend in one step before another worker takes the lane over
     cdef readonly int64_t lane_patience_ns
+    # where the workers' time went (relaxed fetch-adds by every worker: totals
+    # read as snapshots, nothing is published through them)
+    cdef uint64_t n_steps        # steps run through Python
+    cdef uint64_t step_ns        # time in those steps (the GIL held)
+    cdef uint64_t lane_ns        # ... of which lane units' steps
+    cdef uint64_t gil_wait_ns    # from a unit handed out to its step starting (taking the GIL)
+    cdef uint64_t pump_ns        # record pump steps, without the GIL
 
     def __cinit__(self, Py_ssize_t n):
         if n < 0:
@@ -349,6 +357,15 @@ cdef class Scheduler:
     def queued(self):
         """How many units wait in the ready queue or for the lane holder (a snapshot)."""
         return len(self.ready) + len(self.lane_q)
+
+    def timing(self):
+        """Where the workers' time went so far: ``{"steps": n, "step": s, "lane": s,
+        "gil_wait": s, "pump": s}`` (seconds; a snapshot)."""
+        return {"steps": rx_load64_relaxed(&self.n_steps),
+                "step": rx_load64_relaxed(&self.step_ns) / 1e9,
+                "lane": rx_load64_relaxed(&self.lane_ns) / 1e9,
+                "gil_wait": rx_load64_relaxed(&self.gil_wait_ns) / 1e9,
+                "pump": rx_load64_relaxed(&self.pump_ns) / 1e9}
 
     def lane_holder(self):
         """The id of the worker holding the Python lane, 0 if none (for diagnostics)."""
@@ -701,7 +718,7 @@ cdef int64_t _next_step(Scheduler sched, uint32_t me, bint* holding, double time
     On the way it steps record pumps without the GIL, and applies the lane:
     the holder takes lane_q first; a lane unit popped by another worker is
     forwarded to the holder (see the module docs)."""
-    cdef int64_t index
+    cdef int64_t index, t0
     cdef int status
     cdef void* p
     while True:
@@ -735,7 +752,9 @@ cdef int64_t _next_step(Scheduler sched, uint32_t me, bint* holding, double time
         # acquire: pairs with set_hold's release store
         if p != NULL and not (<PumpTask>p).python and not rx_load32_acquire(&sched.hold):
             # a record pump: a step here, without the GIL
+            t0 = rx_now_ns()
             status = (<PumpTask>p).step_nogil()
+            rx_add64_relaxed(&sched.pump_ns, <uint64_t>(rx_now_ns() - t0))
             if status >= P_ERROR:
                 # the error policy / the end need Python: hand the status over
                 (<PumpTask>p).held = status
@@ -743,7 +762,14 @@ cdef int64_t _next_step(Scheduler sched, uint32_t me, bint* holding, double time
                 return index
             sched.done_nogil(index, status == P_YIELD)
             continue
-        if not sched.lane[index] or holding[0]:
+        if not sched.lane[index]:
+            if holding[0]:
+                # a unit off the lane may block for long (a replica waiting on I/O):
+                # give the lane up first, so the lane units go on meanwhile
+                _lane_quit(sched, me)
+                holding[0] = False
+            return index
+        if holding[0]:
             return index
         if sched.lane_take(me):
             holding[0] = True
@@ -770,7 +796,7 @@ def worker_loop(Scheduler sched, run, idle, double poll):
     Lane units run only while this worker holds the Python lane (see the
     module docs).
     """
-    cdef int64_t index
+    cdef int64_t index, handed, started
     cdef double timeout = poll
     cdef int verdict
     cdef bint holding = False
@@ -780,6 +806,9 @@ def worker_loop(Scheduler sched, run, idle, double poll):
         while True:
             with nogil:
                 index = _next_step(sched, me, &holding, timeout)
+                handed = rx_now_ns()
+            # here the GIL is held again: the wait for it is the step's GIL wait
+            started = rx_now_ns()
             if index == C_CLOSED:
                 return
             if index == C_TIMEOUT:
@@ -795,6 +824,12 @@ def worker_loop(Scheduler sched, run, idle, double poll):
             finally:
                 if holding and sched.lane_held_by(me):
                     rx_store64_relaxed(&sched.lane_since, 0)
+                rx_add64_relaxed(&sched.n_steps, 1)
+                rx_add64_relaxed(&sched.gil_wait_ns, <uint64_t>(started - handed))
+                handed = rx_now_ns() - started
+                rx_add64_relaxed(&sched.step_ns, <uint64_t>handed)
+                if sched.lane[index]:
+                    rx_add64_relaxed(&sched.lane_ns, <uint64_t>handed)
             sched.done_nogil(index, verdict & 1)
             if verdict & 2:
                 return

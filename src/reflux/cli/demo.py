@@ -140,18 +140,26 @@ class WindowTotals:
         done: list[str] = []
         if not len(chunk):
             return done
-        windows, where = np.unique(chunk["window"], return_inverse=True)
-        for j, w in enumerate(windows.tolist()):
-            part = chunk[where == j]
-            sums = np.bincount(part["kind"], weights=part["value"], minlength=len(EVENT_KINDS))
-            flagged = int(np.count_nonzero(part["score"] >= FLAG))
+        # every window of the chunk at once: one bincount per total
+        first = int(chunk["window"].min())
+        where = chunk["window"] - first
+        span = int(where.max()) + 1
+        kinds = len(EVENT_KINDS)
+        sums = np.bincount(where * kinds + chunk["kind"], weights=chunk["value"],
+                           minlength=span * kinds).reshape(span, kinds)
+        counts = np.bincount(where, minlength=span)
+        flagged = np.bincount(where, weights=chunk["score"] >= FLAG, minlength=span)
+        sizes = np.zeros(span, dtype=np.int64)
+        sizes[where] = chunk["wsize"]
+        for j in np.flatnonzero(counts).tolist():
+            w = first + j
             state = self.open.get(w)
             if state is None:
-                state = self.open[w] = [0, np.zeros(len(EVENT_KINDS)), 0]
-            state[0] += len(part)
-            state[1] += sums
-            state[2] += flagged
-            if state[0] == int(part["wsize"][0]):
+                state = self.open[w] = [0, np.zeros(kinds), 0]
+            state[0] += int(counts[j])
+            state[1] += sums[j]
+            state[2] += int(flagged[j])
+            if state[0] == int(sizes[j]):
                 del self.open[w]
                 totals = {EVENT_KINDS[k]: int(v) for k, v in enumerate(state[1].tolist()) if v}
                 done.append(json.dumps({**totals, "flagged": state[2], "window": w}, sort_keys=True))

@@ -80,7 +80,7 @@ from reflux_core.channel import ChannelClosed, Empty
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeFailure
-from ..result import NodeStats, RunResult
+from ..result import NodeStats, RunResult, WallTime
 from .base import RuntimeBase, drop_inputs
 from .fusion import fuse_chains, may_block
 from .outboxes import CountRecordsOutbox, ForwardOutbox, PoolOutbox, RecordOutbox
@@ -616,6 +616,25 @@ class PoolRuntime(RuntimeBase):
                 u.logics[0].sync()  # type: ignore[attr-defined]
         return {t.name: self._merged(t) for t in self.plan.tasks}
 
+    def wall_time(self, elapsed: float, nodes: dict[str, NodeStats] | None = None) -> WallTime:
+        """[monitor hook] Where the time went so far (``nodes``: the counters to use,
+        by default a live snapshot)."""
+        nodes = self.snapshot() if nodes is None else nodes
+        t = self._sched.timing()
+        threaded = {u.head.name for u in self.units if u.threaded}
+        replicas = {t.name: max(1, int(getattr(t.node, "parallel", 1) or 1)) for t in self.plan.tasks}
+        node_seconds = sum(s.busy for name, s in nodes.items() if name not in threaded)
+        busiest, busiest_busy = None, 0.0
+        if elapsed > 0:
+            for name, s in nodes.items():
+                frac = min(1.0, s.busy / elapsed / replicas.get(name, 1))
+                if frac > busiest_busy:
+                    busiest, busiest_busy = name, frac
+        return WallTime(elapsed=elapsed, workers=self.n_workers, lane=self.lanes, steps=int(t["steps"]),
+                        step_seconds=t["step"], node_seconds=node_seconds, lane_seconds=t["lane"],
+                        gil_wait_seconds=t["gil_wait"], pump_seconds=t["pump"], bottleneck=busiest,
+                        bottleneck_busy=busiest_busy)
+
     def collect(self, status: str, elapsed: float, stuck: list[str]) -> RunResult:
         """Count what is left in channels as dropped and build the result.
 
@@ -669,4 +688,6 @@ class PoolRuntime(RuntimeBase):
                 edges.setdefault((t.name, name), 0)
             if t.dead_letter is not None:
                 edges.setdefault((t.name, t.dead_letter.owner), 0)
-        return self._result(status, elapsed, stuck, edges)
+        result = self._result(status, elapsed, stuck, edges)
+        result.wall_time = self.wall_time(elapsed, result.nodes)
+        return result
