@@ -94,7 +94,8 @@ logger = logging.getLogger("reflux")
 #: seconds a worker may keep running the same unit while no other unit is ready
 LOCAL_RUN = 0.01
 #: seconds one step may hold the Python lane before another worker takes it over
-LANE_PATIENCE = 0.25
+#: (about one batch budget: a longer step is one slow call, which need not hold up the rest)
+LANE_PATIENCE = 0.05
 
 
 def gil_enabled() -> bool:
@@ -106,8 +107,8 @@ def gil_enabled() -> bool:
 def in_lane(u: Unit) -> bool:
     """Whether a unit runs in the Python lane: every unit but the replicas of a
     ``parallel=N`` node (asking for replicas says the function releases the GIL:
-    they run on any worker) and sources in threads of their own."""
-    return u.group is None and not u.threaded
+    they run on any worker), record pumps (no GIL) and sources in threads of their own."""
+    return u.group is None and not u.threaded and u.mode != "pump"
 
 
 def default_workers() -> int:
@@ -144,6 +145,7 @@ class PoolRuntime(RuntimeBase):
         for i, u in enumerate(self.units):
             u.index = i
         self._sched = Scheduler(len(self.units))
+        self._build_record_edges()
         #: whether the GIL-holding units run in the Python lane, one worker at a time
         #: (a GIL build with two or more workers: see reflux_core._sched)
         self.lanes = gil_enabled() and self.n_workers > 1
@@ -152,7 +154,6 @@ class PoolRuntime(RuntimeBase):
             for u in self.units:
                 if in_lane(u):
                     self._sched.set_lane(u.index, True)
-        self._build_record_edges()
         self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
