@@ -44,7 +44,7 @@ from .describe.nodes import (
     Messenger,
     Transformer,
 )
-from .describe.sinks import CallbackSink, FileSink, ListSink
+from .describe.sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
 from .errors import (
     AccountingError,
     ClogError,
@@ -57,10 +57,11 @@ from .errors import (
     TransformError,
     ValidationError,
 )
+from .logic.effects import emit, stopping
 from .observe.stats import Alert, NodeSnapshot, PipelineStats
 from .pipeline import Pipeline
 from .policies import ErrorPolicy
-from .result import NodeStats, RunResult
+from .result import Event, NodeStats, Results, RunResult, WallTime
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
@@ -93,10 +94,18 @@ __all__ = [
     "ListSink",
     "FileSink",
     "CallbackSink",
+    "CountSink",
+    "SumSink",
+    "ReduceSink",
     # pipeline and results
     "Pipeline",
     "Flow",
     "RunResult",
+    "Results",
+    "WallTime",
+    "Event",
+    "emit",
+    "stopping",
     "NodeStats",
     "PipelineStats",
     "NodeSnapshot",

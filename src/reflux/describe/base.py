@@ -26,6 +26,10 @@ __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "MAX_CAPACITY", "check_capa
 DEFAULT_CAPACITY = 1024
 #: default most items moved per batch
 DEFAULT_BATCH_SIZE = 256
+#: what a node's full input does with more items (``overflow=``)
+OVERFLOW: tuple[str, ...] = ("block", "drop_oldest", "drop_newest")
+#: async calls in flight per node by default
+DEFAULT_CONCURRENCY = 16
 #: the largest channel the core makes (slots)
 MAX_CAPACITY: int = _MAX_CHANNEL_CAPACITY
 
@@ -58,16 +62,49 @@ def is_generator_callable(fn: Any) -> bool:
     return False
 
 
-def check_callable(owner: str, fn: Any, what: str = "function") -> None:
-    """Refuse a non-callable, or an ``async def`` one (its calls would make coroutines
-    nobody awaits), with a message naming the node."""
+def check_callable(owner: str, fn: Any, what: str = "function", allow_async: bool = False) -> None:
+    """Refuse a non-callable, or (unless the node runs async functions on an event loop,
+    ``allow_async``) an ``async def`` one, whose calls would make coroutines nobody
+    awaits, with a message naming the node."""
     if not callable(fn):
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
-    if is_async_callable(fn):
+    if not allow_async and is_async_callable(fn):
         raise NotCallableError(
             f"{owner}: {what} {getattr(fn, '__name__', type(fn).__name__)!r} is an async function; this "
             f"node calls its function synchronously, so each call would make a coroutine that is never "
             f"awaited. Use a plain function here (an Extractor takes async sources)")
+
+
+def check_async(owner: str, fn: Any, is_async: bool, concurrency: Any,
+                call_timeout: Any) -> tuple[int, float | None]:
+    """``concurrency=`` (calls in flight, default 16) and ``call_timeout=`` (seconds
+    a call may take) of an async function; refused for a plain one."""
+    if not is_async:
+        for label, value in (("concurrency", concurrency), ("call_timeout", call_timeout)):
+            if value is not None:
+                raise ValidationError(f"{owner}: {label}= applies to an async function (async def); "
+                                      f"{getattr(fn, '__name__', type(fn).__name__)!r} is a plain one "
+                                      "(for a plain function that waits on I/O, use parallel=)")
+        return 1, None
+    if concurrency is None:
+        concurrency = DEFAULT_CONCURRENCY
+    check_positive_int(owner, "concurrency", concurrency, allow_none=False)
+    if call_timeout is not None and (isinstance(call_timeout, bool) or not isinstance(call_timeout, (int, float))
+                                     or not call_timeout > 0 or call_timeout == float("inf")):
+        raise ValidationError(f"{owner}: call_timeout must be a positive number of seconds, got {call_timeout!r}")
+    return concurrency, None if call_timeout is None else float(call_timeout)
+
+
+def check_batched(owner: str, batched: Any, plugin: Any, is_async: bool) -> bool:
+    """``batched=``: the function takes the whole batch (not with a plug-in or an async function)."""
+    if not isinstance(batched, bool):
+        raise ValidationError(f"{owner}: batched must be True or False, got {batched!r}")
+    if batched and plugin is not None:
+        raise ValidationError(f"{owner}: a compiled plug-in works on chunks of records already; "
+                              "batched=True is for Python functions")
+    if batched and is_async:
+        raise ValidationError(f"{owner}: batched=True takes a plain function, not an async one")
+    return batched
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -158,6 +195,13 @@ class Node:
     ``fuse``
         ``False`` keeps the node out of fused chains (it always runs as a
         task of its own, with a channel on each side).
+    ``overflow``
+        what happens when the node's input channel is full: ``"block"``
+        (default: the sender waits, backpressure), ``"drop_oldest"`` (the
+        oldest waiting item is dropped to make room) or ``"drop_newest"`` (the
+        arriving item is dropped): a leaky input, for real-time work where
+        fresh data beats complete data.  Dropped items are counted in the
+        node's ``overflowed`` counter.
     """
 
     #: the node type's name, used in messages
@@ -172,7 +216,7 @@ class Node:
     def __init__(self, *, name: str | None = None, capacity: int | None = None,
                  batch_size: int | None = None, on_error: str = "raise", retries: int = 0,
                  backoff: float = 0.0, backoff_factor: float = 2.0, max_backoff: float = 30.0,
-                 dead_letter: Node | str | None = None, fuse: bool = True,
+                 dead_letter: Node | str | None = None, fuse: bool = True, overflow: str = "block",
                  _default: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValidationError(f"{self.kind}: name must be a non-empty string, got {name!r}")
@@ -191,6 +235,14 @@ class Node:
                 f"{owner}: dead_letter must be a Loader (or a Loader's name), got {dead_letter!r:.60}")
         self.dead_letter: Node | str | None = dead_letter
         self.fuse = bool(fuse)
+        if overflow not in OVERFLOW:
+            raise ValidationError(f"{owner}: overflow must be one of {', '.join(map(repr, OVERFLOW))}, "
+                                  f"got {overflow!r}")
+        if overflow != "block" and self.is_source:
+            raise ValidationError(f"{owner}: overflow= is about a node's input; a source has none")
+        #: what a full input does with more items: wait ("block"), or drop the oldest
+        #: or the newest and go on (a leaky input, for real-time work)
+        self.overflow = overflow
         #: the pipeline the node belongs to (a node is used in one pipeline only)
         self._pipeline: Any = None
 

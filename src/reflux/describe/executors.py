@@ -68,8 +68,9 @@ def apply_default_executor(nodes: Any, executor: str) -> None:
     (checking, for ``"process"``, that their function can be pickled)."""
     for node in nodes:
         if node.kind == "Transformer" and not node.executor_chosen:
-            if executor == "process" and (node.plugin is not None or node.parallel != 1):
-                continue  # compiled plug-ins and thread replicas keep their threads
+            if executor == "process" and (node.plugin is not None or node.parallel != 1
+                                          or node.is_async or node.batched):
+                continue  # compiled plug-ins, thread replicas, async and batched functions stay here
             if executor == "process":
                 check_picklable(node.label, node.fn)
                 if node.ordered_given is None:

@@ -17,16 +17,21 @@ from reflux_core.channel import Channel, RecordChannel
 from ..errors import NotCallableError, ValidationError
 from .base import (
     Node,
+    check_async,
+    check_batched,
     check_callable,
     check_positive_int,
     check_replicas,
     chunk_batches,
     default_name,
+    is_async_callable,
     is_generator_callable,
     plugin_for,
 )
 from .executors import check_executor, check_start_method
-from .sinks import CallbackSink, FileSink, ListSink
+from .sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
+
+_NO_INITIAL: Any = object()  # Loader.reduce without an initial value
 
 __all__ = [
     "Extractor",
@@ -148,12 +153,22 @@ class Transformer(Node):
 
     def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
                  ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
-                 start_method: str | None = None, **kwargs: Any) -> None:
+                 start_method: str | None = None, batched: bool = False, concurrency: int | None = None,
+                 call_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
         #: the checked plug-in when ``fn`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, fn, "transform")
+        #: an ``async def`` function: its calls run on an event loop (see :meth:`async_options`)
+        self.is_async = self.plugin is None and is_async_callable(fn)
+        self.concurrency, self.call_timeout = check_async(self.label, fn, self.is_async, concurrency,
+                                                          call_timeout)
+        #: ``fn`` takes the whole batch as a list and returns one result per item
+        self.batched = check_batched(self.label, batched, self.plugin, self.is_async)
+        if self.batched and flat:
+            raise ValidationError(f"{self.label}: batched=True returns one result per item; it does not "
+                                  "combine with flat=True")
         if self.plugin is None:
-            check_callable(self.label, fn)
+            check_callable(self.label, fn, allow_async=True)
         elif flat:
             raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
         else:
@@ -163,6 +178,9 @@ class Transformer(Node):
         self.flat = bool(flat) or self.generator
         self.executor: str = "thread"
         self.workers: int | None = None
+        if executor == "process" and (self.is_async or self.batched):
+            raise ValidationError(f"{self.label}: executor='process' takes a plain function (not "
+                                  f"{'an async one' if self.is_async else 'batched=True'})")
         if executor is not None or workers is not None:
             if self.plugin is not None and executor == "process":
                 raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
@@ -173,13 +191,19 @@ class Transformer(Node):
         self.start_method = "spawn"
         if start_method is not None:
             self.start_method = check_start_method(self.label, self.executor, start_method)
+        if self.is_async and parallel != 1:
+            raise ValidationError(f"{self.label}: an async function runs many calls at once on one event "
+                                  "loop: set concurrency= instead of parallel=")
+        if self.is_async and self.generator:
+            raise ValidationError(f"{self.label}: an async generator function is not a Transformer function")
         if self.executor == "process" and parallel != 1:
             raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
                                   "executor='process' set the number of processes with workers=")
         #: ``ordered=`` as given (None: the default of the executor in the end)
         self.ordered_given = ordered
-        # process workers keep input order by default; thread replicas emit as they complete
-        default_order = self.executor == "process"
+        # process workers and async calls keep input order by default; thread replicas
+        # emit as they complete
+        default_order = self.executor == "process" or self.is_async
         self.parallel, self.ordered = check_replicas(self.label, parallel,
                                                      default_order if ordered is None else ordered)
         #: False when the pipeline's default executor applies
@@ -204,16 +228,27 @@ class Filter(Node):
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
+    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool | None = None,
+                 batched: bool = False, concurrency: int | None = None, call_timeout: float | None = None,
                  **kwargs: Any) -> None:
         super().__init__(_default=default_name(predicate), **kwargs)
         #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, predicate, "filter")
+        #: an ``async def`` predicate: its calls run on an event loop
+        self.is_async = self.plugin is None and is_async_callable(predicate)
+        self.concurrency, self.call_timeout = check_async(self.label, predicate, self.is_async, concurrency,
+                                                          call_timeout)
+        #: ``predicate`` takes the whole batch as a list and returns one truth value per item
+        self.batched = check_batched(self.label, batched, self.plugin, self.is_async)
         if self.plugin is None:
-            check_callable(self.label, predicate, "predicate")
+            check_callable(self.label, predicate, "predicate", allow_async=True)
         else:
             chunk_batches(self)
-        self.parallel, self.ordered = check_replicas(self.label, parallel, ordered)
+        if self.is_async and parallel != 1:
+            raise ValidationError(f"{self.label}: an async predicate runs many calls at once on one event "
+                                  "loop: set concurrency= instead of parallel=")
+        self.parallel, self.ordered = check_replicas(self.label, parallel,
+                                                     self.is_async if ordered is None else ordered)
         self.predicate = predicate
 
 
@@ -344,7 +379,9 @@ class Loader(Node):
     built-in sinks do), else the list of the values ``fn`` returned that
     were not ``None`` (usually empty).
 
-    Built-in sinks: :meth:`to_list`, :meth:`to_file`, :meth:`to_callback`.
+    Built-in sinks, fastest first: :meth:`count`, :meth:`sum`, :meth:`reduce`
+    and :meth:`collect` (a list, also :meth:`to_list`) work a batch at a time;
+    :meth:`to_file`, :meth:`to_callback`.
     ``fn``'s optional ``open()`` and ``close()`` methods are called once per worker.
     A batch that fails is retried as a whole, then each item of it is handled
     by the error policy.
@@ -353,11 +390,44 @@ class Loader(Node):
     kind = "Loader"
     is_sink = True
 
-    def __init__(self, fn: Callable[[Any], Any], *, batch: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[Any], Any], *, batch: bool | None = None, concurrency: int | None = None,
+                 call_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
-        check_callable(self.label, fn)
+        check_callable(self.label, fn, allow_async=True)
+        #: an ``async def`` function: its calls run on an event loop
+        self.is_async = is_async_callable(fn)
+        self.concurrency, self.call_timeout = check_async(self.label, fn, self.is_async, concurrency,
+                                                          call_timeout)
         self.fn = fn
         self.batch = bool(getattr(fn, "batched", False)) if batch is None else bool(batch)
+        if self.batch and self.is_async:
+            raise ValidationError(f"{self.label}: batch=True takes a plain function (an async one loads "
+                                  "item by item, concurrency= at a time)")
+        #: async calls in flight keep input order (one at a time: side effects in order)
+        self.ordered = True
+
+    @classmethod
+    def count(cls, **kwargs: Any) -> Loader:
+        """A Loader counting the items; reports the count (one addition per batch)."""
+        return cls(CountSink(), **kwargs)
+
+    @classmethod
+    def sum(cls, start: Any = 0, **kwargs: Any) -> Loader:
+        """A Loader adding the items up (``start`` + every item); reports the total
+        (one C-level ``sum()`` per batch: the fastest way to reduce numbers)."""
+        return cls(SumSink(start), **kwargs)
+
+    @classmethod
+    def reduce(cls, fn: Callable[[Any, Any], Any], initial: Any = _NO_INITIAL, **kwargs: Any) -> Loader:
+        """A Loader folding the items with ``fn(accumulated, item)`` from ``initial``
+        (without it, from the first item), like :func:`functools.reduce`; reports the result."""
+        check_callable(f"Loader '{kwargs.get('name') or 'reduce'}'", fn)
+        return cls(ReduceSink(fn) if initial is _NO_INITIAL else ReduceSink(fn, initial), **kwargs)
+
+    @classmethod
+    def collect(cls, **kwargs: Any) -> Loader:
+        """A Loader collecting the items into a new list; reports the list (``to_list()``)."""
+        return cls(ListSink(), **kwargs)
 
     @classmethod
     def to_list(cls, target: list[Any] | None = None, **kwargs: Any) -> Loader:

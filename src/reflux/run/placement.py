@@ -23,6 +23,9 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
     """The logic of ``node`` for one run: :func:`reflux.logic.make_logic`, or for a
     Transformer with ``executor="process"`` the logic that runs its function in
     worker processes (``preforked``: the workers forked for it when the run started)."""
+    if getattr(node, "is_async", False):
+        from .aio import AsyncLogic  # only when asked for (it imports asyncio)
+        return AsyncLogic(node, ctx)
     if getattr(node, "executor", "thread") == "process":
         from .process.logic import ProcessTransformerLogic  # only when asked for (start-up time)
         return ProcessTransformerLogic(node, ctx, preforked=preforked)

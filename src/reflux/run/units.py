@@ -19,7 +19,7 @@ from reflux_core.channel import ChannelClosed, Empty
 
 from ..describe.plan import Task
 from ..errors import ErrorRecord
-from ..logic.base import Abort, NodeLogic, Outbox
+from ..logic.base import Abort, NodeLogic, Outbox, set_current_context
 from ..result import NodeStats
 from .base import BATCH_BUDGET, RunContext
 from .outboxes import ForwardOutbox, PoolOutbox
@@ -119,6 +119,9 @@ class Unit:
         self.limit = 1
         #: the stage whose code runs now (a failure outside any item is blamed on it)
         self.stage = 0
+        #: held by pause_node() (a plain bool: read by the worker that picks the unit up,
+        #: which at worst runs one more step)
+        self.paused = False
         self.is_source = self.head.node.is_source
         self.has_timer = False
         self.timer_at: float | None = None
@@ -126,11 +129,17 @@ class Unit:
         self.mode: str | None = None
         self.pump: PumpTask | None = None
 
+    def enter(self, i: int) -> None:
+        """Stage ``i``'s code runs next in this thread: blame it for a failure, and let
+        its function's ``reflux.emit()``/``reflux.stopping()`` find its node."""
+        self.stage = i
+        set_current_context(self.ctxs[i])
+
     def open(self) -> None:
         """Make and open the logic of every stage."""
         rt = self.rt
         for i, task in enumerate(self.tasks):
-            self.stage = i
+            self.enter(i)
             with rt._lock:
                 pre = rt.preforked.pop(task.name, None)
             logic = task_logic(task, self.ctxs[i], pre)
@@ -171,7 +180,7 @@ class Unit:
                 self.ending = True
                 return True
             t0 = time.monotonic()
-            self.stage = 0
+            self.enter(0)
             before = len(self.outs[0].ports[0])
             more = logics[0].pull(self.outs[0], self.limit)  # type: ignore[attr-defined]
             pulled = len(self.outs[0].ports[0]) - before
@@ -186,7 +195,7 @@ class Unit:
         for i in range(len(logics)):
             if logics[i].has_feedback():
                 t0 = time.monotonic()
-                self.stage = i
+                self.enter(i)
                 logics[i].process_feedback(self.limit, self.outs[i])
                 self.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if self.group is not None and self.group.ordered:
@@ -199,7 +208,7 @@ class Unit:
             for i in range(len(logics)):
                 d = logics[i].next_deadline()
                 if d is not None and now >= d:
-                    self.stage = i
+                    self.enter(i)
                     logics[i].tick(now, self.outs[i])
                     self.forward(i)
                     self.arm_timer()
@@ -226,7 +235,7 @@ class Unit:
         stats = self.stats[0]
         stats.received += n
         t0 = time.monotonic()
-        self.stage = 0
+        self.enter(0)
         logics[0].process(batch, self.outs[0])
         stats.busy += time.monotonic() - t0  # [busy time]
         if ticket >= 0:
@@ -372,7 +381,7 @@ class Unit:
             out.sent_count += n  # type: ignore[attr-defined]
             self.stats[j + 1].received += n
             t0 = time.monotonic()
-            self.stage = j + 1
+            self.enter(j + 1)
             self.logics[j + 1].process(items, outs[j + 1])
             self.stats[j + 1].busy += time.monotonic() - t0  # [busy time] each stage its own logic's time
         outs[last].flush()
@@ -419,7 +428,7 @@ class Unit:
         while self.end_stage < len(logics):
             i = self.end_stage
             lg = logics[i]
-            self.stage = i
+            self.enter(i)
             if lg.has_feedback():
                 t0 = time.monotonic()
                 lg.process_feedback(self.limit, self.outs[i])

@@ -25,7 +25,7 @@ parent -> worker
     end) asks the worker to finish: it calls ``fn.close()`` and exits.
 worker -> parent
     ``(READY, pid)`` or ``(FAILED_START, pid, traceback)`` once, first;
-    ``(DONE, seq, values, errors, retried, busy, signals)`` per chunk, in the
+    ``(DONE, seq, values, errors, retried, busy, signals, None, events)`` per chunk, in the
     order chunks arrived; ``(CLOSED, pid, traceback or None)`` last.
 """
 from __future__ import annotations
@@ -231,11 +231,36 @@ def run_chunk(fn: Callable[[Any], Any], items: list[Any], opts: dict[str, Any]
     return values, errors, retried, signals
 
 
+def _take_events() -> list[tuple[str, str, dict[str, Any]]]:
+    """The events the user's function emitted (``reflux.emit``) since the last chunk,
+    if it imported reflux; fields that cannot be pickled travel as their repr."""
+    effects = sys.modules.get("reflux.logic.effects")
+    if effects is None:
+        return []
+    events = effects.take_worker_events()
+    for i, (level, message, fields) in enumerate(events):
+        try:
+            pickle.dumps(fields, protocol=5)
+        except Exception:  # noqa: BLE001 - a field that cannot travel: its repr instead
+            events[i] = (level, message, {k: v if _picklable(v) else repr(v) for k, v in fields.items()})
+    return events
+
+
+def _picklable(value: Any) -> bool:
+    try:
+        pickle.dumps(value, protocol=5)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 def _send_done(wfd: int, seq: int, values: list[Any], errors: list[tuple[Any, ...]],
                retried: int, busy: float, signals: bool) -> None:
-    """Send a chunk's results; values that cannot be pickled become per-item errors."""
+    """Send a chunk's results (and the events emitted meanwhile); values that cannot be
+    pickled become per-item errors."""
+    events = _take_events()
     try:
-        parts = encode((DONE, seq, values, errors, retried, busy, signals))
+        parts = encode((DONE, seq, values, errors, retried, busy, signals, None, events))
     except Exception:  # noqa: BLE001 - some value is not picklable: find which
         failed = {e[0] for e in errors}
         for i, v in enumerate(values):
@@ -250,7 +275,7 @@ def _send_done(wfd: int, seq: int, values: list[Any], errors: list[tuple[Any, ..
                 values[i] = None
                 errors.append((i, *pack_exception(err), 1))
         errors.sort(key=lambda e: e[0])
-        parts = encode((DONE, seq, values, errors, retried, busy, signals))
+        parts = encode((DONE, seq, values, errors, retried, busy, signals, None, events))
     write_all(wfd, parts)
 
 
@@ -289,6 +314,8 @@ def main(argv: list[str]) -> int:
     # Ctrl-C goes to the parent, which stops its workers; a terminal sends
     # SIGINT to the whole process group, so ignore it here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # reflux.emit() in the user's function keeps its events for the parent (see _take_events)
+    os.environ["REFLUX_PROCESS_WORKER"] = "1"
     pid = os.getpid()
     parent = os.getppid()
     try:

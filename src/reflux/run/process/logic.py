@@ -57,6 +57,7 @@ from typing import Any
 
 from ...describe.executors import check_picklable
 from ...logic.base import NodeContext, NodeLogic, Outbox
+from ...result import Event
 from ...signals import Error, NeedsMoreWork, Signal
 from . import child as wire
 from .launch import (
@@ -361,6 +362,8 @@ class ProcessTransformerLogic(NodeLogic):
                                          f"instead of {chunk.seq}")
             chunk.result = msg
             chunk.pid = w.pid
+            for level, message, fields in msg[8] if len(msg) > 8 else ():  # reflux.emit() in the worker
+                self.ctx.emit(Event(self.name, level, message, fields))
             busy, n = msg[5], len(chunk.items)
             if n:
                 per = busy / n
