@@ -6,6 +6,8 @@ import math
 import subprocess
 import sys
 
+from support import needs_posix_signals
+
 from reflux.cli.demo import EVENT_KINDS, build_demo
 from reflux.cli.demo import generate_events as _generate_events
 
@@ -260,6 +262,7 @@ def test_demo_shows_every_node_type(tmp_path: Path) -> None:
     result.check_accounting()
 
 
+@needs_posix_signals
 def test_ctrl_c_during_reflux_run_exits_130(tmp_path: Path) -> None:
     import signal
 

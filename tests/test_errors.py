@@ -27,7 +27,7 @@ from reflux import (
     Transformer,
     TransformError,
 )
-from support import forever
+from support import forever, needs_posix_signals
 
 HANG = 60
 
@@ -332,6 +332,7 @@ CTRL_C_RUN = textwrap.dedent("""
 """)
 
 
+@needs_posix_signals
 def test_ctrl_c_during_run_stops_cleanly(tmp_path: Any) -> None:
     script = tmp_path / "child.py"
     script.write_text(CTRL_C_RUN)
