@@ -1,4 +1,4 @@
-"""The ``reflux`` command (also ``python -m reflux``).
+"""The ``reflux`` command (also ``python -m reflux``): run, watch and draw pipelines.
 
 ``reflux demo``
     runs the built-in analytics pipeline on generated data (no set-up, no
@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -315,9 +316,32 @@ def _port(text: str) -> int:
     return n
 
 
+def plain_text(doc: str) -> str:
+    """A docstring as a terminal shows it: reST literals and roles become plain words
+    (````x```` -> ``x``; ``:class:`~reflux.Pipeline``` -> ``Pipeline``)."""
+    doc = re.sub(r":[a-z]+:`~[\w.]*?([\w]+)`", r"\1", doc)
+    doc = re.sub(r":[a-z]+:`([^`]+)`", r"\1", doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
+def version_text() -> str:
+    """What ``reflux --version`` prints: the distribution's version, Python's, and where reflux is."""
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        version = metadata.version("pyreflux")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown (not installed)"
+    where = Path(__file__).resolve().parent.parent
+    return f"reflux {version} (Python {sys.version.split()[0]}, {where})"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reflux", description=__doc__,
+    parser = argparse.ArgumentParser(prog="reflux", description=plain_text(__doc__ or ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text().replace("%", "%%"),
+                        help="print the version of reflux and of Python, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def watch_options(p: argparse.ArgumentParser) -> None:
