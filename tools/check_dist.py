@@ -19,6 +19,7 @@ import fnmatch
 import hashlib
 import io
 import re
+import struct
 import sys
 import tarfile
 import zipfile
@@ -69,6 +70,37 @@ def expected_package_files(source: Path) -> tuple[set[str], list[str]]:
     return want, modules
 
 
+def elf_section_names(data: bytes) -> list[str] | None:
+    """The section names of an ELF shared object, or ``None`` if ``data`` is not ELF."""
+    if data[:4] != b"\x7fELF":
+        return None
+    is64, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(order + "Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", data, 0x3A)
+    else:
+        shoff, = struct.unpack_from(order + "I", data, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", data, 0x2E)
+
+    def section(i: int) -> tuple[int, int, int]:  # (name offset, file offset, size)
+        base = shoff + i * shentsize
+        if is64:
+            name, = struct.unpack_from(order + "I", data, base)
+            offset, size = struct.unpack_from(order + "QQ", data, base + 0x18)
+        else:
+            name, = struct.unpack_from(order + "I", data, base)
+            offset, size = struct.unpack_from(order + "II", data, base + 0x10)
+        return name, offset, size
+
+    _, str_off, str_size = section(shstrndx)
+    table = data[str_off:str_off + str_size]
+    names = []
+    for i in range(shnum):
+        start = section(i)[0]
+        names.append(table[start:table.index(b"\0", start)].decode("ascii", "replace"))
+    return names
+
+
 def check_wheel(path: Path, source: Path, project: dict, readme: str, rep: Report) -> None:
     print(f"wheel {path.name}")
     name, version = project["name"], project["version"]
@@ -93,6 +125,19 @@ def check_wheel(path: Path, source: Path, project: dict, readme: str, rep: Repor
         bad = {n: p for n, p in bad.items() if p}
         rep.check(not bad, "no generated .c, .pyx, objects, caches, tests or build leftovers",
                   f"{bad}")
+        # release builds carry no debug information (setup.py: -g0, the linker strips the rest)
+        ext_sizes, with_debug = 0, {}
+        for n in names:
+            if re.fullmatch(r"reflux_core/[^/]+\.(so|pyd)", n):
+                data = zf.read(n)
+                ext_sizes += len(data)
+                sections = elf_section_names(data)
+                debug = [s for s in sections or [] if s.startswith((".debug_", ".zdebug_"))]
+                if debug:
+                    with_debug[n] = debug
+        rep.check(not with_debug, f"extensions stripped of debug information "
+                  f"({ext_sizes / 1e6:.2f} MB unpacked; wheel {path.stat().st_size / 1e6:.2f} MB)",
+                  f"debug sections in {with_debug}")
         tops = sorted({n.split("/")[0] for n in names})
         allowed = {"reflux", "reflux_core", dist_info, f"{name}.libs"}
         rep.check(set(tops) <= allowed, f"top-level entries are only {sorted(allowed - {name + '.libs'})}",
