@@ -226,7 +226,6 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
         for folder, patterns in (("reflux_core", ["*.pyx", "*.pxd", "*.py", "py.typed", "*.h"]),
                                  ("src/reflux", ["*.py", "py.typed"]),
                                  ("tests", ["*.py"]),
-                                 ("docs", ["*.md"]),
                                  ("benchmarks", ["*.py", "*.c"]),
                                  ("examples", ["*.py", "*.pyx", "*.toml"]),
                                  ("tools", ["*.py", "*.sh"])):
@@ -236,7 +235,7 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
                         and not matches(rel, SDIST_FORBIDDEN):
                     want.add(rel)
         missing = sorted(want - set(names))
-        rep.check(not missing, f"holds the sources, .pyx/.pxd, headers, tests, docs, benchmarks, README, "
+        rep.check(not missing, f"holds the sources, .pyx/.pxd, headers, tests, benchmarks, README, "
                   f"licenses ({len(want)} files)", f"missing {missing}")
         bad = {n: matches(n, SDIST_FORBIDDEN) for n in names}
         bad = {n: p for n, p in bad.items() if p}
