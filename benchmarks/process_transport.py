@@ -57,7 +57,7 @@ from benchmarks import import_core
 import_core("channel")  # the compiled core first (see benchmarks.import_core)
 from reflux import Extractor, Loader, Pipeline, Transformer  # noqa: E402
 from reflux.run.process import child as wire  # noqa: E402
-from reflux.run.process.transport import TRANSPORT_ENV  # noqa: E402
+from reflux.run.process.transport import TRANSPORT_ENV, _native_available  # noqa: E402
 
 PIPE_SIZE = 1 << 20
 RING = 8 << 20
@@ -344,6 +344,14 @@ def run_one(ctx: Any, method: str, kind: str, n: int, batch: int) -> float:
     return t1 - t0
 
 
+def _load() -> float:
+    """The 1-minute load average (-1 where the OS does not tell it)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return -1.0
+
+
 # ---------------------------------------------------------------- part 2: a pipeline
 
 def add_one(x: int) -> int:
@@ -396,10 +404,14 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.quick:
         a.items, a.arrays, a.repeat = 20_000, 50, 1
-    # fork: the raw pipe fds are inherited (this script has no other threads when it forks)
-    ctx = multiprocessing.get_context("fork")
-    methods = ["pipe+writev", "portable", "mp.Pipe", "mp.Queue", "shm ring"]
-    load0 = os.getloadavg()[0]
+    # fork: the raw pipe fds are inherited (this script has no other threads when it forks);
+    # where there is no fork (Windows), spawn, and no raw-pipe method
+    have_fork = "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if have_fork else "spawn")
+    methods = ["pipe+writev"] if have_fork and hasattr(os, "writev") else []
+    methods += ["portable", "mp.Pipe", "mp.Queue", "shm ring"]
+    transports = ["native", "portable"] if _native_available() else ["portable"]
+    load0 = _load()
     print(f"machine: {os.cpu_count()} cores; load average {load0:.2f} at the start")
     report: dict[str, Any] = {"load_start": load0, "wire": {}, "pipeline": {}}
     cases = (("ints", a.items, a.batch, "items"), ("arrays", a.arrays, a.array_kb, "arrays"))
@@ -407,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
         what = (f"{n:,} small ints in lists of {batch}" if kind == "ints"
                 else f"{n:,} numpy arrays of {batch} KiB, one per message")
         print(f"\n== wire: {what}, producer process -> consumer process (median of {a.repeat})")
-        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12} {'MB/s':>8}  vs pipe+writev")
+        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12} {'MB/s':>8}  vs {methods[0]}")
         base = None
         for m in methods:
             secs = statistics.median(run_one(ctx, m, kind, n, batch) for _ in range(a.repeat))
@@ -420,17 +432,17 @@ def main(argv: list[str] | None = None) -> None:
         what = (f"{n:,} ints, each plus one" if kind == "ints" else f"{n:,} numpy arrays of {batch} KiB, doubled")
         print(f"\n== pipeline: {what}, Transformer(executor='process', workers=2), "
               f"start-up included (median of {a.repeat})")
-        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12}  vs native")
-        times = {t: [] for t in ("native", "portable")}
+        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12}  vs {transports[0]}")
+        times: dict[str, list[float]] = {t: [] for t in transports}
         for _ in range(a.repeat):  # interleaved, so a change of load hits both alike
             for t in times:
                 times[t].append(run_pipeline(t, kind, n, batch))
-        base = statistics.median(times["native"])
+        base = statistics.median(times[transports[0]])
         for t, runs in times.items():
             secs = statistics.median(runs)
             report["pipeline"][f"{kind}/{t}"] = {"seconds": secs, "ratio": base / secs}
             print(f"{t:<14} {secs:8.3f} {n / secs:12,.0f}  {base / secs:5.2f}x")
-    report["load_end"] = os.getloadavg()[0]
+    report["load_end"] = _load()
     print(f"\nload average {report['load_end']:.2f} at the end")
     if a.json:
         import json
