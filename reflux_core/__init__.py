@@ -11,6 +11,7 @@ and ``cimport reflux_core.channel`` (or ``from reflux_core cimport ...``).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = ["ABI_VERSION", "get_include", "build_info"]
 
@@ -56,7 +57,7 @@ def get_include() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, Any]:
     """How this copy of the core was built and runs: debug checks, parking back end, barrier mode."""
     from reflux_core import channel
 

@@ -64,6 +64,7 @@ def expected_package_files(source: Path) -> tuple[set[str], list[str]]:
     want |= {"reflux/py.typed", "reflux_core/py.typed"}
     want |= {f"reflux_core/{p.name}" for p in (source / "reflux_core").glob("*.py")}
     want |= {f"reflux_core/{p.name}" for p in (source / "reflux_core").glob("*.pxd")}
+    want |= {f"reflux_core/{p.name}" for p in (source / "reflux_core").glob("*.pyi")}
     want |= {f"reflux_core/{p.relative_to(source / 'reflux_core').as_posix()}"
              for p in (source / "reflux_core" / "include").rglob("*.h")}
     modules = sorted(p.stem for p in (source / "reflux_core").glob("*.pyx"))
@@ -110,7 +111,7 @@ def check_wheel(path: Path, source: Path, project: dict, readme: str, rep: Repor
         want, modules = expected_package_files(source)
 
         missing = sorted(want - set(names))
-        rep.check(not missing, f"holds every module, .pxd, header and py.typed ({len(want)} files)",
+        rep.check(not missing, f"holds every module, .pxd, .pyi stub, header and py.typed ({len(want)} files)",
                   f"missing {missing}")
         rep.check("reflux_core/channel.pxd" in names and "reflux_core/__init__.pxd" in names,
                   "public .pxd files: reflux_core/__init__.pxd, reflux_core/channel.pxd")
@@ -223,7 +224,7 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
         rep.check(len(names) == len(members), f"every file under {prefix}")
         want = {"pyproject.toml", "setup.py", "README.md", "MANIFEST.in", "PKG-INFO",
                 *project.get("license-files", ["LICENSE"])}
-        for folder, patterns in (("reflux_core", ["*.pyx", "*.pxd", "*.py", "py.typed", "*.h"]),
+        for folder, patterns in (("reflux_core", ["*.pyx", "*.pxd", "*.pyi", "*.py", "py.typed", "*.h"]),
                                  ("src/reflux", ["*.py", "py.typed"]),
                                  ("tests", ["*.py"]),
                                  ("benchmarks", ["*.py", "*.c"]),
