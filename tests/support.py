@@ -63,3 +63,8 @@ def forever() -> Iterator[int]:
 #: tests that deliver SIGINT to a process (Popen.send_signal / os.kill): POSIX only,
 #: since Windows has no SIGINT to send (a console's Ctrl-C event is another mechanism)
 needs_posix_signals = pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to a process (POSIX signals)")
+
+
+def square(x: int) -> int:
+    """A module-level function (picklable by reference) for process workers."""
+    return x * x
