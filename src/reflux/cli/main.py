@@ -159,6 +159,10 @@ def _console(force_terminal: bool | None = None) -> Console:
     return Console(stderr=True, force_terminal=force_terminal)
 
 
+#: the reflux logger's (level, propagate) before the command's handler was added, by handler
+_saved_logging: dict[logging.Handler, tuple[int, bool]] = {}
+
+
 def _setup_logging(console: Console | None) -> logging.Handler:
     """The command's own log output on standard error (library code only logs)."""
     handler: logging.Handler
@@ -169,7 +173,7 @@ def _setup_logging(console: Console | None) -> logging.Handler:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("reflux: %(levelname)s: %(message)s"))
     log = logging.getLogger("reflux")
-    handler._reflux_saved = (log.level, log.propagate)  # type: ignore[attr-defined]
+    _saved_logging[handler] = (log.level, log.propagate)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -179,7 +183,9 @@ def _setup_logging(console: Console | None) -> logging.Handler:
 def _teardown_logging(handler: logging.Handler) -> None:
     log = logging.getLogger("reflux")
     log.removeHandler(handler)
-    log.level, log.propagate = handler._reflux_saved  # type: ignore[attr-defined]
+    level, propagate = _saved_logging.pop(handler)
+    log.setLevel(level)
+    log.propagate = propagate
 
 
 def _report(pipeline: Pipeline, result: RunResult | None) -> str:

@@ -225,8 +225,9 @@ def pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__
         message = "<unprintable>"
+    data: bytes | None
     try:
-        data: bytes | None = pickle.dumps(exc, protocol=5)
+        data = pickle.dumps(exc, protocol=5)
         pickle.loads(data)
     except Exception:  # noqa: BLE001 - anything that does not round-trip
         data = None
@@ -259,6 +260,7 @@ def run_chunk(fn: Callable[[Any], Any], items: list[Any], opts: dict[str, Any]
     retried = 0
     signals = False
     append = values.append
+    r: Any  # a result, a list of them (flat), or the exception of a failed call
     for i, item in enumerate(items):
         try:
             r = list(fn(item)) if flat else fn(item)

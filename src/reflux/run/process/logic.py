@@ -56,6 +56,7 @@ from collections import deque
 from typing import Any
 
 from ...describe.executors import check_picklable
+from ...describe.nodes import Transformer
 from ...logic.base import NodeContext, NodeLogic, Outbox
 from ...signals import Error, NeedsMoreWork, Signal
 from . import child as wire
@@ -130,7 +131,9 @@ def _attach_traceback(exc: BaseException, tb: str, pid: int) -> BaseException:
 class ProcessTransformerLogic(NodeLogic):
     """The logic of a Transformer with ``executor="process"`` (see the module docs)."""
 
-    def __init__(self, node: Any, ctx: NodeContext, preforked: list[Any] | None = None) -> None:
+    node: Transformer
+
+    def __init__(self, node: Transformer, ctx: NodeContext, preforked: list[Any] | None = None) -> None:
         super().__init__(node, ctx)
         #: workers forked for this node when the run started (start_method="fork"), to adopt at open
         self._preforked = preforked
@@ -596,19 +599,19 @@ class ProcessTransformerLogic(NodeLogic):
                 if not self._by_key:
                     break
                 for key in self._waiter.wait(WAIT_SLICE):
-                    w = self._by_key.get(key)
-                    if w is None:
+                    sender = self._by_key.get(key)
+                    if sender is None:
                         continue
                     try:
-                        data, bufs = w.link.recv_raw()
+                        data, bufs = sender.link.recv_raw()
                         msg = pickle.loads(data, buffers=bufs)
                     except (EOFError, OSError):
-                        w.closed = True
-                        self._unwatch(w)
-                        w.link.close()
+                        sender.closed = True
+                        self._unwatch(sender)
+                        sender.link.close()
                         continue
                     if msg[0] == wire.CLOSED:
-                        self._on_message(w, msg)
+                        self._on_message(sender, msg)
         for w in workers:
             try:
                 w.popen.wait(max(0.0, deadline - time.monotonic()))
