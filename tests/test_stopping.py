@@ -62,22 +62,26 @@ def test_stop_without_draining_returns_within_one_call() -> None:
 
 
 def test_a_drain_stop_and_a_pause_are_seen_within_about_one_budget() -> None:
-    p = _slow_pipeline()
+    # capacity 8: a drain-stop lets what was extracted flow on, which is little here
+    p = _slow_pipeline(capacity=8)
     p.start()
     wait_until(lambda: p.stats()["out"].received >= 2, "some items to be loaded")
-    t0 = time.monotonic()
     p.pause()
     before = p.stats()["slow"].received
     time.sleep(0.3)
     held = p.stats()["slow"].received - before
     p.resume()
+    t0 = time.monotonic()
     p.stop()  # drain: what was extracted goes on, then the run ends
+    extracted_at_stop = p.stats()["extractor"].received
     result = p.join(HANG)
     elapsed = time.monotonic() - t0
     # a batch in flight when pause() came may finish (a few calls per replica), nothing more
     assert held <= 8, f"{held} items went in while paused"
     assert result.status == "stopped" and result.dropped == 0
     assert result.loaded == result.extracted and result.loaded < 10_000
+    # the source stopped at once: at most one more small batch after stop()
+    assert result.extracted - extracted_at_stop <= 8
     result.check_accounting()
     assert elapsed < 5, f"a drain-stop took {elapsed:.1f} s"
 
