@@ -19,17 +19,17 @@ def _name(key: Any) -> Any:
     return name if isinstance(name, str) else key
 
 
-class Results(dict):  # type: ignore[type-arg]
+class Results(dict[str, Any]):
     """What each Loader reported, by Loader name; the Loader object itself works as a key too
     (``result.results[sink]`` is ``result.results[sink.name]``)."""
 
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: object) -> Any:
         return super().__getitem__(_name(key))
 
     def __contains__(self, key: object) -> bool:
         return super().__contains__(_name(key))
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: object, default: Any = None) -> Any:
         return super().get(_name(key), default)
 
 # How a node's counters relate (see NodeStats.law):
@@ -246,7 +246,7 @@ class RunResult:
     #: per-node counters, by node name, in the order nodes were added
     nodes: dict[str, NodeStats]
     #: what each Loader returned, by Loader name (see :class:`~reflux.Loader`)
-    results: dict[str, Any]
+    results: Results
     #: error records kept (policies "raise", "log" and "dead_letter"), oldest first
     errors: list[ErrorRecord]
     #: items sent along each edge, keyed by ``(sender, receiver)`` names

@@ -5,18 +5,36 @@
 :class:`Accumulator` and :class:`Loader` (sink).  Each class checks its
 arguments when it is built (errors name the node) and holds them; what a node
 does with a batch is in :mod:`reflux.logic`, one module per kind.
+
+Each node type is generic in its items (see :mod:`reflux.describe.base`): the
+types come from the function a node is given (``Transformer(str)`` of a
+``def f(x: int) -> str`` is a ``Transformer[int, str]``), or are written out
+(``Loader[int](print)``); left out, they are ``Any``.
 """
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
-from typing import Any, ClassVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sized,
+)
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, overload
 
 from reflux_core.channel import Channel, RecordChannel
 
 from ..errors import NotCallableError, ValidationError
 from .base import (
+    In,
     Node,
+    Out,
+    T,
     check_async,
     check_batched,
     check_callable,
@@ -33,6 +51,16 @@ from .sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumS
 
 _NO_INITIAL: Any = object()  # Loader.reduce without an initial value
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from typing_extensions import Never  # noqa: F401 - named in the string Node["Never", ...]
+
+    from ..signals import Error, NeedsMoreWork
+
+    #: what a node function may return besides an output: feedback and failures
+    _Signal = NeedsMoreWork | Error
+
 __all__ = [
     "Extractor",
     "Transformer",
@@ -46,9 +74,17 @@ __all__ = [
 ]
 
 
+class SupportsPlugin(Protocol):
+    """A compiled record plug-in: a ``reflux_core.transform`` CTransform, CFilter or CKey,
+    or any object offering a C plug-in's capsule."""
+
+    @property
+    def __reflux_plugin__(self) -> object: ...
+
+
 # --------------------------------------------------------------------------- Extractor
 
-class Extractor(Node):
+class Extractor(Node["Never", Out]):
     """Source of a pipeline: reads items from ``source`` and sends them on.
 
     ``source`` may be:
@@ -80,6 +116,23 @@ class Extractor(Node):
     kind = "Extractor"
     is_source = True
     _NO_SENTINEL: ClassVar[object] = object()
+
+    @overload
+    def __init__(self: Extractor[npt.NDArray[np.void]], source: RecordChannel, *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Channel[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], Generator[Out, Any, Any]], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], AsyncGenerator[Out, Any]], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Iterable[Out] | AsyncIterable[Out], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
 
     def __init__(self, source: Any, *, sentinel: Any = _NO_SENTINEL, **kwargs: Any) -> None:
         default = default_name(source) if callable(source) and not isinstance(source, Iterable) else None
@@ -115,7 +168,7 @@ class Extractor(Node):
 
 # --------------------------------------------------------------------------- Transformer
 
-class Transformer(Node):
+class Transformer(Node[In, Out]):
     """Applies ``fn`` to each item.
 
     * a plain return value is the output (Transformed);
@@ -151,7 +204,33 @@ class Transformer(Node):
 
     kind = "Transformer"
 
-    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
+    # the types: a generator function (annotated to return a Generator or an Iterator)
+    # yields the outputs; with flat=True the function returns iterables of them; else it
+    # returns one (NeedsMoreWork and Error are not outputs)
+    @overload
+    def __init__(self, fn: Callable[[In], Iterator[Out | _Signal]], *, flat: bool = ...,
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Iterable[Out | _Signal]], *, flat: Literal[True],
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Awaitable[Out | _Signal]], *, concurrency: int | None = ...,
+                 call_timeout: float | None = ..., parallel: int = ..., ordered: bool | None = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[list[In]], Iterable[Out]], *, batched: Literal[True],
+                 parallel: int = ..., ordered: bool | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Out | _Signal], *, flat: Literal[False] = ...,
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: SupportsPlugin, *, parallel: int = ..., ordered: bool | None = ...,
+                 **kwargs: Any) -> None: ...
+
+    def __init__(self, fn: Any, *, flat: bool = False, parallel: int = 1,
                  ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
                  start_method: str | None = None, batched: bool = False, concurrency: int | None = None,
                  call_timeout: float | None = None, **kwargs: Any) -> None:
@@ -173,9 +252,12 @@ class Transformer(Node):
             raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
         else:
             chunk_batches(self)
-        self.fn = fn
+        #: the function (or plug-in) as given
+        self.fn: Any = fn
         self.generator = is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
+        if self.flat:
+            self.stats_law = "free"  # an item in may give any number out
         self.executor: str = "thread"
         self.workers: int | None = None
         if executor == "process" and (self.is_async or self.batched):
@@ -209,14 +291,10 @@ class Transformer(Node):
         #: False when the pipeline's default executor applies
         self.executor_chosen = executor is not None
 
-    @property  # type: ignore[override]
-    def stats_law(self) -> str:
-        return "free" if self.flat else "one"
-
 
 # --------------------------------------------------------------------------- Filter
 
-class Filter(Node):
+class Filter(Node[T, T]):
     """Passes the items for which ``predicate(item)`` is true; counts the others
     as ``filtered``.  Never sends an empty batch downstream.
 
@@ -228,9 +306,9 @@ class Filter(Node):
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool | None = None,
-                 batched: bool = False, concurrency: int | None = None, call_timeout: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, predicate: Callable[[T], object] | Callable[[list[T]], Any] | SupportsPlugin, *,
+                 parallel: int = 1, ordered: bool | None = None, batched: bool = False,
+                 concurrency: int | None = None, call_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(predicate), **kwargs)
         #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, predicate, "filter")
@@ -249,12 +327,13 @@ class Filter(Node):
                                   "loop: set concurrency= instead of parallel=")
         self.parallel, self.ordered = check_replicas(self.label, parallel,
                                                      self.is_async if ordered is None else ordered)
-        self.predicate = predicate
+        #: the predicate (or plug-in) as given
+        self.predicate: Any = predicate
 
 
 # --------------------------------------------------------------------------- routing nodes
 
-class Balancer(Node):
+class Balancer(Node[T, T]):
     """Sends items to its receivers in turn (round-robin), one item each.
 
     Receivers are the nodes it is connected to, in the order connected; a
@@ -268,7 +347,7 @@ class Balancer(Node):
         super().__init__(**kwargs)
 
 
-class Broadcast(Node):
+class Broadcast(Node[T, T]):
     """Sends every item to every receiver.
 
     Receivers share the same object; pass ``copy`` (e.g. ``copy.deepcopy``)
@@ -278,7 +357,7 @@ class Broadcast(Node):
     kind = "Broadcast"
     routes = True
 
-    def __init__(self, *, copy: Callable[[Any], Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, copy: Callable[[T], T] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if copy is not None:
             check_callable(self.label, copy, "copy")
@@ -287,7 +366,7 @@ class Broadcast(Node):
     stats_law = "fanout"
 
 
-class Funnel(Node):
+class Funnel(Node[T, T]):
     """Merges any number of inputs into one output.
 
     Every input feeds one shared channel, so an item on any input is
@@ -301,7 +380,7 @@ class Funnel(Node):
         super().__init__(**kwargs)
 
 
-class Messenger(Node):
+class Messenger(Node[T, T]):
     """Routes each item to the receiver named by ``key(item)``.
 
     The key is looked up in ``routes`` (a mapping of key to a node or a
@@ -320,8 +399,9 @@ class Messenger(Node):
     kind = "Messenger"
     routes = True
 
-    def __init__(self, key: Callable[[Any], Any], *, routes: Mapping[Any, Node | str] | None = None,
-                 default: Node | str | None = None, **kwargs: Any) -> None:
+    def __init__(self, key: Callable[[T], Any] | SupportsPlugin, *,
+                 routes: Mapping[Any, Node[T, Any] | str] | None = None,
+                 default: Node[T, Any] | str | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(key), **kwargs)
         #: the checked plug-in when ``key`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, key, "key")
@@ -338,14 +418,15 @@ class Messenger(Node):
                     f"{self.label}: route {k!r} must lead to a node or a node's name, got {target!r:.60}")
         if default is not None and not isinstance(default, (Node, str)):
             raise ValidationError(f"{self.label}: default must be a node or a node's name, got {default!r:.60}")
-        self.key = key
+        #: the key function (or plug-in) as given
+        self.key: Any = key
         self.route_table: dict[Any, Node | str] = dict(routes or {})
         self.default = default
 
 
 # --------------------------------------------------------------------------- Accumulator
 
-class Accumulator(Node):
+class Accumulator(Node[T, "list[T]"]):
     """Groups items into lists: of ``count`` items, and/or of what arrived
     within ``window`` seconds of a group's first item; whichever comes first.
 
@@ -370,7 +451,7 @@ class Accumulator(Node):
 
 # --------------------------------------------------------------------------- Loader
 
-class Loader(Node):
+class Loader(Node[T, "Never"]):
     """End of a pipeline: calls ``fn`` on each item (or, with ``batch=True``, on
     each list of items) to store, send or drop it.
 
@@ -390,15 +471,16 @@ class Loader(Node):
     kind = "Loader"
     is_sink = True
 
-    def __init__(self, fn: Callable[[Any], Any], *, batch: bool | None = None, concurrency: int | None = None,
-                 call_timeout: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[T], Any] | Callable[[list[T]], Any], *, batch: bool | None = None,
+                 concurrency: int | None = None, call_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
         check_callable(self.label, fn, allow_async=True)
         #: an ``async def`` function: its calls run on an event loop
         self.is_async = is_async_callable(fn)
         self.concurrency, self.call_timeout = check_async(self.label, fn, self.is_async, concurrency,
                                                           call_timeout)
-        self.fn = fn
+        #: the function as given
+        self.fn: Any = fn
         self.batch = bool(getattr(fn, "batched", False)) if batch is None else bool(batch)
         if self.batch and self.is_async:
             raise ValidationError(f"{self.label}: batch=True takes a plain function (an async one loads "
@@ -407,41 +489,41 @@ class Loader(Node):
         self.ordered = True
 
     @classmethod
-    def count(cls, **kwargs: Any) -> Loader:
+    def count(cls, **kwargs: Any) -> Loader[Any]:
         """A Loader counting the items; reports the count (one addition per batch)."""
         return cls(CountSink(), **kwargs)
 
     @classmethod
-    def sum(cls, start: Any = 0, **kwargs: Any) -> Loader:
+    def sum(cls, start: Any = 0, **kwargs: Any) -> Loader[Any]:
         """A Loader adding the items up (``start`` + every item); reports the total
         (one C-level ``sum()`` per batch: the fastest way to reduce numbers)."""
         return cls(SumSink(start), **kwargs)
 
     @classmethod
-    def reduce(cls, fn: Callable[[Any, Any], Any], initial: Any = _NO_INITIAL, **kwargs: Any) -> Loader:
+    def reduce(cls, fn: Callable[[Any, T], Any], initial: Any = _NO_INITIAL, **kwargs: Any) -> Loader[T]:
         """A Loader folding the items with ``fn(accumulated, item)`` from ``initial``
         (without it, from the first item), like :func:`functools.reduce`; reports the result."""
         check_callable(f"Loader '{kwargs.get('name') or 'reduce'}'", fn)
         return cls(ReduceSink(fn) if initial is _NO_INITIAL else ReduceSink(fn, initial), **kwargs)
 
     @classmethod
-    def collect(cls, **kwargs: Any) -> Loader:
+    def collect(cls, **kwargs: Any) -> Loader[Any]:
         """A Loader collecting the items into a new list; reports the list (``to_list()``)."""
         return cls(ListSink(), **kwargs)
 
     @classmethod
-    def to_list(cls, target: list[Any] | None = None, **kwargs: Any) -> Loader:
+    def to_list(cls, target: list[T] | None = None, **kwargs: Any) -> Loader[T]:
         """A Loader appending every item to ``target`` (a new list by default); reports the list."""
         return cls(ListSink(target), **kwargs)
 
     @classmethod
     def to_file(cls, path: Any, *, mode: str = "w", encoding: str = "utf-8",
-                format: Callable[[Any], str] = str, **kwargs: Any) -> Loader:
+                format: Callable[[T], str] = str, **kwargs: Any) -> Loader[T]:
         """A Loader writing each item as one line of the text file ``path``; reports lines written."""
         return cls(FileSink(path, mode=mode, encoding=encoding, format=format), **kwargs)
 
     @classmethod
-    def to_callback(cls, fn: Callable[[Any], Any], **kwargs: Any) -> Loader:
+    def to_callback(cls, fn: Callable[[T], Any], **kwargs: Any) -> Loader[T]:
         """A Loader calling ``fn(item)`` for each item; reports how many items it took."""
         check_callable(f"Loader '{kwargs.get('name') or default_name(fn) or 'loader'}'", fn)
         return cls(CallbackSink(fn), **kwargs)

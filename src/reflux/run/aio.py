@@ -44,7 +44,7 @@ class AsyncLogic(NodeLogic):
         super().__init__(node, ctx)
         self.kind = node.kind
         self.fn = node.predicate if self.kind == "Filter" else node.fn
-        self.call = direct_call(self.fn)
+        self.call_fn = direct_call(self.fn)
         self.concurrency: int = node.concurrency
         self.call_timeout: float | None = node.call_timeout
         self.ordered: bool = bool(node.ordered)
@@ -130,9 +130,9 @@ class AsyncLogic(NodeLogic):
             attempts += 1
             try:
                 if self.call_timeout is None:
-                    value = await self.call(item)
+                    value = await self.call_fn(item)
                 else:
-                    value = await asyncio.wait_for(self.call(item), self.call_timeout)
+                    value = await asyncio.wait_for(self.call_fn(item), self.call_timeout)
                 if value.__class__ is Error:
                     ok, value = False, value.exception
                 else:

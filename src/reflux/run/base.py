@@ -23,7 +23,7 @@ from reflux_core._batch import StopFlag
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeContext, Outbox
-from ..result import Event, NodeStats, RunResult
+from ..result import Event, NodeStats, Results, RunResult
 
 __all__ = ["BATCH_BUDGET", "InboxOutbox", "RunContext", "RuntimeBase", "drop_inputs"]
 
@@ -257,7 +257,7 @@ class RuntimeBase:
         return RunResult(
             status=status,
             nodes={t.name: t.stats.copy() for t in self.plan.tasks},
-            results=results,
+            results=Results(results),
             errors=errors,
             edges=edges,
             elapsed=elapsed,

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..describe.base import Node
+from ..describe.nodes import Transformer
 from ..describe.plan import Task
 from ..logic import make_logic
 from ..logic.base import NodeContext, NodeLogic
@@ -26,7 +27,7 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
     if getattr(node, "is_async", False):
         from .aio import AsyncLogic  # only when asked for (it imports asyncio)
         return AsyncLogic(node, ctx)
-    if getattr(node, "executor", "thread") == "process":
+    if isinstance(node, Transformer) and node.executor == "process":
         from .process.logic import ProcessTransformerLogic  # only when asked for (start-up time)
         return ProcessTransformerLogic(node, ctx, preforked=preforked)
     return make_logic(node, ctx, n_ports, port_names, ports=ports, default_port=default_port)
