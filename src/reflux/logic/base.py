@@ -49,6 +49,7 @@ __all__ = [
     "LocalContext",
     "current_context",
     "set_current_context",
+    "CURRENT",
     "NodeContext",
     "NodeFailure",
     "NodeLogic",
@@ -141,6 +142,9 @@ class LocalContext(NodeContext):
 # The context of the node whose code runs in this thread now: set by the runtime
 # (one thread-local word per worker), read by reflux.emit() and reflux.stopping().
 _current = threading.local()
+#: the same thread-local, for the runtime's per-batch path (``CURRENT.ctx = ctx``
+#: saves a call a stage)
+CURRENT = _current
 
 
 def current_context() -> NodeContext | None:
