@@ -247,6 +247,52 @@ def test_a_batched_result_may_fail_or_feed_back_single_items() -> None:
     assert result.results["out"] == [0, 2, 4, 6, 8] and result["s"].errors == 5
 
 
+def test_batched_stages_see_numpy_chunks_as_one_array_of_records() -> None:
+    rec = np.dtype([("x", "<f8"), ("k", "<i4")])
+    chunks = []
+    for i in range(40):
+        a = np.zeros(25 + i, rec)  # chunks of different lengths
+        a["x"] = np.arange(len(a)) + 1000 * i
+        a["k"] = i
+        chunks.append(a)
+    calls: list[int] = []
+
+    def scaled(records: np.ndarray) -> np.ndarray:
+        calls.append(len(records))
+        out = records.copy()
+        out["x"] *= 2
+        return out
+
+    result = Pipeline(Extractor(chunks) >> Transformer(scaled, batched=True, name="scale")
+                      >> Filter(lambda r: r["k"] % 4 != 3, batched=True, name="keep")
+                      >> Loader.collect(name="out")).run(timeout=HANG)
+    out = result.results["out"]
+    kept = [c for c in chunks if c["k"][0] % 4 != 3]
+    assert [len(c) for c in out] == [len(c) for c in kept]  # cut back per chunk, in order
+    assert all(np.array_equal(o["x"], c["x"] * 2) for o, c in zip(out, kept, strict=True))
+    assert sum(calls) == sum(len(c) for c in chunks) and len(calls) < len(chunks)  # whole batches per call
+    assert result["keep"].filtered == 10 and result["scale"].emitted == 40
+    result.check_accounting()
+
+
+def test_a_batched_chunk_call_returning_the_wrong_length_fails_its_chunks() -> None:
+    chunks = [np.arange(10.0) + 10 * i for i in range(6)]
+    result = Pipeline(Extractor(chunks) >> Transformer(lambda a: a if a[0] != 30 else a[:-1], batched=True,
+                                                      on_error="skip", name="t")
+                      >> Loader.collect(name="out")).run(timeout=HANG)
+    # the failing batch is split down to the one chunk whose call comes back short
+    assert [int(c[0]) for c in result.results["out"]] == [0, 10, 20, 40, 50]
+    assert result["t"].errors == 1
+    grids = Pipeline(Extractor([np.ones((2, 3)), np.ones((4, 3))]) >> Transformer(lambda xs: [x.shape for x in xs],
+                                                                                   batched=True)
+                     >> Loader.collect(name="out")).run(timeout=HANG)
+    assert grids.results["out"] == [(2, 3), (4, 3)]  # not 1-d chunks of records: a list, as for any items
+    bad = Pipeline(Extractor([np.arange(4.0)]) >> Filter(lambda a: a[:2] > 0, batched=True, name="f",
+                                                         on_error="log")
+                   >> Loader.collect(name="out")).run(timeout=HANG)
+    assert bad["f"].errors == 1 and "2 truth values for 4 records" in str(bad.errors[0].exception)
+
+
 # --------------------------------------------------------------------------- leaky inputs
 
 @pytest.mark.parametrize("how", ["drop_newest", "drop_oldest"])

@@ -9,6 +9,7 @@ from reflux_core._batch import STOPPED, keep_all
 from ..describe.nodes import Filter
 from ..signals import Error
 from .base import Abort, NodeContext, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .chunks import as_chunk, chunk_lengths, split_like
 
 __all__ = ["BatchedFilterLogic", "FilterLogic"]
 
@@ -81,6 +82,10 @@ class BatchedFilterLogic(FilterLogic):
     """``batched=True``: the predicate takes the whole batch as a list and returns one
     truth value per item (a mask: a list of bools, a NumPy bool array...).
 
+    When the items are NumPy chunks of records, the predicate gets their records
+    as one array and returns one truth value per record: each chunk goes on
+    with the records it keeps (a chunk left empty counts as filtered).
+
     A failing call is retried whole per the policy, then the batch is split in
     halves down to single items, as for a batched Transformer (see
     :class:`~reflux.logic.transform.BatchedTransformerLogic`).
@@ -100,6 +105,9 @@ class BatchedFilterLogic(FilterLogic):
         self.remaining = 0
 
     def _call(self, items: list[Any]) -> tuple[bool, Any]:
+        lengths = chunk_lengths(items)
+        if lengths is not None:
+            return self._call_chunks(items, lengths)
         try:
             mask = self.direct_fn(items)
         except Exception as exc:  # user code
@@ -117,6 +125,30 @@ class BatchedFilterLogic(FilterLogic):
             return False, ValueError(f"{self.node.label}: the batched predicate returned {n} truth values "
                                      f"for {len(items)} items")
         return True, mask
+
+    def _call_chunks(self, chunks: list[Any], lengths: list[int]) -> tuple[bool, Any]:
+        """NumPy chunks of records: one call on their records as one array, one truth
+        value per record; each chunk goes on with the records its part of the mask keeps."""
+        import numpy as np  # the items are NumPy arrays: NumPy is loaded
+
+        records = as_chunk(chunks)
+        try:
+            mask = self.direct_fn(records)
+        except Exception as exc:  # user code
+            return False, exc
+        except BaseException as exc:  # SystemExit and the like: not an item failure
+            raise self.fatal(chunks[0], exc, count=len(chunks)) from exc
+        if mask.__class__ is Error:
+            return False, mask.exception
+        try:
+            keep = np.asarray(mask, dtype=bool)
+        except Exception as exc:  # noqa: BLE001 - the user's mask is not one of truth values
+            return False, TypeError(f"{self.node.label}: a batched predicate must return one truth value "
+                                    f"per record, got {type(mask).__name__}: {exc}")
+        if keep.ndim != 1 or len(keep) != len(records):
+            return False, ValueError(f"{self.node.label}: the batched predicate returned {keep.size} truth "
+                                     f"values for {len(records)} records")
+        return True, _KeptChunks([c[m] for c, m in zip(chunks, split_like(keep, lengths), strict=True)])
 
     def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
         ok, value = self._call(items)
@@ -153,6 +185,11 @@ class BatchedFilterLogic(FilterLogic):
     def _keep(self, items: list[Any], mask: Any, out: Outbox) -> None:
         buf = out.ports[0]
         before = len(buf)
+        if mask.__class__ is _KeptChunks:  # chunks of records: those left with no record end here
+            buf.extend(c for c in mask.chunks if len(c))
+            self.stats.filtered += len(items) - (len(buf) - before)
+            self.remaining -= len(items)
+            return
         try:
             buf.extend(itertools.compress(items, mask))  # the mask's truth tests, in C
         except Exception as exc:  # a truth test of the user's mask failed
@@ -165,3 +202,12 @@ class BatchedFilterLogic(FilterLogic):
             return
         self.stats.filtered += len(items) - (len(buf) - before)
         self.remaining -= len(items)
+
+
+class _KeptChunks:
+    """What a batched predicate kept of a batch of chunks: one array per chunk."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self.chunks = chunks

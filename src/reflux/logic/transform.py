@@ -9,6 +9,7 @@ from reflux_core._batch import STOPPED, call_all
 from ..describe.nodes import Transformer
 from ..signals import SIGNAL_TYPES, Error, NeedsMoreWork, Signal
 from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .chunks import as_chunk, chunk_lengths, split_like
 
 __all__ = ["BatchedTransformerLogic", "FlatTransformerLogic", "TransformerLogic"]
 
@@ -157,10 +158,15 @@ class BatchedTransformerLogic(TransformerLogic):
     """``batched=True``: the function takes the whole batch as a list and returns one
     result per item (a list, a tuple, a NumPy array...).
 
+    When the items are NumPy chunks of records (1-d arrays of one dtype), the
+    function gets the batch's records as one array instead of a list (the chunk
+    itself, or the chunks joined) and returns one result per record; the results
+    go on cut back into one piece per chunk.
+
     A failing call (it raised, returned ``Error``, or returned the wrong number of
     results) is retried whole per the policy; if it still fails the batch is
-    split in halves, each called once, down to single items, which get the
-    node's retries and then its policy: so one bad item fails alone and the
+    split in halves, each called once, down to single items (chunks), which get
+    the node's retries and then its policy: so one bad item fails alone and the
     others' results go on, in order.  A list result may hold ``NeedsMoreWork(x)``
     (fed back) and ``Error(e)`` (that item fails) values.
     """
@@ -179,9 +185,13 @@ class BatchedTransformerLogic(TransformerLogic):
         self.remaining = 0
 
     def _call(self, items: list[Any]) -> tuple[bool, Any]:
-        """One call on ``items``: ``(True, results)`` or ``(False, exception)``."""
+        """One call on ``items``: ``(True, results)`` or ``(False, exception)``.
+        Items that are NumPy chunks of records go to the function as one chunk
+        (see :func:`~reflux.logic.chunks.as_chunk`); its results come back split per chunk."""
+        lengths = chunk_lengths(items)
+        arg: Any = items if lengths is None else as_chunk(items)
         try:
-            values = self.direct_fn(items)
+            values = self.direct_fn(arg)
         except Exception as exc:  # user code
             return False, exc
         except BaseException as exc:  # SystemExit and the like: not an item failure
@@ -192,10 +202,13 @@ class BatchedTransformerLogic(TransformerLogic):
             n = len(values)
         except TypeError:
             return False, TypeError(f"{self.node.label}: a batched function must return one result per "
-                                    f"item, got {type(values).__name__}")
-        if n != len(items):
+                                    f"{'item' if lengths is None else 'record'}, got {type(values).__name__}")
+        want = len(items) if lengths is None else sum(lengths)
+        if n != want:
             return False, ValueError(f"{self.node.label}: the batched function returned {n} results "
-                                     f"for {len(items)} items")
+                                     f"for {want} {'items' if lengths is None else 'records'}")
+        if lengths is not None:
+            values = split_like(values, lengths)
         return True, values
 
     def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
@@ -249,3 +262,4 @@ class BatchedTransformerLogic(TransformerLogic):
                 return
         buf.extend(values)
         self.remaining -= len(items)
+
