@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, freethreading_compatible=True
 """The hot path of ``reflux demo``: event scoring as a record plug-in.
 
 A :class:`~reflux_core.transform.CTransform` over chunks of event records; it

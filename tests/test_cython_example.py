@@ -97,7 +97,7 @@ def _toolchain_missing() -> str | None:
     if shutil.which(os.environ.get("CC", "cc")) is None:
         return "no C compiler"
     if importlib.util.find_spec("Cython") is None:
-        return "Cython is not installed in the test environment (pip install 'Cython>=3.0.10')"
+        return "Cython is not installed in the test environment (pip install 'Cython>=3.1')"
     if importlib.util.find_spec("setuptools") is None:
         return "setuptools is not installed in the test environment"
     return None

@@ -191,8 +191,14 @@ class Pipeline(Graph):
         if to_fork:
             from .run.process.launch import prefork
             forked = prefork(to_fork)  # before any thread of the run exists (see there)
-        runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
-                              poll=self.POLL, preforked=forked)
+        try:
+            runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
+                                  poll=self.POLL, preforked=forked)
+        except BaseException:  # e.g. a replica's copy of the user's object failed
+            if forked:
+                from .run.process.launch import discard_preforked
+                discard_preforked(forked)
+            raise
         self._runtime = runtime
         # stats, alerts and the clogging watchdog; the watchdog has no thread of its
         # own: the workers (every poll) and the thread waiting in join() run its checks

@@ -7,7 +7,7 @@ from reflux_core._batch import keep_all
 
 from ..describe.nodes import Filter
 from ..signals import Error
-from .base import NodeContext, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .base import NodeContext, NodeLogic, Outbox, direct_call
 
 __all__ = ["FilterLogic"]
 
@@ -22,10 +22,10 @@ class FilterLogic(NodeLogic):
         self.direct_fn = direct_call(node.predicate)
 
     def open(self) -> None:
-        open_hook(self.node.predicate)
+        self.ctx.open_user(self.node.predicate)
 
     def close(self) -> None:
-        close_hook(self.node.predicate)
+        self.ctx.close_user(self.node.predicate)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         # One C loop appends the kept items straight to the output; it stops

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from ..describe.nodes import Transformer
 from ..signals import SIGNAL_TYPES, Error, NeedsMoreWork, Signal
-from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, call_all, close_hook, direct_call, open_hook
+from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, call_all, direct_call
 
 __all__ = ["FlatTransformerLogic", "TransformerLogic"]
 
@@ -24,10 +24,10 @@ class TransformerLogic(NodeLogic):
         self.pending: deque[Any] = deque()
 
     def open(self) -> None:
-        open_hook(self.fn)
+        self.ctx.open_user(self.fn)
 
     def close(self) -> None:
-        close_hook(self.fn)
+        self.ctx.close_user(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         # Fast path: every call in one C-level loop, then one check for

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from reflux_core._sched import PUMP_CLOSED, PUMP_END, PUMP_ERROR, PUMP_YIELD, PumpTask
 from reflux_core.channel import ChannelClosed, Empty
 
+from ..describe.base import Node
 from ..describe.plan import Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeLogic, Outbox
@@ -24,6 +25,7 @@ from ..result import NodeStats
 from .base import BATCH_BUDGET, RunContext
 from .outboxes import ForwardOutbox, PoolOutbox
 from .placement import task_logic
+from .replicas import ReplicaContext, SharedObject
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import PoolRuntime
@@ -74,15 +76,19 @@ class ReplicaGroup:
         self.next_out = 0
         self.done: dict[int, tuple[list[list[Any]], list[ErrorRecord]]] = {}
         self.shared_out: PoolOutbox | None = None  # ordered: the one outbox every replica feeds
+        #: the user's object when the replicas share it (opened and closed once), else None
+        self.shared: SharedObject | None = None
 
 
 class Unit:
     """One schedulable thing: a chain of fused tasks, or one replica of a task."""
 
     def __init__(self, rt: PoolRuntime, tasks: list[Task], replica: int = 0,
-                 group: ReplicaGroup | None = None) -> None:
+                 group: ReplicaGroup | None = None, node: Node | None = None) -> None:
         self.rt = rt
         self.tasks = tasks
+        #: the node this replica runs (a copy holding its own copy of the user's object), or None
+        self.node = node
         self.head = tasks[0]
         self.tail = tasks[-1]
         self.group = group
@@ -97,7 +103,9 @@ class Unit:
             for s in self.stats:
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
                     setattr(s, f, 0)
-        self.ctxs = [RunContext(rt, s) for s in self.stats]  # type: ignore[arg-type]
+        shared = group.shared if group is not None else None
+        self.ctxs = [RunContext(rt, s) if shared is None else ReplicaContext(rt, s, shared)  # type: ignore[arg-type]
+                     for s in self.stats]
         self.logics: list[NodeLogic] = []
         self.final = PoolOutbox(rt, self, self.tail, self.stats[-1])
         self.outs: list[Outbox] = [ForwardOutbox(self, i, t.batch_size) for i, t in enumerate(tasks[:-1])]
@@ -127,7 +135,7 @@ class Unit:
         for i, task in enumerate(self.tasks):
             with rt._lock:
                 pre = rt.preforked.pop(task.name, None)
-            logic = task_logic(task, self.ctxs[i], pre)
+            logic = task_logic(task, self.ctxs[i], pre, node=self.node if i == 0 else None)
             self.logics.append(logic)
             logic.open()
         self.opened = True
