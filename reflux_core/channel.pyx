@@ -1295,6 +1295,11 @@ def _debug_build():
     return REFLUX_DEBUG
 
 
+def _free_threaded_build():
+    """True when compiled for a free-threaded CPython (no GIL hand-over tuning)."""
+    return not RX_HAS_GIL
+
+
 # ---------------------------------------------------------------- method bodies
 
 cdef object _pop_one(Channel self, int64_t deadline, bint for_iter):

@@ -21,7 +21,7 @@ from typing import Any
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeContext, Outbox
-from ..result import NodeStats, RunResult
+from ..result import NodeStats, RunResult, free_threaded_build, gil_enabled
 
 __all__ = ["BATCH_BUDGET", "InboxOutbox", "RunContext", "RuntimeBase", "drop_inputs"]
 
@@ -228,4 +228,7 @@ class RuntimeBase:
             dead_letters=dead_letters,
             errors_not_kept=not_kept,
             stuck=list(stuck),
+            # at the end: an extension module imported during the run may have turned the GIL on
+            gil_enabled=gil_enabled(),
+            free_threaded=free_threaded_build(),
         )

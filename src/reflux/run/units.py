@@ -129,6 +129,21 @@ class Unit:
         self.mode: str | None = None
         self.pump: PumpTask | None = None
 
+    def out_blocked(self, out: PoolOutbox) -> bool:
+        """``out`` (the unit's output) holds items its receiver had no room for.
+
+        The ordered replicas of a node share one output, which any of them
+        fills and flushes under the group's lock; read without it, another
+        replica's items could be seen between their hand-over and their flush
+        (which may then succeed), and this replica would wait for a wake-up
+        no flush registered.  Under the lock, a pending output is one a flush
+        left pending, after registering every replica as a waiter."""
+        group = self.group
+        if group is not None and group.ordered:
+            with group.lock:
+                return out.pending()
+        return out.pending()
+
     def open(self) -> None:
         """Make and open the logic of every stage."""
         rt = self.rt
@@ -190,7 +205,7 @@ class Unit:
                     self.hand_over(self.ticket())
                 else:
                     self.forward(i)
-                return not out.pending()
+                return not self.out_blocked(out)
         if self.has_timer:
             now = time.monotonic()
             for i in range(len(logics)):
@@ -199,7 +214,7 @@ class Unit:
                     logics[i].tick(now, self.outs[i])
                     self.forward(i)
                     self.arm_timer()
-                    return not out.pending()
+                    return not self.out_blocked(out)
         assert self.inbox is not None
         group = self.group
         ticket = -1
@@ -236,7 +251,7 @@ class Unit:
         elif self.limit < self.head.batch_size and n == self.limit:
             self.limit = min(self.head.batch_size, self.limit * 2)
         self.arm_timer()
-        if out.pending():
+        if self.out_blocked(out):
             return False
         # A full batch means more may wait; a closed input must be popped again
         # to see its end (its close may have been announced before this pop).
@@ -425,7 +440,7 @@ class Unit:
                 self.forward(i)
             self.end_stage += 1
             out = self.group.shared_out if self.group is not None and self.group.ordered else self.final
-            if out is not None and out.pending():
+            if out is not None and self.out_blocked(out):
                 return False
         rt._finalize(self, abandoned=False)
         return False
