@@ -354,6 +354,19 @@ def test_blocked_producers_are_woken_by_pops_not_by_the_sweep(n=20_000):
     result.check_accounting()
 
 
+def test_ordered_replicas_sharing_one_output_all_reach_the_end(rounds=12, n=20_000):
+    # Ordered replicas feed one output: any of them hands its batch over and
+    # flushes it.  A replica that saw another's batch between its hand-over
+    # and its flush took the output for full, waited for a wake-up no flush
+    # had registered, and the run never ended (the sweep does not help it).
+    for _ in range(rounds):
+        out = Loader.to_list(name="out")
+        p = SlowSweep(Extractor(range(n)) >> Transformer(lambda x: x * 2, parallel=3, ordered=True, batch_size=16)
+                      >> out, workers=3)
+        result = p.run(45.0)
+        assert result.results["out"] == [x * 2 for x in range(n)]  # input order kept
+
+
 # --------------------------------------------------------------------------- the mode of a run
 
 
