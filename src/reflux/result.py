@@ -192,6 +192,11 @@ class RunResult:
         return sum(s.errors for s in self.nodes.values())
 
     @property
+    def source_errors(self) -> int:
+        """Failures of the Extractors' sources (counted in :attr:`error_count`; not items)."""
+        return self._total(("Extractor",), "errors")
+
+    @property
     def dropped(self) -> int:
         """Items abandoned over all nodes (0 after a completed run)."""
         return sum(s.dropped for s in self.nodes.values())

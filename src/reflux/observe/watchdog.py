@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClogError, ErrorRecord
+from ..errors import ClogError, ErrorRecord, safe_repr, safe_str
 from .stats import Alert, NodeSnapshot, PipelineStats, final_stats, snapshot_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -175,8 +175,8 @@ class Monitor:
             self._failed[record.node] = record
         exc = record.exception
         label = _label(self._kinds.get(record.node, "node"), record.node)
-        where = "" if record.item is None else f" on item {record.item!r:.80}"
-        self._alert(Alert("failed", record.node, f"{label} died{where}: {type(exc).__name__}: {exc}",
+        where = "" if record.item is None else f" on item {safe_repr(record.item, 80)}"
+        self._alert(Alert("failed", record.node, f"{label} died{where}: {type(exc).__name__}: {safe_str(exc)}",
                           record=record), logging.ERROR)
 
     @property

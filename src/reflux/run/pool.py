@@ -279,7 +279,7 @@ class PoolRuntime(RuntimeBase):
             if t.is_alive():
                 u = self._running.get(t.ident or 0)
                 if u is not None:
-                    stuck.extend(task.name for task in u.tasks)
+                    stuck.append(u.tasks[u.stage].name)  # the node whose call never returned
         source_deadline = min(deadline, time.monotonic() + source_timeout)
         for name, t in self._source_threads.items():
             t.join(max(0.0, source_deadline - time.monotonic()))
@@ -438,7 +438,7 @@ class PoolRuntime(RuntimeBase):
             self._fail(f.record)
         except BaseException as exc:  # a hook or reflux itself failed: fail the run
             abandoned = True
-            name = u.tasks[0].name
+            name = u.tasks[u.stage].name  # the stage whose code raised, not the chain's head
             self._fail(ErrorRecord.from_exception(name, None, exc))
         self._finalize(u, abandoned=abandoned)
         return False
