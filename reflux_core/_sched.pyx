@@ -355,6 +355,10 @@ cdef class PumpTask:
     cdef int64_t budget_ns
     cdef uint64_t n_received, n_emitted, n_filtered, n_errors, busy_ns
     cdef int32_t last_error
+    # `held` and `python` are read and written only by the thread running the
+    # unit (the worker loop, or the unit's step in Python), never by two at
+    # once: the scheduler's acq_rel state CAS (next_nogil / done_nogil)
+    # orders one runner after the other, with or without a GIL
     #: a status the worker loop handed over to Python (P_NONE if none)
     cdef public int held
     #: 1: the next run of the unit goes through Python (written by the runner only)

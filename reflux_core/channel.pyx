@@ -1055,10 +1055,11 @@ cdef class SPSCChannel(Channel):
 
     The fastest channel: each side caches the other side's position, so the
     shared cache lines move once per batch, not per item.  More than one
-    thread pushing (or popping) at the same time is a misuse that corrupts
-    nothing but is refused when detected (always on the blocking path, on
-    every call in ``REFLUX_DEBUG`` builds).  Handing a side over from one
-    thread to another between calls is fine.
+    thread pushing (or popping) at the same time is a misuse: the call is
+    refused with ``RuntimeError`` and nothing is lost or duplicated (checked
+    on every call on free-threaded builds and in ``REFLUX_DEBUG`` builds; on
+    a GIL build, which keeps the calls apart, while one of them waits).
+    Handing a side over from one thread to another between calls is fine.
 
     ``capacity`` is rounded up to a power of two (at most ``MAX_CAPACITY``).
     """

@@ -603,6 +603,8 @@ class PoolRuntime(RuntimeBase):
         """Approximate live counters."""
         for u in self.units:
             if u.pump is not None and not u.finalized:
+                # copies the pump's counters (relaxed atomics in the core) into the
+                # node's stats; the unit's runner does the same, so either copy is current
                 u.logics[0].sync()  # type: ignore[attr-defined]
         return {t.name: self._merged(t) for t in self.plan.tasks}
 
