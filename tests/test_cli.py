@@ -102,7 +102,9 @@ def pfile(tmp_path: Path) -> Path:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reflux", *args], capture_output=True, text=True,
+    # the GIL as this interpreter has it (-X gil=1 is not inherited, PYTHON_GIL is)
+    gil = ["-X", f"gil={sys._xoptions['gil']}"] if "gil" in sys._xoptions else []
+    return subprocess.run([sys.executable, *gil, "-m", "reflux", *args], capture_output=True, text=True,
                           timeout=HANG, cwd=cwd)
 
 
