@@ -79,9 +79,10 @@ def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableTy
                   _count(s.rate_in), f"{s.busy:.0%}", fill,
                   Text(state, style=_STATE_STYLE.get(s.state, ""))]
         table.add_row(*cells)
-    alerts = [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
+    extra = [Text(line, style="dim") for line in (stats.wall_time.lines() if stats.wall_time else [])]
+    extra += [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
               for a in stats.alerts[-3:]]
-    return Group(table, *alerts) if alerts else table
+    return Group(table, *extra) if extra else table
 
 
 class LiveProgress:

@@ -332,7 +332,9 @@ class Monitor:
             snap.state = ("failed" if name in failed else "clogged" if name in clogged
                           else "blocked" if name in blocked else "done" if name in finished else "running")
             nodes[name] = snap
-        return PipelineStats(self.name, status, now - self.started, nodes, alerts)
+        wall = getattr(self.runtime, "wall_time", None)  # optional runtime hook
+        return PipelineStats(self.name, status, now - self.started, nodes, alerts,
+                             None if wall is None else wall(now - self.started, raw))
 
     def final(self, result: RunResult) -> PipelineStats:
         """The snapshot of a finished run: averages over the run, nothing queued."""
