@@ -63,7 +63,7 @@ def replica_nodes(node: Node, n: int) -> tuple[list[Node], bool]:
     naming the node, when the object cannot be copied."""
     attr = _CALLABLE_ATTR.get(node.kind)
     obj = getattr(node, attr, None) if attr is not None else None
-    if getattr(node, "plugin", None) is not None or not keeps_state(obj):
+    if attr is None or getattr(node, "plugin", None) is not None or not keeps_state(obj):
         return [node] * n, True
     nodes: list[Node] = []
     for _ in range(n):
