@@ -18,7 +18,9 @@ once per round, so drift in the machine's speed touches all rows alike):
               ``--peer-items`` ints (rates are per second, so comparable).
 ``cpu``       CPU-heavy Python: 20,000 items, each a pure-Python loop of 2,000
               iterations, against the plain loop and multiprocessing.Pool(2)
-              .imap with a tuned chunksize; reflux's threads, and its
+              .imap with a tuned chunksize; reflux on threads with
+              ``parallel=1`` and ``parallel=2`` (replicas: on a free-threaded
+              build with the GIL off they run on both cores), and its
               process workers (``Transformer(..., executor="process")``,
               worker start-up included).  Also 1,000,000 small ints from
               process to process: multiprocessing.Queue (per item and in
@@ -34,8 +36,9 @@ once per round, so drift in the machine's speed touches all rows alike):
               queue.Queue.
 ``startup``   the overhead pipeline with a single item: build plus the whole
               run(), in-process (and in a fresh interpreter, with the import),
-              against bytewax and a thread+queue pipeline; and with the
-              Transformer in process workers (their start included).
+              against bytewax and a thread+queue pipeline; with the Transformer
+              as two replicas (``parallel=2``); and with the Transformer in
+              process workers (their start included).
 
 Every measurement checks what arrived (count and sum) and raises if it is
 wrong.  Peers that do not import are skipped with a note (install them with
@@ -66,6 +69,7 @@ from benchmarks import import_core
 import_core("channel")  # the compiled core first (see benchmarks.import_core)
 import reflux_core  # noqa: E402  (bound by import_core above)
 import reflux  # noqa: E402
+from reflux.result import gil_enabled, thread_mode  # noqa: E402
 from reflux import (  # noqa: E402
     Balancer,
     Extractor,
@@ -420,7 +424,7 @@ def tune_chunksize(n, candidates=(16, 64, 256, 1024)):
 
 
 def run_cpu_reflux(n, **kwargs):
-    label = "reflux process workers" if kwargs else "reflux threads"
+    label = "reflux process workers" if kwargs.get("executor") == "process" else "reflux threads"
     t0 = perf_counter()
     sink = Loader(SumSink(), name="sum")
     result = _reflux_run(label, Pipeline(Extractor(range(n)) >> Transformer(heavy, **kwargs) >> sink))
@@ -504,8 +508,10 @@ def section_cpu(bench):
     bench.note(f"multiprocessing.Pool(2).imap chunksize {cs} ({how})")
     bench.measure("cpu", "cpu_pool", f"multiprocessing.Pool(2).imap, chunksize {cs}", n,
                   partial(run_cpu_pool, n, cs), max_runs=runs)
-    bench.measure("cpu", "cpu_reflux_threads", "reflux E>>T(heavy)>>L, threads (today's runtime)", n,
+    bench.measure("cpu", "cpu_reflux_threads", "reflux E>>T(heavy)>>L, threads, parallel=1", n,
                   partial(run_cpu_reflux, n), max_runs=runs, reflux=True)
+    bench.measure("cpu", "cpu_reflux_parallel", "reflux E>>T(heavy, parallel=2)>>L, threads", n,
+                  partial(run_cpu_reflux, n, parallel=2), max_runs=runs, reflux=True)
     label = 'reflux E>>T(heavy, executor="process")>>L'
     if bench.process_executor:
         bench.measure("cpu", "cpu_reflux_process", label, n,
@@ -837,6 +843,8 @@ def section_startup(bench):
                   partial(_median_of, k, run_startup_reflux), reflux=True)
     bench.measure("startup", "st_fresh", "reflux in a fresh interpreter: import + build + run()", 1,
                   run_startup_fresh, max_runs=min(bench.args.repeat, 3), reflux=True)
+    bench.measure("startup", "st_parallel", "reflux, 1 item, T(parallel=2): build + run()", 1,
+                  partial(_median_of, k, partial(run_startup_reflux, parallel=2)), reflux=True)
     bench.measure("startup", "st_threads", "3 threads + queue.Queue, 1 item", 1,
                   partial(_median_of, k, run_startup_threads))
     bench.peer("startup", "st_bytewax", "bytewax 1 worker, run_main, 1 item", 1, "bytewax",
@@ -1107,7 +1115,7 @@ def print_report(bench):
         bench.say(f"note: process workers {NOT_YET}: Transformer(..., executor=\"process\") is refused "
                   f"({bench.process_executor_why})")
     bench.say()
-    bench.say("== targets (issue 4, measured in this run)")
+    bench.say(f"== targets (measured in this run; Python threads: {thread_mode()})")
     results = []
     for desc, value, goal, verdict in targets(bench):
         results.append({"target": desc, "value": value, "goal": goal, "verdict": verdict})
@@ -1163,6 +1171,20 @@ def targets(bench):
                  lambda v: f"{v:.1f}")
     limit_target('5. start-up with process workers, start_method="fork"', "st_fork", "secs", 0.5, "ms", 1e3,
                  lambda v: f"{v:.1f}")
+    # without the GIL, replicas on threads are the way to use the cores
+    if gil_enabled():
+        why = f"n/a (Python threads: {thread_mode()}; run on a free-threaded build with the GIL off)"
+        for desc, goal in (("6. no GIL: reflux parallel=2 vs plain loop", "goal >= 1.9x"),
+                           ("6. no GIL: reflux parallel=2 vs multiprocessing.Pool(2)", "goal >= 1.1x"),
+                           ("6. no GIL: start-up of a threaded pipeline (parallel=2)", "goal <= 10.0 ms"),
+                           ("6. no GIL: overhead, reflux vs plain loop", "goal >= 0.7x")):
+            out.append((desc, "-", goal, why))
+    else:
+        ratio_target("6. no GIL: reflux parallel=2 vs plain loop", "cpu_reflux_parallel", "cpu_plain", 1.9)
+        ratio_target("6. no GIL: reflux parallel=2 vs multiprocessing.Pool(2)", "cpu_reflux_parallel", "cpu_pool", 1.1)
+        limit_target("6. no GIL: start-up of a threaded pipeline (parallel=2)", "st_parallel", "secs", 0.01, "ms",
+                     1e3, lambda v: f"{v:.1f}")
+        ratio_target("6. no GIL: overhead, reflux vs plain loop", "ov_reflux", "ov_plain", 0.7)
     return out
 
 
@@ -1202,6 +1224,8 @@ def _meta(args, bench):
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "reflux": reflux.__version__,
+        "gil_enabled": gil_enabled(),
+        "thread_mode": thread_mode(),
         "reflux_path": os.path.dirname(reflux.__file__),
         "runtime": _runtime_doc(),
         "reflux_core": info,
@@ -1269,6 +1293,7 @@ def main(argv=None):
               + (f", checkout {c}" if (c := _checkout()) else ""))
     bench.say(f"runtime: {_runtime_doc()}  process workers: "
               + ("yes" if bench.process_executor else NOT_YET))
+    bench.say(f"Python threads: {thread_mode()}")
     bench.say(f"median of up to {args.repeat} run(s) per row, every row once per round; "
               "items/s = items / wall time of the whole run")
     if args.quick:

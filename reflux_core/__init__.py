@@ -58,12 +58,19 @@ def get_include() -> str:
 
 
 def build_info() -> dict[str, Any]:
-    """How this copy of the core was built and runs: debug checks, parking back end, barrier mode."""
+    """How this copy of the core was built and runs: debug checks, parking back end,
+    barrier mode, whether it was compiled for a free-threaded CPython and whether
+    the GIL is on now."""
+    import sys
+
     from reflux_core import channel
 
+    gil = getattr(sys, "_is_gil_enabled", None)
     return {
         "abi_version": ABI_VERSION,
         "debug": bool(channel._debug_build()),
         "park_backend": channel.park_backend(),
         "barrier_mode": channel.barrier_mode(),
+        "free_threaded": bool(channel._free_threaded_build()),
+        "gil_enabled": True if gil is None else bool(gil()),
     }

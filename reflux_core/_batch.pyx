@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, freethreading_compatible=True
 """Batch loops of the Python lane: a node function over a whole batch, at C speed.
 
 The Python layer's Transformer, Filter and Loader call these once per batch.

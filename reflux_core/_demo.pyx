@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, freethreading_compatible=True
 """The compiled parts of ``reflux demo``: parsing event lines into records, and the
 record plug-ins of its hot path, all running without the GIL.
 

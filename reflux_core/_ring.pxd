@@ -12,13 +12,16 @@ cdef extern from "reflux_core/atomics.h" nogil:
     uint32_t rx_add32_relaxed(uint32_t* p, uint32_t v)
     uint32_t rx_sub32_relaxed(uint32_t* p, uint32_t v)
     uint32_t rx_load32_relaxed(uint32_t* p)
+    uint32_t rx_load32_acquire(uint32_t* p)
     void rx_store32_relaxed(uint32_t* p, uint32_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
+    void rx_store64_relaxed(uint64_t* p, uint64_t v)
     uint64_t rx_load64_acquire(uint64_t* p)
     uint64_t rx_add64_release(uint64_t* p, uint64_t v)
     void rx_store64_release(uint64_t* p, uint64_t v)
     uint64_t rx_sub64_acqrel(uint64_t* p, uint64_t v)
     uint64_t rx_sub64_relaxed(uint64_t* p, uint64_t v)
+    bint rx_cas_ptr_acqrel(void** p, void** expected, void* desired)
 
 cdef extern from "reflux_core/park.h" nogil:
     ctypedef struct rx_event:

@@ -1,4 +1,4 @@
-# cython: language_level=3
+# cython: language_level=3, freethreading_compatible=True
 """The scheduling core of the worker pool: unit states, the ready queue and the worker loop.
 
 Private to reflux (the Python layer's :mod:`reflux.pool` drives it).  Every
@@ -438,6 +438,17 @@ PUMP_END = P_END
 PUMP_CLOSED = P_CLOSED
 
 
+cdef inline int64_t _get(int64_t* field) noexcept nogil:
+    # relaxed: a field with one writer (the unit's runner) that other threads
+    # only read as a hint; nothing is published through it
+    return <int64_t>rx_load64_relaxed(<uint64_t*>field)
+
+
+cdef inline void _set(int64_t* field, int64_t v) noexcept nogil:
+    # relaxed: see _get
+    rx_store64_relaxed(<uint64_t*>field, <uint64_t>v)
+
+
 cdef inline void _count(uint64_t* counter, int64_t v) noexcept nogil:
     # single writer (the worker running the unit: the scheduler's state CAS
     # orders successive runners), relaxed because other threads only read
@@ -532,10 +543,18 @@ cdef class PumpTask:
     cdef char* outbuf
     cdef uint8_t* mask
     cdef char* errbuf
-    cdef Py_ssize_t batch, in_size, out_size, got, pos, out_n, out_done
+    cdef Py_ssize_t batch, in_size, out_size, got, pos
+    # outputs of the last plug-in call, and how many of them went out: written
+    # by the runner only, read by the pool's sweep in any thread (`pending`),
+    # so every access is a relaxed atomic (_get / _set)
+    cdef int64_t out_n, out_done
     cdef int64_t budget_ns
     cdef uint64_t n_received, n_emitted, n_filtered, n_errors, busy_ns
     cdef int32_t last_error
+    # `held` and `python` are read and written only by the thread running the
+    # unit (the worker loop, or the unit's step in Python), never by two at
+    # once: the scheduler's acq_rel state CAS (next_nogil / done_nogil)
+    # orders one runner after the other, with or without a GIL
     #: a status the worker loop handed over to Python (P_NONE if none)
     cdef public int held
     #: 1: the next run of the unit goes through Python (written by the runner only)
@@ -600,7 +619,7 @@ cdef class PumpTask:
             if r < 0:
                 return P_CLOSED
             if r > 0:
-                self.out_done += r
+                _set(&self.out_done, self.out_done + r)
                 _count(&self.n_emitted, r)
                 self.out_edge.notify_nogil(self.sched)
             elif tries == 0:
@@ -639,8 +658,8 @@ cdef class PumpTask:
             st.index = rest
             st.error = 0
             st.reserved = 0
-            self.out_n = 0
-            self.out_done = 0
+            _set(&self.out_n, 0)
+            _set(&self.out_done, 0)
             t0 = rx_now_ns()
             if p.kind == REFLUX_PLUGIN_TRANSFORM:
                 r = p.transform(p.self, self.inbuf + self.pos * self.in_size, rest, self.outbuf, &st)
@@ -662,7 +681,7 @@ cdef class PumpTask:
                 r = kept
             _count(&self.busy_ns, rx_now_ns() - t0)
             _count(&self.n_filtered, n - r)
-            self.out_n = r
+            _set(&self.out_n, r)
             if st.error != 0:
                 return self._fail(self.pos + n, st.error)
             self.pos = self.got
@@ -679,13 +698,14 @@ cdef class PumpTask:
         outputs not pushed); returns how many there were."""
         n = (self.got - self.pos) + (self.out_n - self.out_done)
         self.got = self.pos = 0
-        self.out_n = self.out_done = 0
+        _set(&self.out_n, 0)
+        _set(&self.out_done, 0)
         return n
 
     @property
     def pending(self):
-        """Outputs wait for room in ``dst``."""
-        return self.out_done < self.out_n
+        """Outputs wait for room in ``dst`` (a snapshot when read from another thread)."""
+        return _get(&self.out_done) < _get(&self.out_n)
 
     @property
     def received(self):

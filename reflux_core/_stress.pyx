@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, cdivision=True
 """Internal: nogil producer and consumer loops over a RecordChannel of uint64
 records, for the stress tests and the benchmarks.
 

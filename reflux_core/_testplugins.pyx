@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, cdivision=True
 """Internal: small record plug-ins for the tests and benchmarks (not public API).
 
 Records are ``RECORD`` = ``[("id", "<i8"), ("x", "<f8")]``.

@@ -1,4 +1,4 @@
-# cython: language_level=3, embedsignature=True, embedsignature.format=clinic, boundscheck=False, wraparound=False, cdivision=True, binding=False
+# cython: language_level=3, freethreading_compatible=True, embedsignature=True, embedsignature.format=clinic, boundscheck=False, wraparound=False, cdivision=True, binding=False
 """Bounded lock-free channels: the transport under every reflux pipeline.
 
 ``SPSCChannel``
@@ -43,6 +43,34 @@ cdef extern from "Python.h":
     # pointer so Cython does not add an INCREF of its own.
     void _list_set_stolen "PyList_SET_ITEM"(object lst, Py_ssize_t i, void* item)
     Py_ssize_t PyList_GET_SIZE(object lst)
+    void* _list_get_borrowed "PyList_GET_ITEM"(object lst, Py_ssize_t i)
+
+cdef extern from *:
+    """
+    /* The reference an object channel holds for an item in flight, taken by
+     * the producer.  Free-threaded CPython counts the references of an
+     * object in two fields: a plain one for the thread that made it and an
+     * atomic one for every other thread.  A reference taken in the plain
+     * field and dropped by the consumer thread drives the atomic field below
+     * zero, and the object is queued to its owner for a merge (a lock per
+     * queue, and work for the owner when it next checks): most of the cost
+     * of each item between two threads.  Taken in the atomic field, the
+     * consumer's drop balances it and the object is freed by whichever
+     * thread drops the last reference.  GIL builds: a plain Py_INCREF. */
+    static inline void rx_ref_for_channel(PyObject *op) {
+    #if defined(Py_GIL_DISABLED) && defined(_Py_REF_SHARED_SHIFT)
+        if (_Py_IsImmortal(op)) return;
+        /* what Py_INCREF does from a thread other than the owner */
+        _Py_atomic_add_ssize(&op->ob_ref_shared, ((Py_ssize_t)1 << _Py_REF_SHARED_SHIFT));
+    #else
+        Py_INCREF(op);
+    #endif
+    }
+    /* Hands the channel's reference of a popped item to the caller. */
+    static inline PyObject *rx_take_ref(void *p) { return (PyObject *)p; }
+    """
+    void rx_ref_for_channel(object op)
+    object rx_take_ref(void* p)  # a new reference: Cython adds no INCREF
 
 __all__ = [
     "Channel", "SPSCChannel", "MPMCChannel", "RecordChannel",
@@ -109,13 +137,15 @@ cdef enum:
 # GIL (C-level record transfer, worker loops): a spinning consumer sees an
 # item within a fraction of a microsecond, a parked one within tens.
 cdef int64_t _spin_ns_nogil = 50000
-# For calls from Python: a waiter spins with the GIL released, and once the
-# channel is ready it settles (below) until the thread that made it ready
-# gives the GIL up in a reflux wait, so neither side sleeps in the kernel.
-# On 2 cores this moved 1P1C single items 1.2-1.3x faster than parking at
-# once.  Spinners are capped (_python_spinner_limit) so they never take the
-# core the thread holding the GIL needs.
-cdef int64_t _spin_ns_python = 5000
+# For calls from Python on a GIL build: a waiter spins with the GIL
+# released, and once the channel is ready it settles (below) until the thread
+# that made it ready gives the GIL up in a reflux wait, so neither side sleeps
+# in the kernel.  On 2 cores this moved 1P1C single items 1.2-1.3x faster
+# than parking at once.  Spinners are capped (_python_spinner_limit) so they
+# never take the core the thread holding the GIL needs.  On a free-threaded
+# build there is no GIL to hand over: a Python waiter spins as a nogil one
+# does (adaptive, the same budget), and settling and the cap are compiled out.
+cdef int64_t _spin_ns_python = 5000 if RX_HAS_GIL else 50000
 # How many Python-level waiters may spin at once: one fewer than the CPUs
 # this process may use (0 on one CPU: spinning there only delays the GIL
 # holder).  Set at import.
@@ -167,20 +197,31 @@ def set_wait_policy(python_ns=None, nogil_ns=None):
     Spinning helps when producer and consumer run on different cores and
     hand items over quickly; it wastes CPU when threads outnumber cores.
     Defaults: 5,000 ns from Python, 50,000 ns without the GIL (0 and 0 on a
-    one-CPU machine).  However long the budget, at most one fewer Python
-    waiters than the CPUs this process may use spin at a time; the others
-    park at once.
+    one-CPU machine).  On a GIL build, however long the budget, at most one
+    fewer Python waiters than the CPUs this process may use spin at a time;
+    the others park at once.  On a free-threaded build Python waiters spin
+    like nogil ones (default 50,000 ns), each side of a channel shortening
+    its spin when spinning stops paying (threads outnumber cores).
     """
-    global _spin_ns_python, _spin_ns_nogil
-    old = (_spin_ns_python, _spin_ns_nogil)
+    old = (_spin_budget(True), _spin_budget(False))
     for name, value in (("python_ns", python_ns), ("nogil_ns", nogil_ns)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
             raise ValueError(f"set_wait_policy: {name} must be an integer >= 0 or None, got {value!r}")
+    # relaxed stores: tuning knobs read by waiters in other threads, which
+    # may use the old or the new value (see _spin_budget)
     if python_ns is not None:
-        _spin_ns_python = int(python_ns)
+        rx_store64_relaxed(<uint64_t*>&_spin_ns_python, <uint64_t>int(python_ns))
     if nogil_ns is not None:
-        _spin_ns_nogil = int(nogil_ns)
+        rx_store64_relaxed(<uint64_t*>&_spin_ns_nogil, <uint64_t>int(nogil_ns))
     return old
+
+
+cdef inline int64_t _spin_budget(bint from_python) noexcept nogil:
+    """The spin budget of a waiter, in nanoseconds (set_wait_policy)."""
+    # relaxed: a tuning knob; pairs with the relaxed stores in set_wait_policy
+    if from_python:
+        return <int64_t>rx_load64_relaxed(<uint64_t*>&_spin_ns_python)
+    return <int64_t>rx_load64_relaxed(<uint64_t*>&_spin_ns_nogil)
 
 
 def _init_wait_policy():
@@ -395,7 +436,7 @@ cdef int _wait_ready(ring_kind k, void* r, bint for_push, int64_t deadline,
     cdef uint32_t s
     cdef int result = -100
     cdef bint failed
-    cdef int64_t spin_max = _spin_ns_python if from_python else _spin_ns_nogil
+    cdef int64_t spin_max = _spin_budget(from_python)
     cdef int64_t spin_ns
     cdef bint gil_aware = from_python and RX_HAS_GIL
     cdef bint spinner = False
@@ -524,7 +565,7 @@ cdef inline bint _brief_wait(ring_kind k, void* r, bint for_push) noexcept nogil
     counters, parking): a peer on another core often frees a slot or
     publishes an item within a few hundred nanoseconds."""
     cdef int i
-    if _spin_ns_nogil == 0:
+    if _spin_budget(False) == 0:
         return False
     for i in range(BRIEF_PROBES):
         rx_cpu_relax()
@@ -544,15 +585,12 @@ cdef enum push_status:
 
 cdef push_status _push_blocking(ring_kind k, void* r, bint recs, uint64_t elem,
                                 const char* src, uint64_t n, uint64_t* done,
-                                int64_t deadline, bint check_signals,
-                                uint32_t* guard) noexcept nogil:
+                                int64_t deadline, bint check_signals) noexcept nogil:
     """Push src[*done:n], blocking as needed; *done counts what went in, so
     nothing is lost or pushed twice whatever the outcome."""
     cdef int64_t got
     cdef int ready = 1
     cdef push_status status = PUSH_DONE
-    if guard != NULL and rx_enter_side(guard):
-        return PUSH_MISUSE
     while done[0] < n:
         got = _try_push(k, r, recs, src + done[0] * elem, n - done[0])
         if got < 0:
@@ -570,8 +608,6 @@ cdef push_status _push_blocking(ring_kind k, void* r, bint recs, uint64_t elem,
         if ready == SIGNALLED:
             status = PUSH_SIGNALLED
             break
-    if guard != NULL:
-        rx_leave_side(guard)
     return status
 
 
@@ -586,14 +622,11 @@ cdef int _raise_push_failure(object ch, push_status status, str what) except -1:
 
 
 cdef int64_t _pop_blocking(ring_kind k, void* r, bint recs, char* dst, uint64_t n,
-                           int64_t deadline, bint check_signals, uint32_t* guard) noexcept nogil:
+                           int64_t deadline, bint check_signals) noexcept nogil:
     """Pop 1..n elements, blocking until at least one is there.  Returns the
-    count, 0 when the deadline passed, -1 at end of stream, or SIGNALLED /
-    MISUSE."""
+    count, 0 when the deadline passed, -1 at end of stream, or SIGNALLED."""
     cdef int64_t got
     cdef int ready = 1
-    if guard != NULL and rx_enter_side(guard):
-        return MISUSE
     while True:
         got = _try_pop(k, r, recs, dst, n)
         if got != 0 or deadline == 0 or ready == 0:
@@ -604,9 +637,22 @@ cdef int64_t _pop_blocking(ring_kind k, void* r, bint recs, char* dst, uint64_t 
         if ready == SIGNALLED:
             got = SIGNALLED
             break
-    if guard != NULL:
-        rx_leave_side(guard)
     return got
+
+
+cdef object _list_of_refs(void** buf, int64_t n):
+    """A list of the n popped items, taking over the channel's references
+    (released if the list cannot be made)."""
+    cdef int64_t i
+    try:
+        result = PyList_New(n)
+    except BaseException:
+        for i in range(n):
+            Py_DECREF(<object>buf[i])
+        raise
+    for i in range(n):
+        _list_set_stolen(result, i, buf[i])  # steals the channel's reference
+    return result
 
 
 cdef int _raise_misuse(object ch, bint producer) except -1:
@@ -616,35 +662,99 @@ cdef int _raise_misuse(object ch, bint producer) except -1:
         f"an SPSC channel allows one {side} at a time (use MPMCChannel for several)")
 
 
-cdef inline uint32_t* _fast_guard(ring_kind k, void* r, bint producer) noexcept nogil:
-    """Debug builds check SPSC exclusivity on every call; release builds only
-    on the blocking path, where it costs nothing extra."""
-    if REFLUX_DEBUG:
-        return _side_flag(k, r, producer)
-    return NULL
+# SPSC exclusivity of the Python-level methods.  Two threads inside one side
+# of an SPSC ring at once would lose and duplicate items, so each call
+# checks that no other thread of its side is inside:
+#
+# * free-threaded and debug builds: the call holds the side's flag from
+#   start to end (an exchange on the side's own cache line);
+# * GIL builds: the GIL keeps the parts of two calls that hold it apart, so
+#   the flag is taken only around a wait, before the GIL is released, and a
+#   call only reads it (a thread of its side waits without the GIL).
+#
+# A misuse is refused with RuntimeError; nothing is lost or duplicated.
+# The nogil C-level methods (push_records...) are not checked: their callers
+# keep to one thread per side.
+
+cdef inline bint _enter_call(ring_kind k, void* r, bint producer, uint32_t** held) noexcept nogil:
+    """Start a Python-level call on one side.  Returns True on misuse.
+    ``*held``: the flag this call holds until it ends (leave with
+    rx_leave_side), or NULL."""
+    cdef uint32_t* flag = _side_flag(k, r, producer)
+    held[0] = NULL
+    if flag == NULL:
+        return False  # MPMC: any number of threads
+    if REFLUX_DEBUG or not RX_HAS_GIL:
+        if rx_enter_side(flag):
+            return True
+        held[0] = flag
+        return False
+    return _side_busy(k, r, producer)
 
 
-cdef inline uint32_t* _slow_guard(ring_kind k, void* r, bint producer) noexcept nogil:
-    if REFLUX_DEBUG:
-        return NULL  # the fast guard already holds the flag
-    return _side_flag(k, r, producer)
+cdef inline bint _side_busy(ring_kind k, void* r, bint producer) noexcept nogil:
+    """GIL builds: a thread of this side is inside a wait, without the GIL.
+    Checked right before a ring operation, with nothing in between that
+    could run Python code (and so let another thread take the GIL)."""
+    cdef uint32_t* flag = _side_flag(k, r, producer)
+    # relaxed: the flag was last written by a thread holding the GIL, which
+    # this thread holds now (the GIL orders it)
+    return flag != NULL and rx_load32_relaxed(flag) != 0
+
+
+cdef inline bint _enter_wait(ring_kind k, void* r, bint producer, uint32_t* held,
+                             uint32_t** taken) noexcept nogil:
+    """Before a Python-level call releases the GIL to wait (GIL builds): take
+    the side's flag, so a thread that gets the GIL meanwhile sees the side
+    busy.  ``*taken``: the flag to leave after the wait, or NULL (the call
+    holds it already, or MPMC).  Returns True on misuse."""
+    cdef uint32_t* flag
+    taken[0] = NULL
+    if held != NULL:
+        return False
+    flag = _side_flag(k, r, producer)
+    if flag == NULL:
+        return False
+    if rx_enter_side(flag):
+        return True
+    taken[0] = flag
+    return False
+
+
+cdef inline void _leave(uint32_t* flag) noexcept nogil:
+    if flag != NULL:
+        rx_leave_side(flag)
 
 
 # ---------------------------------------------------------------- object channels
 
 cdef int _make_channel(Channel self, object capacity, ring_kind kind) except -1:
     cdef uint64_t cap = _check_capacity(capacity, type(self).__name__)
+    cdef void* ring
     if self._ring != NULL:
         raise RuntimeError(f"{type(self).__name__}: already initialised")
-    self._kind = kind
-    if kind == RING_SPSC:
-        self._ring = rx_spsc_new(cap, sizeof(void*))
-    else:
-        self._ring = rx_mpmc_new(cap, sizeof(void*))
-    if self._ring == NULL:
+    self._kind = kind  # one value per class: a racing __init__ writes the same
+    ring = rx_spsc_new(cap, sizeof(void*)) if kind == RING_SPSC else rx_mpmc_new(cap, sizeof(void*))
+    if ring == NULL:
         raise MemoryError(f"{type(self).__name__}: cannot allocate a ring of {cap} slots")
-    self.capacity = <Py_ssize_t>_ring_capacity(kind, self._ring)
+    if not _install_ring(&self._ring, ring, kind):
+        raise RuntimeError(f"{type(self).__name__}: already initialised")
+    self.capacity = <Py_ssize_t>_ring_capacity(kind, ring)
     return 0
+
+
+cdef bint _install_ring(void** slot, void* ring, ring_kind kind) noexcept nogil:
+    """Publish a new ring in an empty ``_ring`` slot; False (the ring freed)
+    if another thread's ``__init__`` got there first."""
+    cdef void* expected = NULL
+    # acq_rel CAS: one __init__ wins; publishes the ring's set-up (release)
+    if rx_cas_ptr_acqrel(slot, &expected, ring):
+        return True
+    if kind == RING_SPSC:
+        rx_spsc_free(<rx_spsc*>ring)
+    else:
+        rx_mpmc_free(<rx_mpmc*>ring)
+    return False
 
 
 cdef int _not_ready(object ch) except -1:
@@ -702,26 +812,27 @@ cdef class Channel:
         cdef int64_t deadline = -1
         cdef push_status status = PUSH_DONE
         cdef uint32_t* guard
+        cdef uint32_t* waiting
         if timeout is not None:
             deadline = _deadline(timeout)
         if self._ring == NULL:
             _not_ready(self)
-        guard = _fast_guard(self._kind, self._ring, 1)
-        if guard != NULL and rx_enter_side(guard):
+        if _enter_call(self._kind, self._ring, 1, &guard):
             _raise_misuse(self, 1)
         # the channel's reference, handed to the consumer on pop
-        Py_INCREF(item)
+        rx_ref_for_channel(item)
         if _try_push(self._kind, self._ring, 0, &p, 1) == 1:
             done = 1
+        elif _enter_wait(self._kind, self._ring, 1, guard, &waiting):
+            status = PUSH_MISUSE
         else:
             with nogil:
                 status = _push_blocking(self._kind, self._ring, 0, sizeof(void*),
-                                        <const char*>&p, 1, &done, deadline, 1,
-                                        _slow_guard(self._kind, self._ring, 1))
-            if done == 0:
-                Py_DECREF(item)
-        if guard != NULL:
-            rx_leave_side(guard)
+                                        <const char*>&p, 1, &done, deadline, 1)
+            _leave(waiting)
+        if done == 0:
+            Py_DECREF(item)
+        _leave(guard)
         if done == 0:
             _raise_push_failure(self, status, "push")
 
@@ -734,13 +845,11 @@ cdef class Channel:
         cdef uint32_t* guard
         if self._ring == NULL:
             _not_ready(self)
-        guard = _fast_guard(self._kind, self._ring, 1)
-        if guard != NULL and rx_enter_side(guard):
+        if _enter_call(self._kind, self._ring, 1, &guard):
             _raise_misuse(self, 1)
-        Py_INCREF(item)
+        rx_ref_for_channel(item)
         got = _try_push(self._kind, self._ring, 0, &p, 1)
-        if guard != NULL:
-            rx_leave_side(guard)
+        _leave(guard)
         if got == 1:
             return True
         Py_DECREF(item)
@@ -762,36 +871,43 @@ cdef class Channel:
         cdef Py_ssize_t n, i
         cdef uint64_t done = 0
         cdef push_status status = PUSH_DONE
-        cdef void** buf
+        cdef void** buf = NULL
         cdef uint32_t* guard
+        cdef uint32_t* waiting
         if self._ring == NULL:
             _not_ready(self)
         seq = items if type(items) is list else list(items)
-        n = len(seq)
+        # Snapshot the pointers and take the channel's references, so the
+        # caller's list may change while we wait without the GIL.  The
+        # critical section keeps other threads from changing the list during
+        # the snapshot on free-threaded builds (the GIL does elsewhere).
+        with cython.critical_section(seq):
+            n = PyList_GET_SIZE(seq)
+            if n > 0:
+                buf = <void**>PyMem_Malloc(n * sizeof(void*))
+                if buf != NULL:
+                    for i in range(n):
+                        buf[i] = _list_get_borrowed(seq, i)
+                        rx_ref_for_channel(<object>buf[i])
         if n == 0:
             return 0
-        guard = _fast_guard(self._kind, self._ring, 1)
-        if guard != NULL and rx_enter_side(guard):
-            _raise_misuse(self, 1)
-        # Take the channel's references and snapshot the pointers, so the
-        # caller's list may change while we wait without the GIL.
-        buf = <void**>PyMem_Malloc(n * sizeof(void*))
         if buf == NULL:
-            if guard != NULL:
-                rx_leave_side(guard)
             raise MemoryError()
-        for i in range(n):
-            buf[i] = <void*>seq[i]
-            Py_INCREF(<object>buf[i])
-        # first attempt with the GIL held: releasing it costs a hand-off
-        status = _push_blocking(self._kind, self._ring, 0, sizeof(void*), <const char*>buf,
-                                n, &done, 0, 0, NULL)
-        if status == PUSH_TIMEOUT and deadline != 0:
-            with nogil:
-                status = _push_blocking(self._kind, self._ring, 0, sizeof(void*), <const char*>buf,
-                                        n, &done, deadline, 1, _slow_guard(self._kind, self._ring, 1))
-        if guard != NULL:
-            rx_leave_side(guard)
+        if _enter_call(self._kind, self._ring, 1, &guard):
+            status = PUSH_MISUSE
+        else:
+            # first attempt with the GIL held: releasing it costs a hand-off
+            status = _push_blocking(self._kind, self._ring, 0, sizeof(void*), <const char*>buf,
+                                    n, &done, 0, 0)
+            if status == PUSH_TIMEOUT and deadline != 0:
+                if _enter_wait(self._kind, self._ring, 1, guard, &waiting):
+                    status = PUSH_MISUSE
+                else:
+                    with nogil:
+                        status = _push_blocking(self._kind, self._ring, 0, sizeof(void*),
+                                                <const char*>buf, n, &done, deadline, 1)
+                    _leave(waiting)
+            _leave(guard)
         # drop the references of whatever did not go in
         for i in range(<Py_ssize_t>done, n):
             Py_DECREF(<object>buf[i])
@@ -820,16 +936,12 @@ cdef class Channel:
         cdef uint32_t* guard
         if self._ring == NULL:
             _not_ready(self)
-        guard = _fast_guard(self._kind, self._ring, 0)
-        if guard != NULL and rx_enter_side(guard):
+        if _enter_call(self._kind, self._ring, 0, &guard):
             _raise_misuse(self, 0)
         got = _try_pop(self._kind, self._ring, 0, &p, 1)
-        if guard != NULL:
-            rx_leave_side(guard)
+        _leave(guard)
         if got == 1:
-            item = <object>p
-            Py_DECREF(item)
-            return item
+            return rx_take_ref(p)
         if got == 0:
             return EMPTY
         raise ChannelClosed(f"{type(self).__name__}: channel closed and drained")
@@ -849,6 +961,7 @@ cdef class Channel:
         cdef int64_t got
         cdef Py_ssize_t i
         cdef uint32_t* guard
+        cdef uint32_t* waiting
         if self._ring == NULL:
             _not_ready(self)
         if want > self.capacity:
@@ -857,24 +970,22 @@ cdef class Channel:
             buf = <void**>PyMem_Malloc(want * sizeof(void*))
             if buf == NULL:
                 raise MemoryError()
-        guard = _fast_guard(self._kind, self._ring, 0)
         try:
-            if guard != NULL and rx_enter_side(guard):
-                guard = NULL
-                _raise_misuse(self, 0)
-            got = _try_pop(self._kind, self._ring, 0, buf, want)
-            if got == 0 and deadline != 0:
-                with nogil:
-                    got = _pop_blocking(self._kind, self._ring, 0, <char*>buf, want, deadline, 1,
-                                        _slow_guard(self._kind, self._ring, 0))
+            if _enter_call(self._kind, self._ring, 0, &guard):
+                got = MISUSE
+            else:
+                got = _try_pop(self._kind, self._ring, 0, buf, want)
+                if got == 0 and deadline != 0:
+                    if _enter_wait(self._kind, self._ring, 0, guard, &waiting):
+                        got = MISUSE
+                    else:
+                        with nogil:
+                            got = _pop_blocking(self._kind, self._ring, 0, <char*>buf, want, deadline, 1)
+                        _leave(waiting)
+                _leave(guard)
             if got > 0:
-                result = PyList_New(got)
-                for i in range(got):
-                    _list_set_stolen(result, i, buf[i])  # steals the channel's reference
-                return result
+                return _list_of_refs(buf, got)
         finally:
-            if guard != NULL:
-                rx_leave_side(guard)
             if buf != stack_buf:
                 PyMem_Free(buf)
         if got == SIGNALLED:
@@ -950,10 +1061,11 @@ cdef class SPSCChannel(Channel):
 
     The fastest channel: each side caches the other side's position, so the
     shared cache lines move once per batch, not per item.  More than one
-    thread pushing (or popping) at the same time is a misuse that corrupts
-    nothing but is refused when detected (always on the blocking path, on
-    every call in ``REFLUX_DEBUG`` builds).  Handing a side over from one
-    thread to another between calls is fine.
+    thread pushing (or popping) at the same time is a misuse: the call is
+    refused with ``RuntimeError`` and nothing is lost or duplicated (checked
+    on every call on free-threaded builds and in ``REFLUX_DEBUG`` builds; on
+    a GIL build, which keeps the calls apart, while one of them waits).
+    Handing a side over from one thread to another between calls is fine.
 
     ``capacity`` is rounded up to a power of two (at most ``MAX_CAPACITY``).
     """
@@ -1003,6 +1115,8 @@ cdef class RecordChannel:
     def __init__(self, dtype, capacity, *, mode="spsc"):
         import numpy as np
         cdef uint64_t cap = _check_capacity(capacity, "RecordChannel")
+        cdef ring_kind kind
+        cdef void* ring
         try:
             dt = np.dtype(dtype)
         except TypeError as exc:
@@ -1025,14 +1139,18 @@ cdef class RecordChannel:
                 f"{MAX_RECORD_RING_BYTES} byte limit")
         if self._ring != NULL:
             raise RuntimeError("RecordChannel: already initialised")
-        self._kind = RING_SPSC if mode == "spsc" else RING_MPMC
-        if self._kind == RING_SPSC:
-            self._ring = rx_spsc_new(cap, dt.itemsize)
-        else:
-            self._ring = rx_mpmc_new(cap, dt.itemsize)
-        if self._ring == NULL:
+        kind = RING_SPSC if mode == "spsc" else RING_MPMC
+        ring = rx_spsc_new(cap, dt.itemsize) if kind == RING_SPSC else rx_mpmc_new(cap, dt.itemsize)
+        if ring == NULL:
             raise MemoryError(f"RecordChannel: cannot allocate {cap} records of {dt.itemsize} bytes")
-        self.capacity = <Py_ssize_t>_ring_capacity(self._kind, self._ring)
+        # _kind before the ring is published (a thread that sees the ring
+        # reads it), and again after: a losing __init__ of another mode may
+        # have written its own in between
+        self._kind = kind
+        if not _install_ring(&self._ring, ring, kind):
+            raise RuntimeError("RecordChannel: already initialised")
+        self._kind = kind
+        self.capacity = <Py_ssize_t>_ring_capacity(kind, ring)
         self.itemsize = dt.itemsize
         self.dtype = dt
 
@@ -1069,7 +1187,7 @@ cdef class RecordChannel:
         cdef uint64_t done = 0
         cdef push_status status = _push_blocking(
             self._kind, self._ring, 1, self.itemsize, <const char*>records, <uint64_t>n,
-            &done, _c_deadline(timeout), 0, NULL)
+            &done, _c_deadline(timeout), 0)
         if status == PUSH_CLOSED and done == 0:
             return -1
         return <Py_ssize_t>done
@@ -1079,7 +1197,7 @@ cdef class RecordChannel:
         if n <= 0:
             return 0
         got = _pop_blocking(self._kind, self._ring, 1, <char*>out, <uint64_t>n,
-                            _c_deadline(timeout), 0, NULL)
+                            _c_deadline(timeout), 0)
         return <Py_ssize_t>got
 
     cdef void close_nogil(self) noexcept nogil:
@@ -1165,18 +1283,6 @@ cdef class RecordChannel:
             "of one process; send the records instead")
 
 
-cdef int64_t _wait_first(ring_kind k, void* r, int64_t deadline, uint32_t* guard) noexcept nogil:
-    """Wait until a record is there or the stream ended; 1 ready, 0 timeout,
-    or SIGNALLED / MISUSE."""
-    cdef int ready
-    if guard != NULL and rx_enter_side(guard):
-        return MISUSE
-    ready = _wait_ready(k, r, 0, deadline, 1)
-    if guard != NULL:
-        rx_leave_side(guard)
-    return ready
-
-
 @cython.final
 cdef class _RecordIterator:
     cdef RecordChannel ch
@@ -1196,6 +1302,11 @@ def _debug_build():
     return REFLUX_DEBUG
 
 
+def _free_threaded_build():
+    """True when compiled for a free-threaded CPython (no GIL hand-over tuning)."""
+    return not RX_HAS_GIL
+
+
 # ---------------------------------------------------------------- method bodies
 
 cdef object _pop_one(Channel self, int64_t deadline, bint for_iter):
@@ -1203,27 +1314,22 @@ cdef object _pop_one(Channel self, int64_t deadline, bint for_iter):
     cdef void* p
     cdef int64_t got
     cdef uint32_t* guard
+    cdef uint32_t* waiting
     if self._ring == NULL:
         _not_ready(self)
-    guard = _fast_guard(self._kind, self._ring, 0)
-    if guard != NULL and rx_enter_side(guard):
+    if _enter_call(self._kind, self._ring, 0, &guard):
         _raise_misuse(self, 0)
     got = _try_pop(self._kind, self._ring, 0, &p, 1)
     if got == 0 and deadline != 0:
-        try:
+        if _enter_wait(self._kind, self._ring, 0, guard, &waiting):
+            got = MISUSE
+        else:
             with nogil:
-                got = _pop_blocking(self._kind, self._ring, 0, <char*>&p, 1, deadline, 1,
-                                    _slow_guard(self._kind, self._ring, 0))
-        except BaseException:
-            if guard != NULL:
-                rx_leave_side(guard)
-            raise
-    if guard != NULL:
-        rx_leave_side(guard)
+                got = _pop_blocking(self._kind, self._ring, 0, <char*>&p, 1, deadline, 1)
+            _leave(waiting)
+    _leave(guard)
     if got == 1:
-        item = <object>p
-        Py_DECREF(item)  # take over the channel's reference
-        return item
+        return rx_take_ref(p)  # the channel's reference, handed over
     if got == SIGNALLED:
         _propagate()
     if got == MISUSE:
@@ -1258,25 +1364,29 @@ cdef object _push_impl(RecordChannel self, object records, int64_t deadline, bin
     cdef push_status status = PUSH_DONE
     cdef Py_ssize_t n
     cdef uint32_t* guard
+    cdef uint32_t* waiting
     if self._ring == NULL:
         _not_ready(self)
     arr = _as_records(self, records)
     n = len(arr)
     if n == 0:
         return 0
-    guard = _fast_guard(self._kind, self._ring, 1)
-    if guard != NULL and rx_enter_side(guard):
-        _raise_misuse(self, 1)
     PyObject_GetBuffer(arr, &view, PyBUF_C_CONTIGUOUS)
-    # first attempt with the GIL held: releasing it costs a hand-off
-    status = _push_blocking(self._kind, self._ring, 1, self.itemsize, <const char*>view.buf,
-                            n, &done, 0, 0, NULL)
-    if status == PUSH_TIMEOUT and deadline != 0:
-        with nogil:
-            status = _push_blocking(self._kind, self._ring, 1, self.itemsize, <const char*>view.buf,
-                                    n, &done, deadline, 1, _slow_guard(self._kind, self._ring, 1))
-    if guard != NULL:
-        rx_leave_side(guard)
+    if _enter_call(self._kind, self._ring, 1, &guard):
+        status = PUSH_MISUSE
+    else:
+        # first attempt with the GIL held: releasing it costs a hand-off
+        status = _push_blocking(self._kind, self._ring, 1, self.itemsize, <const char*>view.buf,
+                                n, &done, 0, 0)
+        if status == PUSH_TIMEOUT and deadline != 0:
+            if _enter_wait(self._kind, self._ring, 1, guard, &waiting):
+                status = PUSH_MISUSE
+            else:
+                with nogil:
+                    status = _push_blocking(self._kind, self._ring, 1, self.itemsize,
+                                            <const char*>view.buf, n, &done, deadline, 1)
+                _leave(waiting)
+        _leave(guard)
     PyBuffer_Release(&view)
     if status == PUSH_DONE or done > 0 and (status == PUSH_TIMEOUT or status == PUSH_CLOSED):
         return done
@@ -1293,12 +1403,12 @@ cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline,
     cdef int64_t got = 0
     cdef int ready = 1
     cdef uint32_t* guard
+    cdef uint32_t* waiting
     if self._ring == NULL:
         _not_ready(self)
     if max_records is not None:
         want = min(_check_count(max_records, "RecordChannel.pop: max_records"), self.capacity)
-    guard = _fast_guard(self._kind, self._ring, 0)
-    if guard != NULL and rx_enter_side(guard):
+    if _enter_call(self._kind, self._ring, 0, &guard):
         _raise_misuse(self, 0)
     try:
         while True:
@@ -1309,9 +1419,16 @@ cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline,
                 out = np.empty(min(want, avail), dtype=self.dtype)
                 PyObject_GetBuffer(out, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
                 try:
-                    got = _try_pop(self._kind, self._ring, 1, view.buf, len(out))
+                    # GIL builds: np.empty may have run Python code (a
+                    # collection) and let another consumer start waiting
+                    if guard == NULL and _side_busy(self._kind, self._ring, 0):
+                        got = MISUSE
+                    else:
+                        got = _try_pop(self._kind, self._ring, 1, view.buf, len(out))
                 finally:
                     PyBuffer_Release(&view)
+                if got == MISUSE:
+                    _raise_misuse(self, 0)
                 if got > 0:
                     return out if got == len(out) else out[:got]
             if _drained(self._kind, self._ring):
@@ -1322,16 +1439,15 @@ cdef object _pop_array(RecordChannel self, object max_records, int64_t deadline,
                 return np.empty(0, dtype=self.dtype)
             if deadline == 0 or not ready:
                 raise Empty("RecordChannel: pop timed out, channel empty")
+            if _enter_wait(self._kind, self._ring, 0, guard, &waiting):
+                _raise_misuse(self, 0)
             with nogil:
-                ready = <int>_wait_first(self._kind, self._ring, deadline,
-                                         _slow_guard(self._kind, self._ring, 0))
+                ready = _wait_ready(self._kind, self._ring, 0, deadline, 1)
+            _leave(waiting)
             if ready == SIGNALLED:
                 _propagate()
-            if ready == MISUSE:
-                _raise_misuse(self, 0)
     finally:
-        if guard != NULL:
-            rx_leave_side(guard)
+        _leave(guard)
 
 
 def _raw_record_channel(capacity, Py_ssize_t itemsize, mode="mpmc"):

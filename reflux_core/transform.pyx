@@ -1,4 +1,4 @@
-# cython: language_level=3, embedsignature=True, embedsignature.format=clinic, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, freethreading_compatible=True, embedsignature=True, embedsignature.format=clinic, boundscheck=False, wraparound=False, cdivision=True
 """Record plug-ins: user code that reflux runs without the GIL, a batch at a time.
 
 Three lanes reach the same C ABI (``include/reflux_core/abi.h``):

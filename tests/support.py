@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +12,22 @@ from typing import Any, Callable
 import pytest
 
 WATCHDOG = 60.0  # seconds: a hang guard only, never a performance bound
+
+
+def free_threaded() -> bool:
+    """This interpreter is a free-threaded build (3.13t, 3.14t), whether or not the GIL is on."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def gil_enabled() -> bool:
+    """The GIL is on now (always on a GIL build; on a free-threaded one unless turned on)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+#: for tests that hold the GIL on purpose to show work goes on without it
+needs_gil = pytest.mark.skipif(
+    not gil_enabled(), reason="the GIL is off: there is no GIL for the test to hold")
 
 
 class Worker(threading.Thread):

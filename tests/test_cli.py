@@ -64,6 +64,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from reflux.cli.main import EXIT_FAILED, EXIT_INVALID, EXIT_NO_FILE, EXIT_NO_NAME, EXIT_OK, EXIT_USER_CODE, main  # noqa: E402
+from reflux.result import gil_enabled, thread_mode  # noqa: E402
 
 HANG = 120
 
@@ -109,7 +110,9 @@ def pfile(tmp_path: Path) -> Path:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "reflux", *args], capture_output=True, text=True,
+    # the GIL as this interpreter has it (-X gil=1 is not inherited, PYTHON_GIL is)
+    gil = ["-X", f"gil={sys._xoptions['gil']}"] if "gil" in sys._xoptions else []
+    return subprocess.run([sys.executable, *gil, "-m", "reflux", *args], capture_output=True, text=True,
                           timeout=HANG, cwd=cwd)
 
 
@@ -118,6 +121,8 @@ def test_run_a_pipeline_object_from_a_file_prints_the_report(pfile: Path) -> Non
     assert proc.returncode == EXIT_OK, proc.stderr
     assert re.search(r"^keep\s+Loader\s+34\s+34\s", proc.stdout, re.M), proc.stdout
     assert "loaded 34" in proc.stdout
+    # the summary says how Python threads ran (the child is this interpreter, same environment)
+    assert proc.stdout.rstrip().endswith(f"; {thread_mode()}"), proc.stdout
     assert "\x1b[" not in proc.stdout + proc.stderr  # no terminal drawing when not a terminal
 
 
@@ -128,6 +133,7 @@ def test_run_a_function_with_json_stats(pfile: Path) -> None:
     assert data["pipeline"] == "from-file" and data["status"] == "completed"
     assert data["nodes"]["thirds"]["in"] == 100 and data["nodes"]["thirds"]["filtered"] == 66
     assert data["nodes"]["keep"]["out"] == 34 and data["loaded"] == 34
+    assert data["gil_enabled"] is gil_enabled() and data["mode"] == thread_mode()
     assert set(data["nodes"]["double"]) >= {"rate_in", "busy", "fill", "state", "queued", "capacity"}
 
 

@@ -23,11 +23,16 @@ EXAMPLE = ROOT / "examples" / "cython_transformer"
 README = ROOT / "README.md"
 
 CHECK = r'''
-import os, sys
+import os, sys, sysconfig
 import numpy as np
 import reflux_core, hotpath
 from reflux import Balancer, Extractor, Funnel, Loader, Pipeline, Transformer
 from reflux_core.transform import RecordError
+
+# a free-threaded build: the example declares free-threading support, so
+# importing it (and reflux) leaves the GIL off (run without PYTHON_GIL)
+if sysconfig.get_config_var("Py_GIL_DISABLED"):
+    assert not sys._is_gil_enabled(), "importing the example turned the GIL on"
 
 here = os.path.realpath(os.getcwd())
 # the extension is the one just built here; reflux_core is the installed one
@@ -98,7 +103,7 @@ def _toolchain_missing() -> str | None:
     if shutil.which(os.environ.get("CC", "cc")) is None:
         return "no C compiler"
     if importlib.util.find_spec("Cython") is None:
-        return "Cython is not installed in the test environment (pip install 'Cython>=3.0.10')"
+        return "Cython is not installed in the test environment (pip install 'Cython>=3.1')"
     if importlib.util.find_spec("setuptools") is None:
         return "setuptools is not installed in the test environment"
     return None
@@ -122,7 +127,8 @@ def test_user_extension_builds_against_the_installed_package_and_runs(tmp_path):
         pytest.skip(missing)
     work = tmp_path / "hotpath-example"
     shutil.copytree(EXAMPLE, work, ignore=shutil.ignore_patterns("build", "*.so", "*.pyd", "*.c", "__pycache__"))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("REFLUX_")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHON_GIL") and not k.startswith("REFLUX_")}
     build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work, env=env,
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]

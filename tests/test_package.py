@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -84,6 +85,9 @@ def test_build_info():
     assert type(info["debug"]) is bool
     assert info["park_backend"] in ("futex", "waitonaddress", "condvar")
     assert info["park_backend"] == rc.park_backend()
+    # compiled for the interpreter it runs on; the GIL state is the interpreter's now
+    assert info["free_threaded"] is bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    assert info["gil_enabled"] is (sys._is_gil_enabled() if hasattr(sys, "_is_gil_enabled") else True)
     for name in ("get_include", "build_info"):
         assert name in reflux_core.__all__
 

@@ -333,9 +333,11 @@ class TestRun:
 
     def test_stop_with_source_blocked_in_user_code(self) -> None:
         gate = threading.Event()
+        inside = threading.Event()
 
         def blocked() -> Iterator[int]:
             yield 1
+            inside.set()
             gate.wait(HANG)  # e.g. a socket read that never returns
 
         got: list[int] = []
@@ -345,6 +347,10 @@ class TestRun:
         deadline = time.monotonic() + HANG
         while not got and time.monotonic() < deadline:
             time.sleep(0.01)
+        # stop only once the source is blocked: stopped earlier, it would end
+        # before asking its generator for the next item (the threads run in
+        # parallel without a GIL)
+        assert inside.wait(HANG)
         p.stop()
         try:
             result = p.join(HANG)  # ends without waiting for the source

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from support import needs_posix_signals, start, wait_until
+from support import needs_gil, needs_posix_signals, start, wait_until
 
 import reflux_core
 from reflux import Extractor, Filter, Loader, Messenger, NodeError, Pipeline, Transformer
@@ -530,6 +530,7 @@ class GilHold:
         self.watcher.join(10)
 
 
+@needs_gil
 def test_pump_runs_while_the_main_thread_holds_the_gil():
     """The whole pump (pop, plug-in, push, across many batches) needs no GIL:
     it keeps moving records while this thread never lets the GIL go.  A
@@ -552,6 +553,7 @@ def test_pump_runs_while_the_main_thread_holds_the_gil():
     assert w.result == "end" and pump.emitted == 1 << 16
 
 
+@needs_gil
 def test_transformer_plugin_runs_while_the_main_thread_holds_the_gil():
     """A Transformer given a plug-in releases the GIL around each chunk."""
     plugin = P.Progress(rounds=2000)
@@ -598,6 +600,7 @@ except KeyboardInterrupt:
     assert "INTERRUPTED" in proc.stdout
 
 
+@needs_gil
 def test_two_plugin_nodes_joined_by_a_record_channel_run_without_the_gil():
     """The record edge a runtime builds between two plug-in nodes (pump_for):
     records flow source -> Transformer -> Filter -> sink through record

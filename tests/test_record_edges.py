@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from support import needs_posix_signals, wait_until
+from support import needs_gil, needs_posix_signals, wait_until
 from test_plugins import GilHold
 
 from reflux import Extractor, Filter, Loader, NodeError, Pipeline, Transformer
@@ -380,6 +380,7 @@ def test_ctrl_c_with_record_pumps_stops_cleanly(tmp_path):
 
 # --------------------------------------------------------------------------- GIL freedom
 
+@needs_gil
 def test_records_cross_a_record_edge_while_the_main_thread_holds_the_gil():
     """Two pumps joined by a record edge go on while this thread never lets
     the GIL go: the worker loop runs their steps, pops, pushes and wake-ups

@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: language_level=3, freethreading_compatible=True, boundscheck=False, wraparound=False, cdivision=True
 """Hot paths for a reflux pipeline, in Cython.
 
 Calibrate (record lane): a CTransform over sensor readings, run by reflux

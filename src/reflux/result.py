@@ -1,6 +1,8 @@
 """Counters of a run: per-node statistics and the :class:`RunResult` of a pipeline."""
 from __future__ import annotations
 
+import sys
+import sysconfig
 import time as _time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -8,7 +10,31 @@ from typing import Any
 
 from .errors import AccountingError, ErrorRecord
 
-__all__ = ["Event", "NodeStats", "Results", "RunResult", "WallTime"]
+__all__ = ["Event", "NodeStats", "Results", "RunResult", "WallTime", "free_threaded_build", "gil_enabled",
+           "thread_mode"]
+
+
+def free_threaded_build() -> bool:
+    """This interpreter is a free-threaded build (3.13t, 3.14t), whether or not its GIL is on."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def gil_enabled() -> bool:
+    """The GIL is on now: always on a GIL build; on a free-threaded build unless
+    turned on (``PYTHON_GIL=1``, ``-X gil=1``, or loading an extension module that
+    does not declare free-threading support)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def thread_mode(gil: bool | None = None, free_threaded: bool | None = None) -> str:
+    """How Python threads ran, in words: ``"GIL off (free-threaded)"``, ``"GIL on
+    (free-threaded build)"`` or ``"GIL on"`` (default: this interpreter, now)."""
+    gil = gil_enabled() if gil is None else gil
+    free_threaded = free_threaded_build() if free_threaded is None else free_threaded
+    if not gil:
+        return "GIL off (free-threaded)"
+    return "GIL on (free-threaded build)" if free_threaded else "GIL on"
 
 
 def _name(key: Any) -> Any:
@@ -31,6 +57,7 @@ class Results(dict[str, Any]):
 
     def get(self, key: object, default: Any = None) -> Any:
         return super().get(_name(key), default)
+
 
 # How a node's counters relate (see NodeStats.law):
 #   "source"   received (pulled from the source) == emitted + dropped
@@ -266,6 +293,11 @@ class RunResult:
     events: list[Event] = field(default_factory=list)
     #: events not kept because ``max_events`` was reached
     events_not_kept: int = 0
+    #: whether the GIL was on when the run ended (without it, replicas of a Python
+    #: function run on as many cores as there are replicas and workers)
+    gil_enabled: bool = True
+    #: whether the interpreter is a free-threaded build (3.13t, 3.14t)
+    free_threaded: bool = False
 
     def __getitem__(self, node: Any) -> NodeStats:
         """Counters of a node: by name, or the node object itself."""
@@ -365,11 +397,17 @@ class RunResult:
         if problems:
             raise AccountingError("; ".join(problems))
 
+    @property
+    def mode(self) -> str:
+        """How Python threads ran: ``"GIL off (free-threaded)"``, ``"GIL on
+        (free-threaded build)"`` or ``"GIL on"`` (see :func:`thread_mode`)."""
+        return thread_mode(self.gil_enabled, self.free_threaded)
+
     def summary(self) -> str:
-        """A small text table of the per-node counters."""
+        """A small text table of the per-node counters, after a line saying how the run ended and its mode."""
         head = f"{'node':<24} {'kind':<12} {'in':>9} {'out':>9} {'filtered':>9} {'errors':>7} {'dropped':>8}"
         head += f" {'busy s':>8}"
-        lines = [f"run {self.status} in {self.elapsed:.3f}s", head]
+        lines = [f"run {self.status} in {self.elapsed:.3f}s, {self.mode}", head]
         for s in self.nodes.values():
             lines.append(f"{s.name[:24]:<24} {s.kind:<12} {s.received:>9} {s.emitted:>9} "
                          f"{s.filtered:>9} {s.errors:>7} {s.dropped:>8} {s.busy:>8.3f}")
@@ -381,4 +419,4 @@ class RunResult:
         return (f"RunResult(status={self.status!r}, extracted={self.extracted}, loaded={self.loaded}, "
                 f"filtered={self.filtered}, errors={self.error_count}, dead_lettered={self.dead_lettered}, "
                 f"dropped={self.dropped}, "
-                f"elapsed={self.elapsed:.3f})")
+                f"elapsed={self.elapsed:.3f}, mode={self.mode!r})")

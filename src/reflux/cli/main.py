@@ -194,7 +194,8 @@ def _report(pipeline: Pipeline, result: RunResult | None) -> str:
     lines = [stats.table()]
     if result is not None:
         lines.append(f"\nextracted {result.extracted:,}, loaded {result.loaded:,}, filtered {result.filtered:,}, "
-                     f"errors {result.error_count:,}, dropped {result.dropped:,} in {result.elapsed:.2f}s")
+                     f"errors {result.error_count:,}, dropped {result.dropped:,} in {result.elapsed:.2f}s; "
+                     f"{result.mode}")
     return "\n".join(lines)
 
 
@@ -206,7 +207,7 @@ def _json_report(pipeline: Pipeline, result: RunResult | None, error: BaseExcept
     if result is not None:
         data.update(extracted=result.extracted, loaded=result.loaded, filtered=result.filtered,
                     error_count=result.error_count, dropped=result.dropped,
-                    dead_lettered=result.dead_lettered,
+                    dead_lettered=result.dead_lettered, gil_enabled=result.gil_enabled, mode=result.mode,
                     errors=[{"node": r.node, "item": repr(r.item)[:200],
                              "exception": f"{type(r.exception).__name__}: {r.exception}"}
                             for r in result.errors])

@@ -180,16 +180,20 @@ class Transformer(Node[In, Out]):
       it may also yield ``NeedsMoreWork(x)`` and ``Error(e)``.  With
       ``flat=True``, the iterable a plain function returns is flattened.
     * a class instance with ``__call__`` may keep state; its optional
-      ``open()`` and ``close()`` methods are called once per worker.
+      ``open()`` and ``close()`` methods are called once, around the run
+      (once per replica with ``parallel=N``).
     * a compiled transform plug-in (a ``reflux_core.transform.CTransform``
       subclass, or a C plug-in) runs over chunks of records without the GIL
       (see :mod:`reflux.logic.plugins`).
 
-    ``parallel=N`` runs N replicas of the node, fed from one shared channel
-    (each replica has its own ``open()``/``close()`` and state).  On a GIL
-    build this speeds up functions that release the GIL (numpy, Cython
-    transformers, I/O).  Replicas emit in completion order unless
-    ``ordered=True``, which restores input order (per batch) on output.
+    ``parallel=N`` runs N replicas of the node, fed from one shared channel.
+    A callable object is copied for each replica (``copy.deepcopy`` when the
+    run starts; each copy opened and closed once); functions, bound methods
+    and compiled plug-ins are shared (see :mod:`reflux.run.replicas`).  On a
+    GIL build replicas speed up functions that release the GIL (numpy,
+    Cython transformers, I/O); on a free-threaded CPython with the GIL off
+    they run pure Python on N cores.  Replicas emit in completion order
+    unless ``ordered=True``, which restores input order (per batch) on output.
 
     ``executor="process"`` runs ``fn`` in ``workers`` worker processes
     (default: one per CPU) for CPU-bound pure Python; ``fn`` (with its state)

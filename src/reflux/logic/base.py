@@ -11,7 +11,8 @@ runtime can change without touching them.
 The logic contract (used by the runtime):
 
 ``open()`` / ``close()``
-    once per worker, around everything else (they call the user's hooks).
+    once per replica, around everything else (they call the user's hooks
+    through the context: :meth:`NodeContext.open_user`).
 ``process(batch, out)``
     handle a non-empty list of input items.
 ``has_feedback()`` / ``process_feedback(max_items, out)``
@@ -116,6 +117,16 @@ class NodeContext:
         events[event.level] = events.get(event.level, 0) + 1
         logger.log(event.levelno, "%s '%s': %s", self.stats.kind, event.node, event.message,
                    extra={"reflux_node": event.node, "reflux_fields": event.fields})
+
+    def open_user(self, obj: Any) -> None:
+        """Call the ``open()`` hook of the user's object, if it has one.  (A
+        runtime whose replicas share one object opens it once for all.)"""
+        open_hook(obj)
+
+    def close_user(self, obj: Any) -> None:
+        """Call the ``close()`` hook of the user's object, if it has one.  (A
+        runtime whose replicas share one object closes it once, after the last.)"""
+        close_hook(obj)
 
 
 class LocalContext(NodeContext):
@@ -250,10 +261,10 @@ class NodeLogic:
         self.remaining = 0
 
     def open(self) -> None:
-        """Called once per worker before any item."""
+        """Called once (per replica) before any item."""
 
     def close(self) -> None:
-        """Called once per worker after the last item (also after a failure)."""
+        """Called once (per replica) after the last item (also after a failure)."""
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         """Handle a non-empty batch of input items."""

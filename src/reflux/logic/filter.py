@@ -8,7 +8,7 @@ from reflux_core._batch import STOPPED, keep_all
 
 from ..describe.nodes import Filter
 from ..signals import Error
-from .base import Abort, NodeContext, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .base import Abort, NodeContext, NodeLogic, Outbox, direct_call
 from .chunks import as_chunk, chunk_lengths, split_like
 
 __all__ = ["BatchedFilterLogic", "FilterLogic"]
@@ -24,10 +24,10 @@ class FilterLogic(NodeLogic):
         self.direct_fn = direct_call(node.predicate)
 
     def open(self) -> None:
-        open_hook(self.node.predicate)
+        self.ctx.open_user(self.node.predicate)
 
     def close(self) -> None:
-        close_hook(self.node.predicate)
+        self.ctx.close_user(self.node.predicate)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         # One C loop appends the kept items straight to the output; it stops

@@ -18,7 +18,7 @@ from reflux_core.transform import RecordError, RecordPump
 
 from ..describe.plugins import Plugin
 from ..errors import RoutingError, ValidationError
-from .base import NodeContext, NodeLogic, Outbox, close_hook, open_hook
+from .base import NodeContext, NodeLogic, Outbox
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..describe.nodes import Messenger
@@ -78,10 +78,10 @@ class _PluginLogic(NodeLogic):
         super().fail(item, exc, attempts, out)
 
     def open(self) -> None:
-        open_hook(self.plugin.owner)
+        self.ctx.open_user(self.plugin.owner)
 
     def close(self) -> None:
-        close_hook(self.plugin.owner)
+        self.ctx.close_user(self.plugin.owner)
 
 
 class PluginTransformerLogic(_PluginLogic):

@@ -8,7 +8,7 @@ from reflux_core._batch import STOPPED, call_all
 
 from ..describe.nodes import Transformer
 from ..signals import SIGNAL_TYPES, Error, NeedsMoreWork, Signal
-from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, direct_call
 from .chunks import as_chunk, chunk_lengths, split_like
 
 __all__ = ["BatchedTransformerLogic", "FlatTransformerLogic", "TransformerLogic"]
@@ -27,10 +27,10 @@ class TransformerLogic(NodeLogic):
         self.pending: deque[Any] = deque()
 
     def open(self) -> None:
-        open_hook(self.fn)
+        self.ctx.open_user(self.fn)
 
     def close(self) -> None:
-        close_hook(self.fn)
+        self.ctx.close_user(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         # One C loop calls the function on the items in order and appends the

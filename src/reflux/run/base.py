@@ -23,7 +23,7 @@ from reflux_core._batch import StopFlag
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeContext, Outbox
-from ..result import Event, NodeStats, Results, RunResult
+from ..result import Event, NodeStats, Results, RunResult, free_threaded_build, gil_enabled
 
 __all__ = ["BATCH_BUDGET", "InboxOutbox", "RunContext", "RuntimeBase", "drop_inputs"]
 
@@ -266,4 +266,7 @@ class RuntimeBase:
             stuck=list(stuck),
             events=events,
             events_not_kept=events_not_kept,
+            # at the end: an extension module imported during the run may have turned the GIL on
+            gil_enabled=gil_enabled(),
+            free_threaded=free_threaded_build(),
         )

@@ -33,7 +33,9 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
     return make_logic(node, ctx, n_ports, port_names, ports=ports, default_port=default_port)
 
 
-def task_logic(task: Task, ctx: NodeContext, preforked: list[Any] | None = None) -> NodeLogic:
-    """The logic of a task of a compiled plan (its outputs and routes as the plan wired them)."""
-    return logic_for(task.node, ctx, len(task.outputs), task.port_names, ports=task.ports,
-                     default_port=task.default_port, preforked=preforked)
+def task_logic(task: Task, ctx: NodeContext, preforked: list[Any] | None = None, *,
+               node: Node | None = None) -> NodeLogic:
+    """The logic of a task of a compiled plan (its outputs and routes as the plan wired them);
+    ``node``: the copy of the task's node a replica runs (see :mod:`reflux.run.replicas`)."""
+    return logic_for(task.node if node is None else node, ctx, len(task.outputs), task.port_names,
+                     ports=task.ports, default_port=task.default_port, preforked=preforked)

@@ -85,6 +85,7 @@ from .base import RuntimeBase, drop_inputs
 from .fusion import fuse_chains, may_block
 from .outboxes import CountRecordsOutbox, ForwardOutbox, PoolOutbox, RecordOutbox
 from .placement import task_logic
+from .replicas import SharedObject, replica_nodes, user_callable
 from .units import ReplicaGroup, Unit
 
 __all__ = ["PoolRuntime", "default_workers"]
@@ -178,7 +179,11 @@ class PoolRuntime(RuntimeBase):
             if n > 1:
                 group = ReplicaGroup(chain[0], bool(getattr(node, "ordered", False)))
                 self._groups[chain[0].name] = group
-                units = [Unit(self, chain, i, group) for i in range(n)]
+                # each replica its own copy of a stateful object, or one object shared
+                nodes, shared = replica_nodes(node, n)
+                if shared:
+                    group.shared = SharedObject(user_callable(node), n)
+                units = [Unit(self, chain, i, group, node=None if shared else nodes[i]) for i in range(n)]
                 group.units = units
                 if group.ordered:
                     group.shared_out = PoolOutbox(self, units[0], chain[0], group.units[0].stats[-1])
@@ -357,9 +362,13 @@ class PoolRuntime(RuntimeBase):
             self._waiters.setdefault(id(box), set()).update(units)
 
     def _wake_waiters(self, box: Inbox) -> None:
-        """After a pop made room in ``box``: notify the units blocked on it."""
-        if not self._waiters.get(id(box)):
-            return
+        """After a pop made room in ``box``: notify the units blocked on it.
+
+        Under the lock, always: a blocked producer registers under it, then
+        tries its push once more, so either that push sees the room this pop
+        made or this pop sees the registration.  Without the lock (and without
+        a GIL to order them) both could miss, leaving the producer to the next
+        sweep, up to ``poll`` later."""
         with self._lock:
             units = self._waiters.pop(id(box), ())
         for u in units:
@@ -550,6 +559,13 @@ class PoolRuntime(RuntimeBase):
                 except BaseException as exc:  # user close() hook
                     abandoned = True
                     self._fail(ErrorRecord.from_exception(name, None, exc))
+            shared = u.group.shared if u.group is not None else None
+            if shared is not None and shared.replica_ended():
+                try:
+                    shared.close()  # the last replica of those sharing one object
+                except BaseException as exc:  # user close() hook
+                    abandoned = True
+                    self._fail(ErrorRecord.from_exception(u.head.name, None, exc))
             if not u.opened:
                 # never ran (abandoned early): a sink still reports its (empty) result
                 for i, task in enumerate(u.tasks):
@@ -673,6 +689,8 @@ class PoolRuntime(RuntimeBase):
         """Approximate live counters."""
         for u in self.units:
             if u.pump is not None and not u.finalized:
+                # copies the pump's counters (relaxed atomics in the core) into the
+                # node's stats; the unit's runner does the same, so either copy is current
                 u.logics[0].sync()  # type: ignore[attr-defined]
         return {t.name: self._merged(t) for t in self.plan.tasks}
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from reflux_core._sched import PUMP_CLOSED, PUMP_END, PUMP_ERROR, PUMP_YIELD, PumpTask
 from reflux_core.channel import ChannelClosed, Empty
 
+from ..describe.base import Node
 from ..describe.plan import Task
 from ..errors import ErrorRecord
 from ..logic.base import CURRENT, Abort, NodeLogic, Outbox, set_current_context
@@ -24,6 +25,7 @@ from ..result import NodeStats
 from .base import BATCH_BUDGET, RunContext
 from .outboxes import ForwardOutbox, PoolOutbox
 from .placement import task_logic
+from .replicas import ReplicaContext, SharedObject
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import PoolRuntime
@@ -74,15 +76,19 @@ class ReplicaGroup:
         self.next_out = 0
         self.done: dict[int, tuple[list[list[Any]], list[ErrorRecord]]] = {}
         self.shared_out: PoolOutbox | None = None  # ordered: the one outbox every replica feeds
+        #: the user's object when the replicas share it (opened and closed once), else None
+        self.shared: SharedObject | None = None
 
 
 class Unit:
     """One schedulable thing: a chain of fused tasks, or one replica of a task."""
 
     def __init__(self, rt: PoolRuntime, tasks: list[Task], replica: int = 0,
-                 group: ReplicaGroup | None = None) -> None:
+                 group: ReplicaGroup | None = None, node: Node | None = None) -> None:
         self.rt = rt
         self.tasks = tasks
+        #: the node this replica runs (a copy holding its own copy of the user's object), or None
+        self.node = node
         self.head = tasks[0]
         self.tail = tasks[-1]
         self.group = group
@@ -97,7 +103,8 @@ class Unit:
             for s in self.stats:
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
                     setattr(s, f, 0)
-        self.ctxs = [RunContext(rt, s) for s in self.stats]
+        shared = group.shared if group is not None else None
+        self.ctxs = [RunContext(rt, s) if shared is None else ReplicaContext(rt, s, shared) for s in self.stats]
         self.logics: list[NodeLogic] = []
         self.final = PoolOutbox(rt, self, self.tail, self.stats[-1])
         self.outs: list[Outbox] = [ForwardOutbox(self, i, t.batch_size) for i, t in enumerate(tasks[:-1])]
@@ -135,6 +142,21 @@ class Unit:
         self.stage = i
         set_current_context(self.ctxs[i])
 
+    def out_blocked(self, out: PoolOutbox) -> bool:
+        """``out`` (the unit's output) holds items its receiver had no room for.
+
+        The ordered replicas of a node share one output, which any of them
+        fills and flushes under the group's lock; read without it, another
+        replica's items could be seen between their hand-over and their flush
+        (which may then succeed), and this replica would wait for a wake-up
+        no flush registered.  Under the lock, a pending output is one a flush
+        left pending, after registering every replica as a waiter."""
+        group = self.group
+        if group is not None and group.ordered:
+            with group.lock:
+                return out.pending()
+        return out.pending()
+
     def open(self) -> None:
         """Make and open the logic of every stage."""
         rt = self.rt
@@ -142,7 +164,7 @@ class Unit:
             self.enter(i)
             with rt._lock:
                 pre = rt.preforked.pop(task.name, None)
-            logic = task_logic(task, self.ctxs[i], pre)
+            logic = task_logic(task, self.ctxs[i], pre, node=self.node if i == 0 else None)
             self.logics.append(logic)
             logic.open()
         self.opened = True
@@ -202,7 +224,7 @@ class Unit:
                     self.hand_over(self.ticket())
                 else:
                     self.forward(i)
-                return not out.pending()
+                return not self.out_blocked(out)
         if self.has_timer:
             now = time.monotonic()
             for i in range(len(logics)):
@@ -212,7 +234,7 @@ class Unit:
                     logics[i].tick(now, self.outs[i])
                     self.forward(i)
                     self.arm_timer()
-                    return not out.pending()
+                    return not self.out_blocked(out)
         assert self.inbox is not None
         group = self.group
         ticket = -1
@@ -245,7 +267,7 @@ class Unit:
         full = n == self.limit
         self.adapt(n, time.monotonic() - t0)
         self.arm_timer()
-        if out.pending():
+        if self.out_blocked(out):
             return False
         # A full batch means more may wait; a closed input must be popped again
         # to see its end (its close may have been announced before this pop).
@@ -457,7 +479,7 @@ class Unit:
                 self.forward(i)
             self.end_stage += 1
             out = self.group.shared_out if self.group is not None and self.group.ordered else self.final
-            if out is not None and out.pending():
+            if out is not None and self.out_blocked(out):
                 return False
         rt._finalize(self, abandoned=False)
         return False
