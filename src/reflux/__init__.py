@@ -57,10 +57,10 @@ from .errors import (
     TransformError,
     ValidationError,
 )
-from .observe.stats import Alert, NodeSnapshot, PipelineStats
+from .observe.stats import Alert, NodeSnapshot, PipelineStats, WorkerSnapshot
 from .pipeline import Pipeline
 from .policies import ErrorPolicy
-from .result import NodeStats, RunResult
+from .result import NodeStats, RunResult, WorkerStats
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
@@ -98,8 +98,10 @@ __all__ = [
     "Flow",
     "RunResult",
     "NodeStats",
+    "WorkerStats",
     "PipelineStats",
     "NodeSnapshot",
+    "WorkerSnapshot",
     "Alert",
     "ErrorPolicy",
     # errors
@@ -113,12 +115,13 @@ __all__ = [
     "PipelineInterrupted",
     "AccountingError",
     "ErrorRecord",
-    # loaded on first use (they import numpy, rich, http.server or subprocess)
+    # loaded on first use (they import numpy, rich, http.server or subprocess; never Ray)
     "CPluginHandle",
     "LiveProgress",
     "MetricsServer",
     "PluginABIError",
     "ProcessWorkerError",
+    "RayWorkerError",
     "RecordError",
     "RemoteError",
     "c_plugin",
@@ -142,6 +145,7 @@ _LAZY = {
     "prometheus_text": "reflux.observe.metrics",
     "ProcessWorkerError": "reflux.run.process.launch",
     "RemoteError": "reflux.run.process.launch",
+    "RayWorkerError": "reflux.run.ray.connect",
 }
 
 

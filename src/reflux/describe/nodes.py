@@ -23,7 +23,7 @@ from .base import (
     is_generator_callable,
     plugin_for,
 )
-from .executors import check_executor, check_start_method
+from .executors import check_executor, check_ray_options, check_start_method
 from .sinks import CallbackSink, FileSink, ListSink
 
 __all__ = [
@@ -130,13 +130,20 @@ class Transformer(Node):
     (``start_method="spawn"``, the default); ``start_method="fork"`` forks them
     from this process when the run starts, which saves their start-up (tens of
     milliseconds each) and needs this process to run a single thread then.
+
+    ``executor="ray"`` runs ``fn`` in ``workers`` Ray actors (default: one per
+    CPU of the Ray cluster), anywhere in a Ray cluster; ``ray_options`` are
+    Ray's actor options (``num_cpus``, ``num_gpus``, ``resources``,
+    ``runtime_env``, ``max_restarts``...).  Items travel in batches, results
+    keep input order unless ``ordered=False``.  See :mod:`reflux.run.ray`.
     """
 
     kind = "Transformer"
 
     def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
                  ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
-                 start_method: str | None = None, **kwargs: Any) -> None:
+                 start_method: str | None = None, ray_options: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
         #: the checked plug-in when ``fn`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, fn, "transform")
@@ -152,22 +159,25 @@ class Transformer(Node):
         self.executor: str = "thread"
         self.workers: int | None = None
         if executor is not None or workers is not None:
-            if self.plugin is not None and executor == "process":
+            if self.plugin is not None and executor in ("process", "ray"):
                 raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
-                                      "cannot be sent to worker processes; use parallel= for replicas")
+                                      f"cannot be sent to {executor} workers; use parallel= for replicas")
             self.executor, self.workers, _ = check_executor(
                 self.label, executor, workers, True if ordered is None else ordered, fn)
+        #: options of the Ray actors (``executor="ray"``)
+        self.ray_options = check_ray_options(self.label, self.executor, ray_options)
         #: how process workers start: "spawn" (fresh interpreters) or "fork"
         self.start_method = "spawn"
         if start_method is not None:
             self.start_method = check_start_method(self.label, self.executor, start_method)
-        if self.executor == "process" and parallel != 1:
+        if self.executor != "thread" and parallel != 1:
             raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
-                                  "executor='process' set the number of processes with workers=")
+                                  f"executor={self.executor!r} set the number of "
+                                  f"{'processes' if self.executor == 'process' else 'actors'} with workers=")
         #: ``ordered=`` as given (None: the default of the executor in the end)
         self.ordered_given = ordered
-        # process workers keep input order by default; thread replicas emit as they complete
-        default_order = self.executor == "process"
+        # process and Ray workers keep input order by default; thread replicas emit as they complete
+        default_order = self.executor != "thread"
         self.parallel, self.ordered = check_replicas(self.label, parallel,
                                                      default_order if ordered is None else ordered)
         #: False when the pipeline's default executor applies
@@ -187,13 +197,16 @@ class Filter(Node):
     A predicate that raises (or returns ``Error``) goes through the error policy.
     A compiled filter plug-in (``reflux_core.transform.CFilter``) filters
     chunks of records without the GIL (see :mod:`reflux.logic.plugins`).
-    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`.
+    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`, and so do
+    ``executor="ray"``, ``workers=`` and ``ray_options=`` (the predicate runs
+    in Ray actors; only the verdicts travel back, the items stay here).
     """
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool | None = None,
+                 executor: str | None = None, workers: int | None = None,
+                 ray_options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(predicate), **kwargs)
         #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, predicate, "filter")
@@ -201,7 +214,15 @@ class Filter(Node):
             check_callable(self.label, predicate, "predicate")
         else:
             chunk_batches(self)
-        self.parallel, self.ordered = check_replicas(self.label, parallel, ordered)
+        self.executor, self.workers, _ = check_executor(self.label, executor, workers, bool(ordered),
+                                                        allowed=("thread", "ray"))
+        if self.executor == "ray" and (self.plugin is not None or parallel != 1):
+            raise ValidationError(f"{self.label}: executor='ray' runs the predicate in Ray actors: set their "
+                                  "number with workers= (parallel= and compiled plug-ins run in threads)")
+        #: options of the Ray actors (``executor="ray"``)
+        self.ray_options = check_ray_options(self.label, self.executor, ray_options)
+        self.parallel, self.ordered = check_replicas(
+            self.label, parallel, (self.executor == "ray") if ordered is None else ordered)
         self.predicate = predicate
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ClogError, ErrorRecord
-from ..result import NodeStats, RunResult
+from ..result import NodeStats, RunResult, WorkerStats
 
-__all__ = ["Alert", "HasStats", "NodeSnapshot", "PipelineStats", "final_stats", "snapshot_of"]
+__all__ = ["Alert", "HasStats", "NodeSnapshot", "PipelineStats", "WorkerSnapshot", "final_stats", "snapshot_of"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,48 @@ class Alert:
     time: float = field(default_factory=time.time)
     #: the failure record, for ``"failed"`` and a ``"clogged"`` that stopped the run
     record: ErrorRecord | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class WorkerSnapshot:
+    """One remote worker of a node (a Ray actor) in a :class:`NodeSnapshot`.
+
+    The fields of :class:`~reflux.WorkerStats` (``index``, ``actor``,
+    ``host``, ``node_id``, ``pid``, ``state``, ``items``, ``batches``,
+    ``restarts``, ``lost``), with ``busy_seconds`` (seconds in the node's
+    function) and ``busy``, the fraction of the last second (after the run:
+    of the whole run) it spent there.
+    """
+
+    index: int
+    actor: str = ""
+    host: str = ""
+    node_id: str = ""
+    pid: int = 0
+    state: str = "starting"
+    items: int = 0
+    batches: int = 0
+    busy_seconds: float = 0.0
+    busy: float = 0.0
+    restarts: int = 0
+    lost: int = 0
+
+    @classmethod
+    def of(cls, w: WorkerStats) -> WorkerSnapshot:
+        return cls(index=w.index, actor=w.actor, host=w.host, node_id=w.node_id, pid=w.pid, state=w.state,
+                   items=w.items, batches=w.batches, busy_seconds=w.busy, restarts=w.restarts, lost=w.lost)
+
+    @property
+    def label(self) -> str:
+        """``"actor 0 @ 10.0.0.5"``, as the progress view and tables show it."""
+        return f"actor {self.index}" + (f" @ {self.host}" if self.host else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-able values."""
+        return {"index": self.index, "actor": self.actor, "host": self.host, "node_id": self.node_id,
+                "pid": self.pid, "state": self.state, "items": self.items, "batches": self.batches,
+                "busy_seconds": round(self.busy_seconds, 6), "busy": round(self.busy, 4),
+                "restarts": self.restarts, "lost": self.lost}
 
 
 @dataclass
@@ -60,6 +102,10 @@ class NodeSnapshot:
     ``stalled``
         seconds the node has been without progress with a full input (0 when
         it is moving).
+    ``workers``
+        one :class:`WorkerSnapshot` per Ray actor of a node with
+        ``executor="ray"`` (where it runs, items, busy fraction, state); empty
+        for other nodes.
     """
 
     name: str
@@ -79,6 +125,7 @@ class NodeSnapshot:
     capacity: int | None = None
     state: str = "running"
     stalled: float = 0.0
+    workers: list[WorkerSnapshot] = field(default_factory=list)
 
     _ALIASES = {"in": "received", "out": "emitted"}
     _COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back")
@@ -105,7 +152,7 @@ class NodeSnapshot:
                 "rate_in": round(self.rate_in, 3), "rate_out": round(self.rate_out, 3),
                 "busy": round(self.busy, 4), "queued": self.queued, "capacity": self.capacity,
                 "fill": None if self.fill is None else round(self.fill, 4), "state": self.state,
-                "stalled": round(self.stalled, 3)}
+                "stalled": round(self.stalled, 3), "workers": [w.as_dict() for w in self.workers]}
 
 
 class PipelineStats(Mapping[str, NodeSnapshot]):
@@ -164,6 +211,9 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
             fill = "-" if s.queued is None else f"{s.queued}/{s.capacity}"
             lines.append(f"{s.name[:20]:<20} {s.kind:<12} {s.received:>9} {s.emitted:>9} {s.filtered:>7} "
                          f"{s.errors:>5} {s.rate_in:>9.0f} {s.busy:>5.0%} {fill:>11}  {s.state}")
+            for w in s.workers:
+                lines.append(f"  {w.label[:31]:<31} {w.items:>9} {'':>9} {'':>7} {w.lost:>5} {'':>9} "
+                             f"{w.busy:>5.0%} {'':>11}  {w.state}")
         for a in self.alerts:
             lines.append(f"! {a.message}")
         return "\n".join(lines)
@@ -175,7 +225,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
 def snapshot_of(s: NodeStats) -> NodeSnapshot:
     return NodeSnapshot(name=s.name, kind=s.kind, received=s.received, emitted=s.emitted,
                         filtered=s.filtered, errors=s.errors, dropped=s.dropped, retried=s.retried,
-                        fed_back=s.fed_back, busy_seconds=float(getattr(s, "busy", 0.0)))
+                        fed_back=s.fed_back, busy_seconds=float(getattr(s, "busy", 0.0)),
+                        workers=[WorkerSnapshot.of(w) for w in getattr(s, "workers", ())])
 
 
 def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None = None,
@@ -195,6 +246,8 @@ def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None 
         snap.rate_in = s.received / elapsed
         snap.rate_out = s.emitted / elapsed
         snap.busy = min(1.0, max(0.0, snap.busy_seconds / elapsed / (replicas or {}).get(n, 1)))
+        for w in snap.workers:
+            w.busy = min(1.0, max(0.0, w.busy_seconds / elapsed))
         box = (inboxes or {}).get(n)
         if box is not None:
             snap.queued, snap.capacity = 0, box.channel.capacity

@@ -1,8 +1,10 @@
-"""Where a node's logic runs: in this process, or (``executor="process"``) in worker processes.
+"""Where a node's logic runs: in this process, in worker processes (``executor="process"``),
+or in Ray actors (``executor="ray"``).
 
 The logic layer says what a node does with a batch; this is the one place
 that picks, per node, the logic that does it here or the one that ships the
-batch to process workers (:mod:`reflux.run.process`).
+batch to process workers (:mod:`reflux.run.process`) or to Ray actors
+(:mod:`reflux.run.ray`).
 """
 from __future__ import annotations
 
@@ -22,10 +24,15 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
               preforked: list[Any] | None = None) -> NodeLogic:
     """The logic of ``node`` for one run: :func:`reflux.logic.make_logic`, or for a
     Transformer with ``executor="process"`` the logic that runs its function in
-    worker processes (``preforked``: the workers forked for it when the run started)."""
-    if getattr(node, "executor", "thread") == "process":
+    worker processes (``preforked``: the workers forked for it when the run started),
+    or for a Transformer or Filter with ``executor="ray"`` the logic that runs it in Ray actors."""
+    executor = getattr(node, "executor", "thread")
+    if executor == "process":
         from .process.logic import ProcessTransformerLogic  # only when asked for (start-up time)
         return ProcessTransformerLogic(node, ctx, preforked=preforked)
+    if executor == "ray":
+        from .ray.logic import RayFilterLogic, RayTransformerLogic  # imports Ray: only when asked for
+        return RayFilterLogic(node, ctx) if node.kind == "Filter" else RayTransformerLogic(node, ctx)
     return make_logic(node, ctx, n_ports, port_names, ports=ports, default_port=default_port)
 
 
