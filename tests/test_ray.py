@@ -551,3 +551,11 @@ def test_many_runs_in_a_row_leave_nothing_behind() -> None:
     for i in range(3):
         r = run(Extractor(range(200)) >> Transformer(rayfns.square, executor="ray", workers=2) >> Loader.to_list(name="o"))
         assert r.results["o"] == [x * x for x in range(200)], i
+
+
+def test_an_actor_imports_nothing_of_reflux() -> None:
+    """The actor's code travels by value: the cluster's machines need reflux only for
+    functions that import it themselves."""
+    r = run(Extractor(range(4)) >> Transformer(lambda x: sorted(m for m in sys.modules if m.startswith("reflux")),
+                                               executor="ray", name="modules") >> Loader.to_list(name="out"))
+    assert r.results["out"] == [[]] * 4

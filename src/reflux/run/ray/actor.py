@@ -5,12 +5,13 @@ life of the actor: ``__init__`` calls its ``open()``, :meth:`~RefluxActor.run`
 applies it to one batch with the node's retry policy (the same per-batch
 runner process workers use, :func:`reflux.run.process.child.run_chunk`), and
 :meth:`~RefluxActor.close` calls its ``close()``.  The driver wraps the class
-with ``ray.remote`` (:mod:`reflux.run.ray.actors`); this module imports Ray
-only inside the methods that ask it where they run.
+with ``ray.remote`` (:mod:`reflux.run.ray.actors`).
 
-The package must be importable where the actors run (installed on every
-machine of the cluster, or shipped with ``runtime_env``), as any library a
-Ray task uses.
+This module and :mod:`reflux.run.process.child` use the standard library only
+(and Ray, inside the methods that need it), and the driver has Ray pickle
+both by value: an actor imports nothing of reflux, so the cluster's machines
+need reflux only if the node's function itself imports it (to return
+``NeedsMoreWork`` or ``Error``, say).
 """
 from __future__ import annotations
 

@@ -28,6 +28,8 @@ import time
 from typing import Any
 
 from ...result import WorkerStats
+from ..process import child as child_module
+from . import actor as actor_module
 from .actor import RefluxActor
 from .connect import RayWorkerError
 
@@ -94,6 +96,10 @@ class ActorSet:
         self.close_errors: list[str] = []
         self.actors: list[NodeActor] = []
         self._killed = False
+        # the actor's code travels by value (it uses the standard library only), so an
+        # actor imports nothing of reflux and the cluster's machines need not have it
+        for module in (actor_module, child_module):
+            ray.cloudpickle.register_pickle_by_value(module)
         remote_cls = ray.remote(RefluxActor)
         try:
             for st in workers:
