@@ -25,6 +25,12 @@ timing of every row that uses actors.
             workers=2``.  Arrays are made as they are needed, so the driver
             never holds them all.
 
+``latency`` the cost of a round trip, at low load: a call to a Ray actor and
+            back (``ray.get(actor.f.remote(x))``, one at a time), and one item
+            at a time through ``Extractor >> Transformer(executor="ray") >>
+            Loader`` (the source sleeps 5 ms between items; each item carries
+            its creation time, the Loader takes the difference): medians.
+
 Every row checks what came back (count and sum) and raises if it is wrong.
 Ray Data is skipped with a note when it does not import (``pip install
 "ray[data]"``).  The targets are printed at the end with PASS/MISS.  Nothing
@@ -119,6 +125,8 @@ print(t1 - t0, t2 - t1)
 
 def time_ray_init(cpus: int, samples: int) -> dict[str, Any]:
     """Median seconds of ``import ray`` and of ``ray.init()`` of a local Ray, each in a fresh interpreter."""
+    if samples <= 0:
+        return {"import": None, "init": None, "samples": []}
     imports, inits = [], []
     for _ in range(samples):
         proc = subprocess.run([sys.executable, "-c", INIT_CODE, str(cpus)], capture_output=True, text=True,
@@ -263,6 +271,54 @@ class _ArraySource:
         yield from make_arrays(self.n)
 
 
+# ====================================================================== rows: latency
+
+
+def run_call_latency(calls: int) -> float:
+    """Median seconds of one actor call and back, one at a time (actor start-up excluded)."""
+    import ray
+
+    @ray.remote
+    class Echo:
+        def f(self, x: Any) -> Any:
+            return x
+
+    a = Echo.remote()
+    ray.get(a.f.remote(0))
+    times = []
+    for i in range(calls):
+        t0 = perf_counter()
+        check("actor call", ray.get(a.f.remote(i)), i)
+        times.append(perf_counter() - t0)
+    ray.kill(a)
+    return statistics.median(times)
+
+
+def run_item_latency(items: int, gap: float = 0.005) -> float:
+    """Median seconds from an item's creation to the Loader, one item at a time through a Ray node."""
+    import threading
+
+    lat: list[float] = []
+    warm = threading.Event()
+
+    def source() -> Iterator[float | None]:
+        yield None  # a first item, to time nothing before the actor runs
+        warm.wait(120)
+        for _ in range(items):
+            time.sleep(gap)
+            yield perf_counter()
+
+    def load(t: float | None) -> None:
+        if t is None:
+            warm.set()
+        else:
+            lat.append(perf_counter() - t)
+
+    r = Pipeline(Extractor(source) >> Transformer(identity, executor="ray", workers=1) >> Loader(load)).run()
+    check("reflux latency", (r.loaded, len(lat)), (items + 1, items))
+    return statistics.median(lat)
+
+
 # ====================================================================== rounds and report
 
 
@@ -300,6 +356,10 @@ def build_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
             lambda: run_arrays_actor_pool(m, 16)),
         Row("arrays_reflux", "arrays", 'reflux executor="ray", workers=2', m * ARRAY_FLOATS * 4 / 1e6, "MB/s",
             lambda: run_arrays_reflux(m)),
+        Row("call_latency", "latency", "Ray actor call and back, one at a time", 1, "s",
+            lambda: run_call_latency(args.latency_items)),
+        Row("item_latency", "latency", 'one item through E >> T(executor="ray") >> L', 1, "s",
+            lambda: run_item_latency(args.latency_items)),
     ]
     try:
         import ray.data  # noqa: F401
@@ -339,10 +399,15 @@ def report(rows: list[Row], init: dict[str, Any], loads: list[float], say: Calla
         return None if ra is None or rb is None else ra / rb
 
     say("")
-    say(f"ray.init (a local Ray, {init.get('cpus')} CPUs, fresh interpreter; median of "
-        f"{len(init['samples'])}): {init['init']:.2f} s (samples {', '.join(f'{s:.2f}' for s in init['samples'])}); "
-        f"import ray: {init['import']:.2f} s.  Not included in any row below.")
-    for section, title, base in (("cpu", "CPU-heavy work", "plain"), ("arrays", "numpy arrays through identity", None)):
+    if init["samples"]:
+        say(f"ray.init (a local Ray, {init.get('cpus')} CPUs, fresh interpreter; median of "
+            f"{len(init['samples'])}): {init['init']:.2f} s (samples "
+            f"{', '.join(f'{s:.2f}' for s in init['samples'])}); import ray: {init['import']:.2f} s.  "
+            "Not included in any row below.")
+    else:
+        say("ray.init: not measured (--init-samples 0)")
+    for section, title, base in (("cpu", "CPU-heavy work", "plain"), ("arrays", "numpy arrays through identity", None),
+                                 ("latency", "latency (median)", None)):
         say("")
         say(f"== {title}")
         head = f"{HEADER:<44} {'median s':>9} {'rate':>12}  {'vs plain':>8}  runs"
@@ -355,6 +420,9 @@ def report(rows: list[Row], init: dict[str, Any], loads: list[float], say: Calla
                 say(f"{r.label:<44} {r.skipped}")
                 continue
             vs = ratio(r.rid, base) if base else None
+            if r.unit == "s":  # a latency: the median itself
+                say(f"{r.label:<44} {r.secs * 1e3:>7.2f} ms {'':>12}  {'-':>8}  {len(r.samples)}")
+                continue
             rate = f"{r.rate / 1e3:,.2f} k/s" if r.unit == "items/s" else f"{r.rate:,.0f} MB/s"
             say(f"{r.label:<44} {r.secs:>9.3f} {rate:>12}  {'-' if vs is None else f'{vs:.2f}x':>8}  "
                 f"{len(r.samples)}")
@@ -384,13 +452,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=5, help="rounds (default 5)")
     p.add_argument("--items", type=int, default=20_000, help="items of the CPU-heavy rows (default 20,000)")
     p.add_argument("--arrays", type=int, default=2_000, help="1 MiB arrays of the array rows (default 2,000)")
+    p.add_argument("--latency-items", type=int, default=200, help="round trips of the latency rows (default 200)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     p.add_argument("--address", default=None, help="use this Ray cluster instead of starting a local one")
-    p.add_argument("--init-samples", type=int, default=3, help="fresh-interpreter ray.init samples (default 3)")
+    p.add_argument("--init-samples", type=int, default=3,
+                   help="fresh-interpreter ray.init samples (default 3; 0: not measured)")
     p.add_argument("--json", default=None, help="also save the results to this file")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeat, args.items, args.arrays, args.init_samples = 1, 400, 40, 1
+        args.repeat, args.items, args.arrays, args.latency_items = 1, 400, 40, 20
+        args.init_samples = min(args.init_samples, 1)
     return args
 
 

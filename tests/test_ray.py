@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -559,3 +560,20 @@ def test_an_actor_imports_nothing_of_reflux() -> None:
     r = run(Extractor(range(4)) >> Transformer(lambda x: sorted(m for m in sys.modules if m.startswith("reflux")),
                                                executor="ray", name="modules") >> Loader.to_list(name="out"))
     assert r.results["out"] == [[]] * 4
+
+
+def test_the_cluster_benchmark_runs(cluster: Any, tmp_path: Path) -> None:
+    """``python -m benchmarks.cluster --quick`` on this cluster: it runs every row (checking what
+    came back) and prints its tables and targets; never a timing assertion."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "cluster.py").exists():
+        pytest.skip("the benchmarks are not next to the tests")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out_json = tmp_path / "cluster.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.cluster", "--quick", "--init-samples", "0",
+                           "--address", cluster.address, "--json", str(out_json)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    for title in ("== CPU-heavy work", "== numpy arrays through identity", "== latency", "== targets"):
+        assert title in proc.stdout, proc.stdout
+    assert out_json.exists()
