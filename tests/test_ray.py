@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -421,12 +422,13 @@ CTRL_C = textwrap.dedent("""
             job = ray.get_runtime_context().get_job_id()
             deadline = time.monotonic() + 30
             while True:  # the actors of this run, killed by the run itself (not by this process ending)
-                left = [a for a in list_actors(filters=[("class_name", "=", "RefluxActor"), ("job_id", "=", job)])
-                        if a.state != "DEAD"]
+                mine = list_actors(filters=[("class_name", "=", "RefluxActor"), ("job_id", "=", job)])
+                left = [a for a in mine if a.state != "DEAD"]
                 if not left or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
-            print("interrupted", r.status, len(r.accounting_problems()), len(r.stuck), len(left), flush=True)
+            print("interrupted", r.status, len(r.accounting_problems()), len(r.stuck), len(mine), len(left),
+                  flush=True)
             sys.exit(0)
         sys.exit(3)
 """)
@@ -448,7 +450,7 @@ def test_ctrl_c_in_a_subprocess_ends_the_run_and_its_actors(cluster: Any, tmp_pa
             child.kill()
             child.wait()
     assert child.returncode == 0, err
-    assert out.split() == ["interrupted", "interrupted", "0", "0", "0"], (out, err)
+    assert out.split() == ["interrupted", "interrupted", "0", "0", "2", "0"], (out, err)
 
 
 # --------------------------------------------------------------------------- backpressure and observability
@@ -577,3 +579,64 @@ def test_the_cluster_benchmark_runs(cluster: Any, tmp_path: Path) -> None:
     for title in ("== CPU-heavy work", "== numpy arrays through identity", "== latency", "== targets"):
         assert title in proc.stdout, proc.stdout
     assert out_json.exists()
+
+
+def _scaling_out_examples() -> list[str]:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.exists():
+        return []
+    text = readme.read_text(encoding="utf-8")
+    start = text.index("## Scaling out on Ray")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"^```py\n(.*?)^```$", text[start:end], re.M | re.S)
+
+
+@pytest.mark.parametrize("code", _scaling_out_examples())
+def test_the_readme_examples_of_scaling_out_run(cluster: Any, code: str, tmp_path: Path) -> None:
+    """The ```py examples of README's "Scaling out on Ray", run as a reader would on a cluster
+    (``RAY_ADDRESS`` names this one), with warnings as errors."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["RAY_ADDRESS"] = cluster.address
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=HANG)
+    assert proc.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{proc.stderr}"
+
+
+KILLED_DRIVER = textwrap.dedent("""
+    import os, signal, sys, time
+    from reflux import Extractor, Transformer, Loader, Pipeline
+
+    def slow(x):
+        time.sleep(0.005)
+        return x
+
+    seen = [0]
+    def load(x):
+        seen[0] += 1
+        if seen[0] == 20:
+            import ray
+            print("ready", ray.get_runtime_context().get_job_id(), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    Pipeline(Extractor(range(10_000_000)) >> Transformer(slow, executor="ray", workers=2) >> Loader(load),
+             ray_init={{"address": {address!r}}}).run()
+""")
+
+
+def test_the_actors_of_a_killed_driver_end(cluster: Any, tmp_path: Path) -> None:
+    from ray.util.state import list_actors
+    script = tmp_path / "driver.py"
+    script.write_text(KILLED_DRIVER.format(address=cluster.address))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=HANG)
+    line = proc.stdout.split()
+    assert proc.returncode == -signal.SIGKILL and line[:1] == ["ready"], proc.stderr
+    job = line[1]
+    deadline = time.monotonic() + 60
+    while True:
+        mine = list_actors(filters=[("class_name", "=", "RefluxActor"), ("job_id", "=", job)])
+        left = [a for a in mine if a.state != "DEAD"]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(mine) == 2 and not left, mine
