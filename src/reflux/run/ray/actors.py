@@ -175,10 +175,13 @@ class ActorSet:
             return
         actor.probe = None
         st = actor.stats
-        if st.state == "restarting":
+        node_id, host, pid, actor_id = value
+        back = st.state == "restarting"
+        if back and (pid != st.pid or node_id != st.node_id):  # a new process (else it was only unreachable)
             st.restarts += 1
+        st.node_id, st.host, st.pid, st.actor = node_id, host, pid, actor_id
+        if back:
             logger.info("%s: %s is back", self.label, actor.where())
-        st.node_id, st.host, st.pid, st.actor = value
         st.state = "alive"
         actor.since = time.monotonic()
         actor.warned = False
