@@ -14,6 +14,23 @@ correctness relies on no lock and no GIL:
 
 Workers wait in :meth:`Scheduler.next` with the GIL released, parked in the
 channel (no CPU while idle; woken within microseconds of a notify).
+
+**The Python lane** (GIL builds, pools of two or more workers): units marked
+with :meth:`Scheduler.set_lane` hold the GIL for most of a step, so two
+workers running them at once only hand the GIL back and forth (each hand-over
+costs a context switch, and a thread that released the GIL inside a step
+waits up to the interpreter's switch interval to get it back).  At most one
+worker at a time, the *lane holder*, runs lane units: it keeps the lane while
+it has lane work, and a worker that pops a lane unit while another holds the
+lane forwards it to the holder through ``lane_q`` instead of running it.  The
+other workers run record pumps and the units that are not in the lane.
+
+    holder:     runs lane_q first, then the ready queue; when both are empty it
+                releases the lane, fences, and takes it back if lane_q is not
+                empty (Dekker: a forward racing with the release is never lost)
+    forwarder:  pushes to lane_q, fences, and takes the lane if it is free
+    a stuck holder (one step longer than ``lane_patience``): another worker
+                takes the lane over, so one endless call never stops the rest
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
@@ -31,8 +48,11 @@ cdef extern from "reflux_core/atomics.h" nogil:
     void rx_store32_release(uint32_t* p, uint32_t v)
     bint rx_cas32_acqrel(uint32_t* p, uint32_t* expected, uint32_t desired)
     uint32_t rx_xchg32_acqrel(uint32_t* p, uint32_t v)
+    uint32_t rx_add32_relaxed(uint32_t* p, uint32_t v)
+    uint64_t rx_add64_relaxed(uint64_t* p, uint64_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
     void rx_store64_relaxed(uint64_t* p, uint64_t v)
+    void rx_fence_seqcst()
 
 cdef extern from "reflux_core/park.h" nogil:
     int64_t rx_now_ns()
@@ -45,6 +65,7 @@ cdef enum:
     DONE = 4
     C_TIMEOUT = -1
     C_CLOSED = -2
+    C_NONE = -3     # nothing ready now (non-blocking pops)
 
 #: what :meth:`Scheduler.next` returns when it timed out / the queue was closed
 TIMEOUT = C_TIMEOUT
@@ -64,6 +85,28 @@ cdef class Scheduler:
     # 1 while paused or aborting: pumps go through Python (release store in
     # set_hold, acquire loads in the worker loop and PumpTask.step_nogil)
     cdef uint32_t hold
+    # per unit: 1 = a lane unit (see the module docs); written before the
+    # workers start (set_lane), read-only while they run
+    cdef uint8_t* lane
+    # lane units forwarded to the lane holder (each index in ready or lane_q at most once)
+    cdef RecordChannel lane_q
+    # the lane holder's id, 0 when free; changed by CAS/exchange (acq_rel), read
+    # with acquire; a releaser and a forwarder each fence after their write
+    cdef uint32_t lane_owner
+    # ids handed to workers (relaxed fetch-add: only uniqueness matters)
+    cdef uint32_t next_worker_id
+    # rx_now_ns() when the holder started its current lane step, 0 between
+    # steps (relaxed: a late sight only delays a take-over by one poll)
+    cdef uint64_t lane_since
+    # ns a holder may spend in one step before another worker takes the lane over
+    cdef readonly int64_t lane_patience_ns
+    # where the workers' time went (relaxed fetch-adds by every worker: totals
+    # read as snapshots, nothing is published through them)
+    cdef uint64_t n_steps        # steps run through Python
+    cdef uint64_t step_ns        # time in those steps (the GIL held)
+    cdef uint64_t lane_ns        # ... of which lane units' steps
+    cdef uint64_t gil_wait_ns    # from a unit handed out to its step starting (taking the GIL)
+    cdef uint64_t pump_ns        # record pump steps, without the GIL
 
     def __cinit__(self, Py_ssize_t n):
         if n < 0:
@@ -71,16 +114,111 @@ cdef class Scheduler:
         self.n = n
         self.states = <uint32_t*>calloc(n if n > 0 else 1, sizeof(uint32_t))
         self.pumps = <void**>calloc(n if n > 0 else 1, sizeof(void*))
+        self.lane = <uint8_t*>calloc(n if n > 0 else 1, sizeof(uint8_t))
         self.pump_refs = []
-        if self.states == NULL or self.pumps == NULL:
+        if self.states == NULL or self.pumps == NULL or self.lane == NULL:
             raise MemoryError()
         # every unit is in the queue at most once, so a push never finds it full
         # raw 8-byte records (unit indices): no numpy import for a pure-Python pipeline
-        self.ready = _raw_record_channel(n if n > 2 else 2, 8, "mpmc")
+        self.ready = _raw_record_channel(n + 2, 8, "mpmc")  # + the lane wake (release_lane)
+        self.lane_q = _raw_record_channel(n if n > 2 else 2, 8, "mpmc")
+        self.lane_patience_ns = 100_000_000
 
     def __dealloc__(self):
         free(self.states)
         free(self.pumps)
+        free(self.lane)
+
+    def set_lane(self, Py_ssize_t i, bint on):
+        """Unit ``i`` holds the GIL for most of a step: it runs in the Python lane
+        (see the module docs).  Call before the workers start."""
+        self._check(i)
+        self.lane[i] = 1 if on else 0
+
+    def set_lane_patience(self, double seconds):
+        """How long one lane step may take before another worker takes the lane over."""
+        self.lane_patience_ns = <int64_t>(seconds * 1e9)
+
+    # -- the lane (see the module docs)
+
+    cdef inline bint lane_take(self, uint32_t me) noexcept nogil:
+        cdef uint32_t free_ = 0
+        # acq_rel CAS: pairs with lane_give's CAS (the previous holder's writes are visible)
+        return rx_cas32_acqrel(&self.lane_owner, &free_, me)
+
+    cdef inline bint lane_held_by(self, uint32_t me) noexcept nogil:
+        # acquire: pairs with the CAS of a take-over
+        return rx_load32_acquire(&self.lane_owner) == me
+
+    cdef bint lane_give(self, uint32_t me) noexcept nogil:
+        """Release the lane; True if this worker took it back because lane_q had work."""
+        cdef uint32_t owner = me
+        cdef int64_t index
+        # acq_rel CAS me->0: fails only if the lane was taken over meanwhile
+        if not rx_cas32_acqrel(&self.lane_owner, &owner, 0):
+            return False
+        # Dekker with lane_forward: release, fence, look at lane_q
+        rx_fence_seqcst()
+        if self.lane_q.try_pop_records(&index, 1) == 1:
+            if self.lane_take(me):
+                self._lane_push(index)  # run it next (lane_q first)
+                return True
+            self._lane_push(index)  # another worker has the lane: it runs it
+        return False
+
+    cdef inline void _lane_push(self, int64_t index) noexcept nogil:
+        if self.lane_q.try_push_records(&index, 1) == 0:  # see _enqueue: a claimed slot
+            self.lane_q.push_records(&index, 1, -1.0)
+
+    cdef bint lane_forward(self, int64_t index, uint32_t me) noexcept nogil:
+        """Hand a lane unit to the lane holder; True if this worker took the lane
+        (it was free after all, or its holder is stuck) and must run lane_q."""
+        cdef uint32_t owner
+        cdef uint64_t since
+        self._lane_push(index)
+        # Dekker with lane_give: push, fence, look at the lane
+        rx_fence_seqcst()
+        if self.lane_take(me):
+            return True
+        return self.lane_take_over(me)
+
+    cdef bint lane_take_over(self, uint32_t me) noexcept nogil:
+        """Take the lane from a holder stuck in one step longer than the patience."""
+        cdef uint32_t owner = rx_load32_acquire(&self.lane_owner)
+        cdef uint64_t since = rx_load64_relaxed(&self.lane_since)
+        if owner == 0 or owner == me or since == 0:
+            return False
+        if <int64_t>(rx_now_ns() - <int64_t>since) < self.lane_patience_ns:
+            return False
+        # acq_rel CAS: the stuck holder sees it lost the lane after its step
+        if rx_cas32_acqrel(&self.lane_owner, &owner, me):
+            rx_store64_relaxed(&self.lane_since, 0)
+            return True
+        return False
+
+    cdef int64_t lane_pop(self) noexcept nogil:
+        cdef int64_t index
+        if self.lane_q.try_pop_records(&index, 1) == 1:
+            return index
+        return C_NONE
+
+    cdef int64_t try_next_nogil(self) noexcept nogil:
+        """Pop a runnable unit if one is queued now (marked RUNNING), else C_NONE."""
+        cdef int64_t index = 0
+        cdef Py_ssize_t got
+        cdef uint32_t s
+        while True:
+            got = self.ready.try_pop_records(&index, 1)
+            if got == 0:
+                return C_NONE
+            if got < 0:
+                return C_CLOSED
+            if index == self.n:
+                return index  # the lane wake: not a unit
+            s = QUEUED
+            # acq_rel CAS: as in next_nogil
+            if rx_cas32_acqrel(&self.states[index], &s, RUNNING):
+                return index
 
     def set_pump(self, Py_ssize_t i, PumpTask pump not None):
         """Unit ``i`` (RUNNING in the calling worker) is a record pump from now on:
@@ -149,6 +287,8 @@ cdef class Scheduler:
                 return C_TIMEOUT
             if got < 0:
                 return C_CLOSED
+            if index == self.n:
+                return index  # the lane wake (release_lane): not a unit
             s = QUEUED
             # acq_rel CAS: pairs with notify's CAS IDLE->QUEUED (the unit's
             # inputs, written before that notify, are visible to the step)
@@ -215,8 +355,39 @@ cdef class Scheduler:
         return STATE_NAMES[rx_load32_acquire(&self.states[i])]
 
     def queued(self):
-        """How many units wait in the ready queue (a snapshot)."""
-        return len(self.ready)
+        """How many units wait in the ready queue or for the lane holder (a snapshot)."""
+        return len(self.ready) + len(self.lane_q)
+
+    def timing(self):
+        """Where the workers' time went so far: ``{"steps": n, "step": s, "lane": s,
+        "gil_wait": s, "pump": s}`` (seconds; a snapshot)."""
+        return {"steps": rx_load64_relaxed(&self.n_steps),
+                "step": rx_load64_relaxed(&self.step_ns) / 1e9,
+                "lane": rx_load64_relaxed(&self.lane_ns) / 1e9,
+                "gil_wait": rx_load64_relaxed(&self.gil_wait_ns) / 1e9,
+                "pump": rx_load64_relaxed(&self.pump_ns) / 1e9}
+
+    def lane_holder(self):
+        """The id of the worker holding the Python lane, 0 if none (for diagnostics)."""
+        return rx_load32_acquire(&self.lane_owner)
+
+    def release_lane(self):
+        """Called by a lane step about to block for long (waiting for room): give the
+        lane up so that the other lane units run meanwhile.  The worker takes the
+        lane again later like any other."""
+        cdef uint32_t owner = rx_load32_acquire(&self.lane_owner)
+        cdef int64_t wake = self.n  # not a unit: tells the popping worker to look at lane_q
+        if owner == 0:
+            return
+        # acq_rel CAS owner->0 (whoever holds it: the caller runs a lane step, so it is the holder)
+        if not rx_cas32_acqrel(&self.lane_owner, &owner, 0):
+            return
+        rx_store64_relaxed(&self.lane_since, 0)
+        rx_fence_seqcst()  # Dekker with lane_forward, as in lane_give
+        if len(self.lane_q):
+            # a parked worker must come for the units waiting in lane_q
+            if self.ready.try_push_records(&wake, 1) == 0:
+                self.ready.push_records(&wake, 1, -1.0)
 
     def close(self):
         """End the queue: workers waiting in :meth:`next` get ``CLOSED``."""
@@ -524,6 +695,89 @@ cdef class PumpTask:
         return self.errbuf[:self.in_size]
 
 
+cdef void _lane_quit(Scheduler sched, uint32_t me) noexcept nogil:
+    """A worker that ends while it holds the lane: free it, and wake a worker
+    for whatever waits in lane_q."""
+    cdef uint32_t owner = me
+    cdef int64_t index
+    cdef int64_t wake = sched.n
+    # acq_rel CAS me->0: fails if the lane was taken over already
+    if not rx_cas32_acqrel(&sched.lane_owner, &owner, 0):
+        return
+    rx_store64_relaxed(&sched.lane_since, 0)
+    rx_fence_seqcst()  # Dekker with lane_forward
+    if sched.lane_q.try_pop_records(&index, 1) == 1:
+        sched._lane_push(index)
+        if sched.ready.try_push_records(&wake, 1) == 0:
+            sched.ready.push_records(&wake, 1, 0.1)
+
+
+cdef int64_t _next_step(Scheduler sched, uint32_t me, bint* holding, double timeout) noexcept nogil:
+    """The next unit this worker runs through Python, or TIMEOUT / CLOSED.
+
+    On the way it steps record pumps without the GIL, and applies the lane:
+    the holder takes lane_q first; a lane unit popped by another worker is
+    forwarded to the holder (see the module docs)."""
+    cdef int64_t index, t0
+    cdef int status
+    cdef void* p
+    while True:
+        if holding[0]:
+            if not sched.lane_held_by(me):
+                holding[0] = False  # taken over while this worker was stuck in a step
+                continue
+            index = sched.lane_pop()
+            if index >= 0:
+                return index
+            index = sched.try_next_nogil()
+            if index == C_NONE:
+                if sched.lane_give(me):
+                    continue  # lane_q got work meanwhile: still the holder
+                holding[0] = False
+                index = sched.next_nogil(timeout)
+        else:
+            index = sched.next_nogil(timeout)
+        if index == C_TIMEOUT:
+            if sched.lane_take_over(me):  # the holder is stuck in one step
+                holding[0] = True
+                continue
+            return index
+        if index < 0:
+            return index
+        if index == sched.n:  # the lane wake (release_lane, _lane_quit)
+            if sched.lane_take(me) or sched.lane_take_over(me):
+                holding[0] = True
+            continue
+        p = sched.pumps[index]
+        # acquire: pairs with set_hold's release store
+        if p != NULL and not (<PumpTask>p).python and not rx_load32_acquire(&sched.hold):
+            # a record pump: a step here, without the GIL
+            t0 = rx_now_ns()
+            status = (<PumpTask>p).step_nogil()
+            rx_add64_relaxed(&sched.pump_ns, <uint64_t>(rx_now_ns() - t0))
+            if status >= P_ERROR:
+                # the error policy / the end need Python: hand the status over
+                (<PumpTask>p).held = status
+                (<PumpTask>p).python = 1
+                return index
+            sched.done_nogil(index, status == P_YIELD)
+            continue
+        if not sched.lane[index]:
+            if holding[0]:
+                # a unit off the lane may block for long (a replica waiting on I/O):
+                # give the lane up first, so the lane units go on meanwhile
+                _lane_quit(sched, me)
+                holding[0] = False
+            return index
+        if holding[0]:
+            return index
+        if sched.lane_take(me):
+            holding[0] = True
+            return index
+        if sched.lane_forward(index, me):
+            holding[0] = True  # the lane was free after all: index is in lane_q, run it from there
+
+
 def worker_loop(Scheduler sched, run, idle, double poll):
     """The body of a pool worker.
 
@@ -539,37 +793,48 @@ def worker_loop(Scheduler sched, run, idle, double poll):
     without the GIL, unit after unit, as long as the queue hands out pumps;
     ``run(index)`` sees it only when the pump asks for Python (its
     ``python`` flag, a status in ``held``) or while paused/aborting (``hold``).
+    Lane units run only while this worker holds the Python lane (see the
+    module docs).
     """
-    cdef int64_t index
+    cdef int64_t index, handed, started
     cdef double timeout = poll
-    cdef int verdict, status
-    cdef void* p
-    while True:
-        with nogil:
-            index = sched.next_nogil(timeout)
-            # record pumps run here, without the GIL, step after step
-            while index >= 0:
-                p = sched.pumps[index]
-                # acquire: pairs with set_hold's release store
-                if p == NULL or (<PumpTask>p).python or rx_load32_acquire(&sched.hold):
-                    break
-                status = (<PumpTask>p).step_nogil()
-                if status >= P_ERROR:
-                    # the error policy / the end need Python: hand the status over
-                    (<PumpTask>p).held = status
-                    (<PumpTask>p).python = 1
-                    break
-                sched.done_nogil(index, status == P_YIELD)
-                index = sched.next_nogil(poll)
-        if index == C_CLOSED:
-            return
-        if index == C_TIMEOUT:
-            timeout = idle()
-            if timeout < 0:
+    cdef int verdict
+    cdef bint holding = False
+    # this worker's id in the lane (relaxed fetch-add: ids only need to differ)
+    cdef uint32_t me = rx_add32_relaxed(&sched.next_worker_id, 1) + 1
+    try:
+        while True:
+            with nogil:
+                index = _next_step(sched, me, &holding, timeout)
+                handed = rx_now_ns()
+            # here the GIL is held again: the wait for it is the step's GIL wait
+            started = rx_now_ns()
+            if index == C_CLOSED:
                 return
-            continue
-        verdict = run(index)
-        sched.done_nogil(index, verdict & 1)
-        if verdict & 2:
-            return
-        timeout = poll
+            if index == C_TIMEOUT:
+                timeout = idle()
+                if timeout < 0:
+                    return
+                continue
+            if holding:
+                # relaxed: only a would-be taker reads it (lane_take_over)
+                rx_store64_relaxed(&sched.lane_since, <uint64_t>rx_now_ns())
+            try:
+                verdict = run(index)
+            finally:
+                if holding and sched.lane_held_by(me):
+                    rx_store64_relaxed(&sched.lane_since, 0)
+                rx_add64_relaxed(&sched.n_steps, 1)
+                rx_add64_relaxed(&sched.gil_wait_ns, <uint64_t>(started - handed))
+                handed = rx_now_ns() - started
+                rx_add64_relaxed(&sched.step_ns, <uint64_t>handed)
+                if sched.lane[index]:
+                    rx_add64_relaxed(&sched.lane_ns, <uint64_t>handed)
+            sched.done_nogil(index, verdict & 1)
+            if verdict & 2:
+                return
+            timeout = poll
+    finally:
+        if holding:
+            with nogil:
+                _lane_quit(sched, me)

@@ -57,3 +57,8 @@ def forever() -> Iterator[int]:
     while True:
         yield i
         i += 1
+
+
+def square(x: int) -> int:
+    """A module-level function (picklable by reference) for process workers."""
+    return x * x

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 
-from reflux.cli.demo import EVENT_KINDS, build_demo
+from reflux.cli.demo import EVENT_KINDS, WINDOW, build_demo, plain_loop
 from reflux.cli.demo import generate_events as _generate_events
 
 
@@ -17,23 +16,31 @@ def test_demo_command_writes_window_totals(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "route_by_kind" in proc.stdout and "windows" in proc.stdout
     lines = (tmp_path / "reflux-demo-totals.jsonl").read_text().splitlines()
+    # the same windows as the same work done by a plain loop (they complete in any order)
+    reference = plain_loop(items, tmp_path / "plain.jsonl")
+    assert sorted(lines) == sorted(reference) and len(reference) == items // WINDOW
     valid = [line for line in _generate_events(items, 7) if line.split(",")[1] in EVENT_KINDS]
-    assert len(lines) == math.ceil(len(valid) / 100)
     expected = 0
     for line in valid:
         _, kind, value = line.split(",")
         expected += int(value) * (3 if kind == "buy" else 1)
-    assert sum(sum(json.loads(line).values()) for line in lines) == expected
+    totals = [json.loads(line) for line in lines]
+    assert sum(v for t in totals for k, v in t.items() if k in EVENT_KINDS) == expected
+    assert sorted(t["window"] for t in totals) == list(range(items // WINDOW))
 
 
 def test_demo_accounts_for_every_event(tmp_path):
-    pipeline, sinks = build_demo(1000, tmp_path)
+    pipeline, sinks = build_demo(1234, tmp_path)
     result = pipeline.run()
+    result.check_accounting()
     stats = result.nodes
     assert result.results[sinks["to_list"].name] == (tmp_path / "reflux-demo-totals.jsonl").read_text().splitlines()
-    assert stats["valid"].received == 1000
-    assert stats["valid"].filtered + stats["route_by_kind"].received == 1000
-    assert stats["purchases"].received + stats["interactions"].received == stats["route_by_kind"].received
+    assert stats["events"].received == 1234
+    assert stats["pack"].emitted == stats["parse"].received == 3  # chunks of 500 lines: 500, 500, 234
+    # records from the parser on: every chunk went through the hot path and the router
+    assert stats["score-1"].received + stats["score-2"].received == stats["spread"].received
+    assert stats["purchases"].received + stats["interactions"].received == stats["route_by_kind"].emitted
+    assert sorted(result.results[sinks["to_list"].name]) == sorted(plain_loop(1234, tmp_path / "plain.jsonl"))
 
 
 def test_bad_arguments_exit_with_usage_error(tmp_path):
@@ -54,8 +61,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from reflux.cli.main import (EXIT_FAILED, EXIT_INVALID, EXIT_NO_FILE, EXIT_NO_NAME, EXIT_OK,  # noqa: E402
-                             EXIT_USER_CODE, main)
+from reflux.cli.main import EXIT_FAILED, EXIT_INVALID, EXIT_NO_FILE, EXIT_NO_NAME, EXIT_OK, EXIT_USER_CODE, main  # noqa: E402
 
 HANG = 120
 
@@ -249,7 +255,7 @@ def test_run_serves_prometheus_metrics_while_running(tmp_path: Path) -> None:
 
 
 def test_demo_shows_every_node_type(tmp_path: Path) -> None:
-    pipeline, _ = build_demo(500, tmp_path)
+    pipeline, _ = build_demo(3000, tmp_path)
     kinds = {n.kind for n in pipeline.nodes}
     assert kinds == {"Extractor", "Transformer", "Filter", "Balancer", "Broadcast", "Funnel", "Messenger",
                      "Accumulator", "Loader"}
@@ -296,18 +302,46 @@ def test_ctrl_c_during_reflux_run_exits_130(tmp_path: Path) -> None:
     assert json.loads(out)["status"] == "interrupted"
 
 
-def test_demo_hot_path_plugin_matches_the_python_reference() -> None:
-    """The demo's Cython ScoreEvents computes exactly what score_event does."""
-    import random
+def test_demo_plugins_match_the_python_reference() -> None:
+    """The demo's compiled steps compute exactly what its Python functions do."""
+    import numpy as np
 
-    from reflux import Extractor, Loader, Pipeline, Transformer
-    from reflux.cli.demo import EVENT_KINDS, score_event, to_records, unpack
-    from reflux_core._demo import ScoreEvents
+    from reflux import Extractor, Filter, Loader, Messenger, Pipeline, Transformer
+    from reflux.cli.demo import parse_event, score_event
+    from reflux_core._demo import KindKey, KnownKinds, ScoreEvents, TripleValue, parse_lines
 
-    rnd = random.Random(3)
-    events = [{"seq": rnd.randrange(2**31), "kind": rnd.choice(EVENT_KINDS), "value": rnd.randint(1, 500)}
-              for _ in range(2000)]
-    sink = Loader.to_list()
-    result = Pipeline(Extractor([to_records(events)]) >> Transformer(ScoreEvents()) >> Transformer(unpack)
-                      >> sink).run(timeout=60)
-    assert result.results[sink.name] == [score_event(dict(e)) for e in events]
+    lines = list(_generate_events(2000, 5))
+    records = parse_lines(lines)
+    events = [parse_event(line) for line in lines]
+    assert records["seq"].tolist() == [e["seq"] for e in events]
+    assert records["value"].tolist() == [e["value"] for e in events]
+    assert [EVENT_KINDS[k] if k >= 0 else "bogus" for k in records["kind"].tolist()] == [e["kind"] for e in events]
+    assert records["window"].tolist() == [e["seq"] // WINDOW for e in events]
+    for w in range(20):
+        known = sum(1 for e in events[w * WINDOW:(w + 1) * WINDOW] if e["kind"] in EVENT_KINDS)
+        assert set(records["wsize"][w * WINDOW:(w + 1) * WINDOW].tolist()) == {known}
+
+    known = Pipeline(Extractor([records]) >> Filter(KnownKinds()) >> Transformer(ScoreEvents())
+                     >> Transformer(TripleValue()) >> Loader.to_list(name="out")).run(timeout=60)
+    scored = np.concatenate(known.results["out"])  # record edges move records in batches of their own
+    expected = [score_event(e) for e in events if e["kind"] in EVENT_KINDS]
+    assert scored["score"].tolist() == [e["score"] for e in expected]
+    assert scored["value"].tolist() == [e["value"] * 3 for e in expected]
+
+    buys = Messenger(KindKey(), routes={0: "buy", 1: "other"}, name="route")
+    buy, other = Loader.to_list(name="buy"), Loader.to_list(name="other")
+    routed = Pipeline(Extractor([records[records["kind"] >= 0]]) >> buys >> [buy, other]).run(timeout=60)
+    assert np.concatenate(routed.results["buy"])["kind"].tolist() == [2] * sum(e["kind"] == "buy" for e in events)
+    assert 2 not in np.concatenate(routed.results["other"])["kind"].tolist()
+
+
+def test_the_parser_refuses_what_is_not_a_chunk_of_events() -> None:
+    from reflux_core._demo import parse_lines
+
+    with pytest.raises(ValueError, match="line 1 is not 'seq,kind,value'"):
+        parse_lines(["0,buy,3", "1,buy"])
+    with pytest.raises(ValueError, match="start at a window boundary"):
+        parse_lines(["5,buy,3"])
+    with pytest.raises(ValueError, match="consecutive events"):
+        parse_lines(["0,buy,3", "2,buy,3"])
+    assert len(parse_lines([])) == 0

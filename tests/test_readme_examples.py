@@ -1,7 +1,9 @@
 """Every ```python block of README.md runs, so the guide's examples are proven.
 
-Each block runs on its own in a fresh interpreter (as a reader would paste it),
-with warnings turned into errors and a generous hang guard.
+Each block is saved as a script and run on its own in a fresh interpreter (as a
+reader would save and run it: an example that needs ``if __name__ ==
+"__main__":`` must have it), with warnings turned into errors and a generous
+hang guard.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ def test_the_readme_has_an_example_per_node_and_channel() -> None:
 
 @pytest.mark.parametrize("code", [code for _, code in BLOCKS], ids=[name for name, _ in BLOCKS])
 def test_example_runs(code: str, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, capture_output=True,
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=HANG)
     assert proc.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{proc.stderr}"

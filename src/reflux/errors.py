@@ -25,7 +25,29 @@ __all__ = [
     "PipelineInterrupted",
     "AccountingError",
     "ErrorRecord",
+    "safe_repr",
+    "safe_str",
 ]
+
+
+def safe_repr(obj: Any, limit: int = 200) -> str:
+    """``repr(obj)`` cut to ``limit`` characters; never raises (error reporting must
+    not fail because an item's ``__repr__`` does)."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a user's __repr__
+        text = f"<{type(obj).__name__} object (its repr() raised {type(exc).__name__})>"
+    if len(text) > limit:
+        text = text[:max(0, limit - 3)] + "..."
+    return text
+
+
+def safe_str(obj: Any) -> str:
+    """``str(obj)`` (e.g. of an exception), or a stand-in when its ``__str__`` raises."""
+    try:
+        return str(obj)
+    except Exception as exc:  # a user's __str__
+        return f"<{type(obj).__name__} (its str() raised {type(exc).__name__})>"
 
 
 class RefluxError(Exception):
@@ -123,5 +145,5 @@ class ErrorRecord:
         return cls(node=node, item=item, exception=exc, traceback=tb, attempts=attempts)
 
     def __repr__(self) -> str:
-        return (f"ErrorRecord(node={self.node!r}, item={self.item!r}, "
-                f"exception={self.exception!r}, attempts={self.attempts})")
+        return (f"ErrorRecord(node={self.node!r}, item={safe_repr(self.item)}, "
+                f"exception={safe_repr(self.exception)}, attempts={self.attempts})")

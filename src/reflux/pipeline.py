@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from .describe.base import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Part
 from .describe.executors import check_ray_init
 from .describe.graph import Graph
-from .describe.nodes import Loader
+from .describe.nodes import Extractor, Loader
 from .describe.plan import Plan, compile_plan
-from .errors import ClogError, ErrorRecord, NodeError, PipelineInterrupted, ValidationError
+from .errors import ClogError, ErrorRecord, NodeError, PipelineInterrupted, ValidationError, safe_repr, safe_str
 from .observe.stats import Alert, PipelineStats, final_stats
 from .observe.watchdog import ON_CLOG, Monitor
 from .result import RunResult
@@ -146,8 +146,22 @@ class Pipeline(Graph):
         self._stopped = False
         self._interrupted = False
         self._started_at = 0.0
+        #: runs started so far
+        self._runs = 0
         super().__init__(*parts, name=name, capacity=capacity, batch_size=batch_size, dead_letter=dead_letter,
                          executor=executor, fuse=fuse, record_edges=record_edges)
+
+    def _check_sources_can_run_again(self) -> None:
+        """A second run reads its sources again: refuse one that an earlier run used up."""
+        for node in self._nodes:
+            if not isinstance(node, Extractor):
+                continue
+            src = node.source
+            if node.mode == "iter" and iter(src) is src or node.mode == "async" and src.__aiter__() is src:
+                raise ValidationError(
+                    f"{node.label}: its source is an iterator, used up by the previous run of Pipeline "
+                    f"'{self.name}'; to run again, give a list, a range, a generator function or a new "
+                    f"Extractor")
 
     def _check_mutable(self) -> None:
         if self._runtime is not None and self._result is None:
@@ -184,6 +198,8 @@ class Pipeline(Graph):
         """
         if self._runtime is not None and self._result is None:
             raise RuntimeError(f"Pipeline '{self.name}' is already running")
+        if self._runs:
+            self._check_sources_can_run_again()
         plan = self.compile()
         on_ray = [n for n in self._nodes if getattr(n, "executor", "thread") == "ray"]
         if on_ray:
@@ -200,29 +216,40 @@ class Pipeline(Graph):
         self._stopped = False
         self._interrupted = False
         self._started_at = time.monotonic()
+        #: worker processes forked for nodes with start_method="fork", by node name (the
+        #: runtime hands them to the nodes' logics; what is left is ended with the run)
         forked: dict[str, list[Any]] = {}
-        if to_fork:
-            from .run.process.launch import prefork
-            forked = prefork(to_fork)  # before any thread of the run exists (see there)
-        runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
-                              poll=self.POLL, preforked=forked)
-        self._runtime = runtime
-        # stats, alerts and the clogging watchdog; the watchdog has no thread of its
-        # own: the workers (every poll) and the thread waiting in join() run its checks
-        self._monitor = Monitor(self.name, plan, runtime, clog_timeout=self.clog_timeout,
-                                on_clog=self.on_clog, on_alert=self.on_alert, paused=lambda: self.paused)
-        runtime.on_failure = self._monitor.on_failure
-        runtime.on_tick = self._monitor.tick
-        logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
+        runtime: PoolRuntime | None = None
+        started = False
         try:
+            if to_fork:
+                from .run.process.launch import prefork
+                prefork(to_fork, forked)  # before any thread of the run exists (see there)
+            runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
+                                  poll=self.POLL, preforked=forked)
+            # stats, alerts and the clogging watchdog; the watchdog has no thread of its
+            # own: the workers (every poll) and the thread waiting in join() run its checks
+            self._monitor = Monitor(self.name, plan, runtime, clog_timeout=self.clog_timeout,
+                                    on_clog=self.on_clog, on_alert=self.on_alert, paused=lambda: self.paused)
+            runtime.on_failure = self._monitor.on_failure
+            runtime.on_tick = self._monitor.tick
+            logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
+            self._runtime = runtime  # before its threads run: a node may call stop() at once
             runtime.start()
+            started = True
+            self._runs += 1
             self._monitor.start()
         except BaseException:
-            self._monitor.close()
+            # a failure or a Ctrl-C at any point of the start: end whatever began
+            if self._monitor is not None:
+                self._monitor.close()
+            if runtime is not None and started:
+                runtime.abort()
+                runtime.join_threads(self.join_timeout)
             self._runtime = None
-            if runtime.preforked:
+            if forked:
                 from .run.process.launch import discard_preforked
-                discard_preforked(runtime.preforked)
+                discard_preforked(forked if runtime is None else runtime.preforked)
             raise
         return self
 
@@ -324,6 +351,8 @@ class Pipeline(Graph):
                         self._monitor.tick()
                     if self._monitor is not None and self._monitor.gave_up(self.stop_grace):
                         break  # the watchdog stopped the run; the clogged node is stuck in user code
+                    if rt.abandoned_for() > self.join_timeout:
+                        break  # abandoned, and a call of user code never returned: finish without it
                     if deadline is not None and time.monotonic() >= deadline:
                         raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
                 self._finish()
@@ -348,7 +377,9 @@ class Pipeline(Graph):
             rt = self._rt()
             if self._monitor is not None:
                 self._monitor.close()
-            stuck = rt.join_threads(self.join_timeout)
+            # after an abort, join_timeout counts from the abort (join() may have waited already)
+            wait = self.join_timeout - rt.abandoned_for()
+            stuck = rt.join_threads(max(wait, 0.1))
             if rt.preforked:
                 from .run.process.launch import discard_preforked
                 discard_preforked(rt.preforked)  # forked workers of nodes that never opened
@@ -374,8 +405,8 @@ class Pipeline(Graph):
         if isinstance(exc, ClogError):  # the watchdog stopped the run: its error names the node
             exc.result = result
             return exc
-        where = "" if record.item is None else f" on item {record.item!r:.100}"
-        text = str(exc)
+        where = "" if record.item is None else f" on item {safe_repr(record.item, 100)}"
+        text = safe_str(exc)
         if "\n" in text:
             # a multi-line message (a worker's traceback) is shown in full with the
             # chained cause; repeating it here doubled the output
@@ -399,8 +430,8 @@ class Pipeline(Graph):
         :mod:`reflux.observe.progress`); ``None`` shows it only when standard error is
         a terminal.
         """
-        self.start()
         try:
+            self.start()
             if progress or progress is None:
                 from .observe.progress import LiveProgress
                 with LiveProgress(self, enabled=progress):
@@ -411,6 +442,13 @@ class Pipeline(Graph):
             self._stopped = True
             self._finish()
             raise
+        except KeyboardInterrupt as exc:
+            # join() turns a Ctrl-C while it waits into PipelineInterrupted; one that
+            # lands between start() and join() still stops the run it started
+            if isinstance(exc, PipelineInterrupted) or self._runtime is None or self._result is not None:
+                raise
+            self._interrupt()
+            raise PipelineInterrupted(self._result) from None
 
     def _interrupt(self) -> None:
         self._interrupted = True

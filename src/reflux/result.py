@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import AccountingError, ErrorRecord
 
-__all__ = ["NodeStats", "RunResult", "WorkerStats"]
+__all__ = ["NodeStats", "RunResult", "WallTime", "WorkerStats"]
 
 # How a node's counters relate (see NodeStats.law):
 #   "source"   received (pulled from the source) == emitted + dropped
@@ -155,6 +155,83 @@ _COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "retried", 
 
 
 @dataclass
+class WallTime:
+    """Where a run's time went: the pool's workers, the nodes' own logic, the GIL.
+
+    All times are seconds, summed over the pool's worker threads (so up to
+    ``workers * elapsed``).  A *step* is one turn of a worker on a unit (a node,
+    a replica or a fused chain) with the GIL held; record pumps step without it.
+    """
+
+    #: wall-clock seconds of the run so far
+    elapsed: float
+    #: threads of the worker pool
+    workers: int
+    #: whether the Python lane is on (a GIL build with 2+ workers: the units that
+    #: hold the GIL run on one worker at a time)
+    lane: bool = False
+    #: steps the workers ran through Python
+    steps: int = 0
+    #: worker time in those steps
+    step_seconds: float = 0.0
+    #: of which the nodes' own logic (their functions and per-batch code: the nodes' busy time)
+    node_seconds: float = 0.0
+    #: worker time in steps of lane units
+    lane_seconds: float = 0.0
+    #: worker time waiting for the GIL to start a step (a proxy for GIL contention)
+    gil_wait_seconds: float = 0.0
+    #: worker time in record pumps (without the GIL)
+    pump_seconds: float = 0.0
+    #: the busiest node and its busy fraction (per replica), ``None`` before any work
+    bottleneck: str | None = None
+    bottleneck_busy: float = 0.0
+
+    @property
+    def scheduler_seconds(self) -> float:
+        """Worker time in steps not spent in the nodes' logic: moving items through
+        channels and outboxes, notifications, bookkeeping."""
+        return max(0.0, self.step_seconds - self.node_seconds)
+
+    @property
+    def idle_seconds(self) -> float:
+        """Worker time with nothing to run (parked, costing no CPU)."""
+        used = self.step_seconds + self.gil_wait_seconds + self.pump_seconds
+        return max(0.0, self.workers * self.elapsed - used)
+
+    @property
+    def lane_busy(self) -> float:
+        """Fraction of the run the Python lane was busy (near 1: Python is the limit)."""
+        return 0.0 if self.elapsed <= 0 else min(1.0, self.lane_seconds / self.elapsed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-able values."""
+        return {"elapsed": round(self.elapsed, 6), "workers": self.workers, "lane": self.lane,
+                "steps": self.steps, "step_seconds": round(self.step_seconds, 6),
+                "node_seconds": round(self.node_seconds, 6),
+                "scheduler_seconds": round(self.scheduler_seconds, 6),
+                "lane_seconds": round(self.lane_seconds, 6), "lane_busy": round(self.lane_busy, 4),
+                "gil_wait_seconds": round(self.gil_wait_seconds, 6),
+                "pump_seconds": round(self.pump_seconds, 6), "idle_seconds": round(self.idle_seconds, 6),
+                "bottleneck": self.bottleneck, "bottleneck_busy": round(self.bottleneck_busy, 4)}
+
+    def lines(self) -> list[str]:
+        """A few lines of text saying where the time went."""
+        lane = "the Python lane on" if self.lane else "no Python lane"
+        out = [f"{self.workers} workers ({lane}), {self.elapsed:.2f}s: steps {self.step_seconds:.2f}s "
+               f"= nodes {self.node_seconds:.2f}s + scheduler {self.scheduler_seconds:.2f}s; "
+               f"waiting for the GIL {self.gil_wait_seconds:.2f}s; record pumps {self.pump_seconds:.2f}s; "
+               f"idle {self.idle_seconds:.2f}s"]
+        if self.bottleneck is not None:
+            text = f"bottleneck: {self.bottleneck} ({self.bottleneck_busy:.0%} busy)"
+            if self.lane and self.lane_busy >= 0.9:
+                text += (f"; the Python lane was busy {self.lane_busy:.0%} of the time: Python holding the "
+                         "GIL is the limit (more workers will not help; replicas for functions that release "
+                         "the GIL, process workers or Cython plug-ins will)")
+            out.append(text)
+        return out
+
+
+@dataclass
 class RunResult:
     """What a run did: returned by :meth:`Pipeline.run` and :meth:`Pipeline.join`.
 
@@ -182,6 +259,8 @@ class RunResult:
     errors_not_kept: int = 0
     #: nodes whose thread did not finish within the join timeout (stuck in user code)
     stuck: list[str] = field(default_factory=list)
+    #: where the run's time went (the pool's workers, the nodes, the GIL)
+    wall_time: WallTime | None = None
 
     def __getitem__(self, name: str) -> NodeStats:
         """Counters of the node called ``name``."""
@@ -217,6 +296,11 @@ class RunResult:
     def error_count(self) -> int:
         """Failed items (and source failures) over all nodes."""
         return sum(s.errors for s in self.nodes.values())
+
+    @property
+    def source_errors(self) -> int:
+        """Failures of the Extractors' sources (counted in :attr:`error_count`; not items)."""
+        return self._total(("Extractor",), "errors")
 
     @property
     def dropped(self) -> int:
@@ -266,10 +350,13 @@ class RunResult:
     def summary(self) -> str:
         """A small text table of the per-node counters."""
         head = f"{'node':<24} {'kind':<12} {'in':>9} {'out':>9} {'filtered':>9} {'errors':>7} {'dropped':>8}"
+        head += f" {'busy s':>8}"
         lines = [f"run {self.status} in {self.elapsed:.3f}s", head]
         for s in self.nodes.values():
             lines.append(f"{s.name[:24]:<24} {s.kind:<12} {s.received:>9} {s.emitted:>9} "
-                         f"{s.filtered:>9} {s.errors:>7} {s.dropped:>8}")
+                         f"{s.filtered:>9} {s.errors:>7} {s.dropped:>8} {s.busy:>8.3f}")
+        if self.wall_time is not None:
+            lines += self.wall_time.lines()
         return "\n".join(lines)
 
     def __repr__(self) -> str:

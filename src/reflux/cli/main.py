@@ -341,7 +341,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, metavar="N",
                      help="threads of the worker pool (default: the pipeline's own setting, else the CPUs)")
     run.add_argument("--json", action="store_true", help="print the final stats as JSON on standard output")
-    run.add_argument("--timeout", type=float, metavar="SECONDS", help="abandon the run after this long (exit 1)")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="abandon the run after this long; it ends within the calls in flight then (exit 1)")
     run.set_defaults(func=_cmd_run)
 
     graph = sub.add_parser("graph", help="print a pipeline's graph")

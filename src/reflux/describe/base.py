@@ -14,16 +14,20 @@ import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Union
 
+from reflux_core.channel import MAX_CAPACITY as _MAX_CHANNEL_CAPACITY
+
 from ..errors import NotCallableError, ValidationError
 from ..policies import ErrorPolicy
 from ..result import NodeStats
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "Flow", "Node", "NodeLike", "Part", "check_edge"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "MAX_CAPACITY", "check_capacity", "Flow", "Node", "NodeLike", "Part", "check_edge"]
 
 #: default capacity of a node's input channel (slots, rounded up to a power of two)
 DEFAULT_CAPACITY = 1024
 #: default most items moved per batch
 DEFAULT_BATCH_SIZE = 256
+#: the largest channel the core makes (slots)
+MAX_CAPACITY: int = _MAX_CHANNEL_CAPACITY
 
 
 # --------------------------------------------------------------------------- checks shared by the node kinds
@@ -55,9 +59,26 @@ def is_generator_callable(fn: Any) -> bool:
 
 
 def check_callable(owner: str, fn: Any, what: str = "function") -> None:
-    """Refuse a non-callable with a message naming the node."""
+    """Refuse a non-callable, or an ``async def`` one (its calls would make coroutines
+    nobody awaits), with a message naming the node."""
     if not callable(fn):
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
+    if is_async_callable(fn):
+        raise NotCallableError(
+            f"{owner}: {what} {getattr(fn, '__name__', type(fn).__name__)!r} is an async function; this "
+            f"node calls its function synchronously, so each call would make a coroutine that is never "
+            f"awaited. Use a plain function here (an Extractor takes async sources)")
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` makes a coroutine or an async generator (an ``async def``
+    function, or an object whose ``__call__`` is one)."""
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type):
+        return False
+    call = getattr(type(fn), "__call__", None)
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
 
 
 def plugin_for(owner: str, obj: Any, kind: str) -> Any:
@@ -94,6 +115,14 @@ def check_replicas(owner: str, parallel: Any, ordered: Any) -> tuple[int, bool]:
     if not isinstance(ordered, bool):
         raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
     return parallel, ordered
+
+
+def check_capacity(owner: str, value: Any, allow_none: bool = True) -> None:
+    """A channel capacity: a positive int no larger than the core's :data:`MAX_CAPACITY`."""
+    check_positive_int(owner, "capacity", value, allow_none)
+    if value is not None and value > MAX_CAPACITY:
+        raise ValidationError(f"{owner}: capacity {value} is larger than the largest channel reflux "
+                              f"makes ({MAX_CAPACITY} slots)")
 
 
 def check_positive_int(owner: str, label: str, value: Any, allow_none: bool = True) -> None:
@@ -150,7 +179,7 @@ class Node:
         self._explicit_name = name is not None
         self.name: str = name if name is not None else (_default or self.kind.lower())
         owner = self.label
-        check_positive_int(owner, "capacity", capacity)
+        check_capacity(owner, capacity)
         check_positive_int(owner, "batch_size", batch_size)
         self.capacity: int | None = capacity
         self.batch_size: int | None = batch_size

@@ -21,7 +21,16 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from ..errors import ValidationError
-from .base import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Flow, Node, Part, check_edge
+from .base import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CAPACITY,
+    Flow,
+    Node,
+    Part,
+    check_capacity,
+    check_edge,
+    check_positive_int,
+)
 from .executors import check_executor
 from .nodes import Loader, Messenger
 
@@ -43,9 +52,8 @@ class Graph:
     def __init__(self, *parts: Part, name: str = "pipeline", capacity: int = DEFAULT_CAPACITY,
                  batch_size: int = DEFAULT_BATCH_SIZE, dead_letter: Loader | None = None,
                  executor: str | None = None, fuse: bool = True, record_edges: bool = True) -> None:
-        for label, value in (("capacity", capacity), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValidationError(f"Pipeline '{name}': {label} must be a positive integer, got {value!r}")
+        check_capacity(f"Pipeline '{name}'", capacity, allow_none=False)
+        check_positive_int(f"Pipeline '{name}'", "batch_size", batch_size, allow_none=False)
         if dead_letter is not None and not isinstance(dead_letter, Loader):
             raise ValidationError(f"Pipeline '{name}': dead_letter must be a Loader, got {dead_letter!r:.60}")
         self.name = name

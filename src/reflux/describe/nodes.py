@@ -12,6 +12,8 @@ import inspect
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
 from typing import Any, ClassVar
 
+from reflux_core.channel import Channel, RecordChannel
+
 from ..errors import NotCallableError, ValidationError
 from .base import (
     Node,
@@ -53,7 +55,11 @@ class Extractor(Node):
       loop of the Extractor's own;
     * any other callable: called repeatedly with no arguments; the source ends
       when it raises ``StopIteration`` or returns ``sentinel`` (if given),
-      else it runs until the pipeline stops.
+      else it runs until the pipeline stops;
+    * a live channel (:class:`~reflux.SPSCChannel`, :class:`~reflux.MPMCChannel`,
+      :class:`~reflux.RecordChannel`) that other code pushes into: a stream, whose
+      items flow on as they arrive (a record channel's as arrays of records) and
+      whose close is the end of the stream.
 
     Items from sized collections (list, tuple, range, ...) move in batches of
     ``batch_size``.  Items from generators, iterators and callables move one
@@ -76,7 +82,9 @@ class Extractor(Node):
         if isinstance(source, (str, bytes)):
             raise NotCallableError(
                 f"{self.label}: source is a {type(source).__name__}; wrap it in a list to send it as one item")
-        if inspect.isasyncgenfunction(source):
+        if isinstance(source, (Channel, RecordChannel)):
+            self.mode = "channel"
+        elif inspect.isasyncgenfunction(source):
             self.mode = "asyncgen"
         elif is_generator_callable(source) and not isinstance(source, Iterable):
             self.mode = "genfunc"
@@ -84,6 +92,10 @@ class Extractor(Node):
             self.mode = "async"
         elif isinstance(source, Iterable):
             self.mode = "sized" if isinstance(source, Sized) else "iter"
+        elif inspect.iscoroutinefunction(source):
+            raise NotCallableError(
+                f"{self.label}: source {getattr(source, '__name__', '')!r} is an async function (each call "
+                f"would make one coroutine); give an async generator function or an async iterable")
         elif callable(source):
             self.mode = "call"
         else:

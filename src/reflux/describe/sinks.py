@@ -25,7 +25,14 @@ class ListSink:
     def __init__(self, target: list[Any] | None = None) -> None:
         if target is not None and not isinstance(target, list):
             raise TypeError(f"ListSink: target must be a list, got {type(target).__name__}")
+        self._own = target is None
         self.items: list[Any] = [] if target is None else target
+
+    def open(self) -> None:
+        """A run starts: a new list (so an earlier run's result keeps its own),
+        unless the sink appends to a ``target`` list the caller gave."""
+        if self._own:
+            self.items = []
 
     def __call__(self, batch: list[Any]) -> None:
         self.items.extend(batch)
@@ -59,7 +66,8 @@ class FileSink:
         self._file: IO[str] | None = None
 
     def open(self) -> None:
-        """Open the file (called by the Loader's worker)."""
+        """Open the file (called by the Loader's worker when a run starts)."""
+        self.lines = 0
         self._file = open(self.path, self.mode, encoding=self.encoding)
 
     def __call__(self, batch: list[Any]) -> None:
@@ -93,6 +101,10 @@ class CallbackSink:
         self.count = 0
         name = getattr(fn, "__name__", None)
         self.reflux_name = name if isinstance(name, str) and not name.startswith("<") else "callback"
+
+    def open(self) -> None:
+        """A run starts: count from zero."""
+        self.count = 0
 
     def __call__(self, item: Any) -> None:
         self.fn(item)

@@ -35,11 +35,18 @@ class AccumulatorLogic(NodeLogic):
         now = time.monotonic() if window is not None else 0.0
         if self.deadline is not None and now >= self.deadline:
             self._emit(out)
-        for item in batch:
+        # whole slices of the batch at a time (no per-item Python)
+        i, n = 0, len(batch)
+        while i < n:
             if not self.group and window is not None:
                 self.deadline = now + window
-            self.group.append(item)
-            if count is not None and len(self.group) >= count:
+            if count is None:
+                self.group.extend(batch[i:])
+                break
+            room = count - len(self.group)
+            self.group.extend(batch[i:i + room])
+            i += room
+            if len(self.group) >= count:
                 self._emit(out)
 
     def next_deadline(self) -> float | None:

@@ -36,12 +36,12 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from reflux_core._batch import call_all as _core_call_all
+from reflux_core._batch import StopFlag
 
 from ..describe.base import DEFAULT_BATCH_SIZE, Node
-from ..errors import ErrorRecord
+from ..errors import ErrorRecord, safe_repr, safe_str
 from ..result import NodeStats
-from ..signals import Error, NeedsMoreWork
+from ..signals import Error
 
 __all__ = [
     "Abort",
@@ -50,7 +50,6 @@ __all__ = [
     "NodeFailure",
     "NodeLogic",
     "Outbox",
-    "call_all",
     "close_hook",
     "direct_call",
     "open_hook",
@@ -60,18 +59,6 @@ logger = logging.getLogger("reflux")
 
 
 # --------------------------------------------------------------------------- internal control flow
-
-def call_all(fn: Callable[[Any], Any], batch: list[Any], into: list[Any], special_a: type = NeedsMoreWork,
-              special_b: type = Error, count_not_none: bool = False) -> tuple[int, int]:
-    """Append ``fn(item)`` for every item of ``batch`` to ``into`` (a C loop in
-    :mod:`reflux_core._batch`): an item whose call raised gets an
-    :class:`Error` holding the exception, and the calls after it go on.
-    Returns how many results are of type ``special_a``/``special_b``, and
-    (with ``count_not_none``) how many are not ``None``."""
-    if type(batch) is not list:
-        batch = list(batch)
-    return _core_call_all(fn, batch, into, Error, special_a, special_b, count_not_none)
-
 
 class Abort(Exception):
     """Internal: the run is being abandoned; unwind the node's worker."""
@@ -93,10 +80,14 @@ class NodeContext:
     A runtime subclasses it: :meth:`sleep` must end early (raising
     :class:`Abort`) when the run is abandoned, :meth:`should_stop` tells
     sources to end, and :meth:`keep_error` stores records in the run result.
+    :attr:`stop_flag` is raised when the run is abandoned: the batch loops
+    read it before each call of user code (a runtime gives every node its own
+    run's flag).
     """
 
-    def __init__(self, stats: NodeStats) -> None:
+    def __init__(self, stats: NodeStats, stop_flag: StopFlag | None = None) -> None:
         self.stats = stats
+        self.stop_flag: StopFlag = StopFlag() if stop_flag is None else stop_flag
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` (retry back-off); raise :class:`Abort` if the run is abandoned."""
@@ -213,6 +204,8 @@ class NodeLogic:
         self.stats = ctx.stats
         self.policy = node.policy
         self.name = node.name
+        #: raised when the run is abandoned; checked before each call of user code
+        self.stop_flag = ctx.stop_flag
         #: items of the current batch not finished yet (dropped if the run is abandoned)
         self.remaining = 0
 
@@ -273,6 +266,8 @@ class NodeLogic:
             except Exception as e:  # user code
                 exc = e
                 continue
+            except BaseException as e:  # SystemExit and the like: not an item failure
+                raise self.fatal(arg, e) from e
             if value.__class__ is Error:
                 exc = value.exception
                 continue
@@ -290,27 +285,50 @@ class NodeLogic:
             raise NodeFailure(record)
         self.ctx.keep_error(record)
         if how == "log":
-            logger.error("%s failed on item %.200r (%d attempt%s): %s: %s", self.node.label, item,
-                         attempts, "" if attempts == 1 else "s", type(exc).__name__, exc,
+            logger.error("%s failed on item %s (%d attempt%s): %s: %s", self.node.label, safe_repr(item),
+                         attempts, "" if attempts == 1 else "s", type(exc).__name__, safe_str(exc),
                          exc_info=(type(exc), exc, exc.__traceback__))
         else:  # dead_letter
             out.dead_letter(record)
 
+    def fatal(self, item: Any, exc: BaseException, count: int = 1) -> NodeFailure:
+        """User code raised a ``BaseException`` that is not an ``Exception``
+        (``SystemExit``, ``KeyboardInterrupt``) on ``item``: the node fails
+        whatever its policy.  Counts the item (``count`` items: a batch) as
+        errors, out of :attr:`remaining`; returns the exception to raise."""
+        self.stats.errors += count
+        self.remaining = max(0, self.remaining - count)
+        return NodeFailure(ErrorRecord.from_exception(self.name, item, exc))
+
     def call(self, fn: Callable[[Any], Any], item: Any, out: Outbox) -> tuple[bool, Any]:
         """``fn(item)`` under the policy: ``(True, value)``, or ``(False, None)`` once the
-        failure was handled (skip, log, dead-letter; ``"raise"`` raises)."""
+        failure was handled (skip, log, dead-letter; ``"raise"`` raises).  Raises
+        :class:`Abort` instead of calling when the run is abandoned.  The caller
+        counts ``item`` in :attr:`remaining` until this returns."""
+        if self.stop_flag.is_set:
+            raise Abort()
         try:
             value = fn(item)
         except Exception as exc:  # user code
             ok, value, attempts = self.retry(fn, item, exc)
+        except BaseException as exc:  # SystemExit and the like: not an item failure
+            raise self.fatal(item, exc) from exc
         else:
             if value.__class__ is not Error:
                 return True, value
             ok, value, attempts = self.retry(fn, item, value.exception)
         if ok:
             return True, value
-        self.fail(item, value, attempts, out)
+        try:
+            self.fail(item, value, attempts, out)
+        except NodeFailure:
+            self.remaining -= self.weight(item)  # counted in errors now, not to be dropped too
+            raise
         return False, None
+
+    def weight(self, item: Any) -> int:
+        """How many units of :attr:`remaining` (and of the counters) ``item`` is: 1."""
+        return 1
 
 
 def open_hook(fn: Any) -> None:

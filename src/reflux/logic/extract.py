@@ -5,13 +5,18 @@ import inspect
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from reflux_core.channel import ChannelClosed, Empty, RecordChannel
+
 from ..describe.nodes import Extractor
-from .base import NodeContext, NodeLogic, Outbox
+from .base import Abort, NodeContext, NodeLogic, Outbox
 
 if TYPE_CHECKING:  # pragma: no cover
     import asyncio
 
 __all__ = ["ExtractorLogic"]
+
+#: seconds a pull from a live channel waits for its first item (stop and pause are seen in between)
+CHANNEL_SLICE = 0.05
 
 
 class ExtractorLogic(NodeLogic):
@@ -65,6 +70,8 @@ class ExtractorLogic(NodeLogic):
             return False
         if self.mode == "call":
             return self._pull_call(out, max_items if self.batched else 1)
+        if self.mode == "channel":
+            return self._pull_channel(out, max_items)
         if self.mode in ("async", "asyncgen"):
             return self._pull_async(out)
         buf = out.ports[0]
@@ -78,19 +85,42 @@ class ExtractorLogic(NodeLogic):
                 buf.append(next(self._it))
         except StopIteration:
             self._done = True
-        except Exception as exc:  # user code
+        except BaseException as exc:  # user code
             self._done = True
-            self.stats.received += len(buf) - before
+            self.stats.received += len(buf) - before  # what came before the failure still flows on
+            if not isinstance(exc, Exception):  # SystemExit and the like: not a source failure to skip
+                raise self.fatal(None, exc) from exc
             self.fail(None, exc, 1, out)
             return False
         self.stats.received += len(buf) - before
         return not self._done
 
+    def _pull_channel(self, out: Outbox, max_items: int) -> bool:
+        """A live channel: whatever has arrived (up to ``max_items`` items, or one
+        array of records), waiting a short slice for the first; its close ends the stream."""
+        ch = self.node.source
+        try:
+            if isinstance(ch, RecordChannel):
+                got: list[Any] = [ch.pop(None, CHANNEL_SLICE)]
+            else:
+                got = ch.pop_many(max_items, CHANNEL_SLICE)
+        except Empty:
+            return True  # nothing yet: the runtime checks stop and pause, then pulls again
+        except ChannelClosed:
+            self._done = True
+            return False
+        self.stats.received += len(got)
+        out.ports[0].extend(got)
+        return True
+
     def _pull_call(self, out: Outbox, n: int) -> bool:
         fn = self.node.source
         sentinel = self.node.sentinel
         buf = out.ports[0]
+        stop = self.stop_flag
         for _ in range(n):
+            if stop.is_set:
+                raise Abort()
             try:
                 item = fn()
             except StopIteration:

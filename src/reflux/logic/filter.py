@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from reflux_core._batch import keep_all
+from reflux_core._batch import STOPPED, keep_all
 
 from ..describe.nodes import Filter
 from ..signals import Error
-from .base import NodeContext, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .base import Abort, NodeContext, NodeLogic, Outbox, close_hook, direct_call, open_hook
 
 __all__ = ["FilterLogic"]
 
@@ -29,10 +29,12 @@ class FilterLogic(NodeLogic):
 
     def process(self, batch: list[Any], out: Outbox) -> None:
         # One C loop appends the kept items straight to the output; it stops
-        # at a failed call, which is retried (or failed) here, in order,
-        # before the loop goes on with the items behind it.
+        # at a failed call (or a result whose truth test raised), which is
+        # retried (or failed) here, in order, before the loop goes on with the
+        # items behind it; and it stops before any call once the run is abandoned.
         pred = self.direct_fn
         buf = out.ports[0]
+        stop = self.stop_flag
         if type(batch) is not list:
             batch = list(batch)
         n = len(batch)
@@ -42,19 +44,29 @@ class FilterLogic(NodeLogic):
         try:
             while True:
                 before = len(buf)
-                j, outcome = keep_all(pred, batch, start, buf, Error)
+                j, outcome = keep_all(pred, batch, start, buf, Error, stop)
                 # the calls that succeeded this round, less the items kept
                 rejected += (n if j < 0 else j) - start - (len(buf) - before)
                 if j < 0:
                     break
                 self.remaining = n - j
+                if outcome is STOPPED:
+                    raise Abort()
                 item = batch[j]
-                exc = outcome.exception if outcome.__class__ is Error else outcome
-                ok, keep, attempts = self.retry(pred, item, exc)
+                if outcome.__class__ is Error:
+                    outcome = outcome.exception
+                elif not isinstance(outcome, Exception):  # SystemExit and the like: not an item failure
+                    raise self.fatal(item, outcome) from outcome
+                ok, value, attempts = self.retry(pred, item, outcome)
+                if ok:
+                    try:
+                        keep = bool(value)
+                    except Exception as exc:  # the truth test of the user's result
+                        ok, value = False, exc
                 self.remaining = n - j - 1
                 start = j + 1
                 if not ok:
-                    self.fail(item, keep, attempts, out)
+                    self.fail(item, value, attempts, out)
                 elif keep:
                     buf.append(item)
                 else:

@@ -69,6 +69,9 @@ class _PluginLogic(NodeLogic):
             return 1
         return len(item) if isinstance(item, np.ndarray) and item.ndim == 1 else 1
 
+    def weight(self, item: Any) -> int:
+        return self.size(item)
+
     def fail(self, item: Any, exc: BaseException, attempts: int, out: Outbox) -> None:
         # on a record input every record of the failing chunk counts as an error
         self.stats.errors += self.size(item) - 1

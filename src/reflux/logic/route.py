@@ -7,7 +7,7 @@ from typing import Any
 from ..describe.nodes import Balancer, Broadcast, Messenger
 from ..errors import RoutingError
 from ..signals import Error
-from .base import NodeContext, NodeLogic, Outbox, close_hook, open_hook
+from .base import Abort, NodeContext, NodeLogic, Outbox, close_hook, open_hook
 
 __all__ = ["BalancerLogic", "BroadcastLogic", "FunnelLogic", "MessengerLogic"]
 
@@ -90,12 +90,17 @@ class MessengerLogic(NodeLogic):
         ports = self.ports
         bufs = out.ports
         default = self.default
+        stop = self.stop_flag
         self.remaining = len(batch)
         for item in batch:
+            if stop.is_set:
+                raise Abort()
             try:
                 k = key(item)
             except Exception as exc:  # user code
                 k = Error(exc)
+            except BaseException as exc:  # SystemExit and the like: not an item failure
+                raise self.fatal(item, exc) from exc
             if k.__class__ is Error:
                 ok, k, attempts = self.retry(key, item, k.exception)
                 if not ok:

@@ -4,9 +4,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, cast
 
+from reflux_core._batch import STOPPED, call_all
+
 from ..describe.nodes import Transformer
-from ..signals import SIGNAL_TYPES, Error, NeedsMoreWork, Signal
-from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, call_all, close_hook, direct_call, open_hook
+from ..signals import Error, NeedsMoreWork, Signal
+from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, close_hook, direct_call, open_hook
 
 __all__ = ["FlatTransformerLogic", "TransformerLogic"]
 
@@ -30,44 +32,57 @@ class TransformerLogic(NodeLogic):
         close_hook(self.fn)
 
     def process(self, batch: list[Any], out: Outbox) -> None:
-        # Fast path: every call in one C-level loop, then one check for
-        # special values (failures are rare).  Items that failed or fed back
-        # are then handled one by one, in order; a retry of such an item
-        # happens after the first call of the items behind it in the batch.
+        # One C loop calls the function on the items in order and appends the
+        # results.  It stops at a failed call, which is retried (then handled
+        # by the policy) here, before the items behind it are called; and it
+        # stops before any call once the run is abandoned.
+        if type(batch) is not list:
+            batch = list(batch)
         buf = out.ports[0]
         n = len(batch)
-        self.remaining = n
         before = len(buf)
-        specials, _ = call_all(self.direct_fn, batch, buf)
-        if specials:
-            results = buf[before:]
-            del buf[before:]
-            append = buf.append
-            for j in range(n):
-                r = results[j]
-                if type(r) in SIGNAL_TYPES:
-                    self.remaining = n - j
-                    self._slow(batch[j], r, out)
-                else:
-                    append(r)
+        fn = self.direct_fn
+        stop = self.stop_flag
+        self.remaining = n
+        start = specials = 0
+        while True:
+            j, outcome, found, _ = call_all(fn, batch, start, buf, Error, NeedsMoreWork, stop)
+            specials += found
+            if j < 0:
+                break
+            self.remaining = n - j  # the items from j on (those before j have results in buf)
+            if outcome is STOPPED:
+                raise Abort()
+            item = batch[j]
+            if outcome.__class__ is Error:
+                outcome = outcome.exception
+            elif not isinstance(outcome, Exception):  # SystemExit and the like: not an item failure
+                raise self.fatal(item, outcome) from outcome
+            ok, value, attempts = self.retry(fn, item, outcome)
+            self.remaining = n - j - 1
+            if ok:
+                buf.append(value)
+                if value.__class__ is NeedsMoreWork:
+                    specials += 1
+            else:
+                self.fail(item, value, attempts, out)
+            start = j + 1
         self.remaining = 0
+        if specials:
+            self._take_feedback(buf, before)
 
-    def _slow(self, item: Any, r: Any, out: Outbox) -> None:
-        """A result that is not a plain value: a failure, an Error or NeedsMoreWork.
-        (``remaining`` counts this item; it is decremented once the item is handled.)"""
-        if isinstance(r, BaseException) or r.__class__ is Error:
-            exc = r if isinstance(r, BaseException) else r.exception
-            ok, r, attempts = self.retry(self.direct_fn, item, exc)
-            if not ok:
-                self.remaining -= 1
-                self.fail(item, r, attempts, out)
-                return
-        self.remaining -= 1
-        if r.__class__ is NeedsMoreWork:
-            self.stats.fed_back += 1
-            self.pending.append(r.item)
-        else:
-            out.ports[0].append(r)
+    def _take_feedback(self, buf: list[Any], start: int) -> None:
+        """Move the ``NeedsMoreWork`` results of ``buf[start:]`` to the feedback queue."""
+        results = buf[start:]
+        del buf[start:]
+        append = buf.append
+        pending = self.pending
+        for r in results:
+            if r.__class__ is NeedsMoreWork:
+                self.stats.fed_back += 1
+                pending.append(r.item)
+            else:
+                append(r)
 
     def has_feedback(self) -> bool:
         return bool(self.pending)
@@ -91,12 +106,17 @@ class FlatTransformerLogic(TransformerLogic):
     def process(self, batch: list[Any], out: Outbox) -> None:
         fn = self.direct_fn
         emit = out.emit
+        stop = self.stop_flag
         self.remaining = len(batch)
         for item in batch:
+            if stop.is_set:
+                raise Abort()
             produced = 0
             try:
                 for r in fn(item):
                     produced += 1
+                    if stop.is_set:  # a long generator: stop between its outputs too
+                        raise Abort()
                     if isinstance(r, Signal):
                         if r.__class__ is NeedsMoreWork:
                             self.stats.fed_back += 1
@@ -107,7 +127,9 @@ class FlatTransformerLogic(TransformerLogic):
                         emit(r)
             except (Abort, NodeFailure):
                 raise
-            except Exception as exc:  # user code
+            except BaseException as exc:  # user code
+                if not isinstance(exc, Exception):  # SystemExit and the like: not an item failure
+                    raise self.fatal(item, exc) from exc
                 if produced or self.policy.retries == 0:
                     # outputs already sent: a retry would send them twice
                     self.remaining -= 1

@@ -90,9 +90,10 @@ def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableTy
             row += [_count(w.items), "", "", Text(_count(w.lost), style="red" if w.lost else "dim"), "",
                     f"{w.busy:.0%}", "", Text(w.state, style=_WORKER_STYLE.get(w.state, ""))]
             table.add_row(*row)
-    alerts = [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
+    extra = [Text(line, style="dim") for line in (stats.wall_time.lines() if stats.wall_time else [])]
+    extra += [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
               for a in stats.alerts[-3:]]
-    return Group(table, *alerts) if alerts else table
+    return Group(table, *extra) if extra else table
 
 
 class LiveProgress:

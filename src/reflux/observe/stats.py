@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ClogError, ErrorRecord
-from ..result import NodeStats, RunResult, WorkerStats
+from ..result import NodeStats, RunResult, WallTime, WorkerStats
 
 __all__ = ["Alert", "HasStats", "NodeSnapshot", "PipelineStats", "WorkerSnapshot", "final_stats", "snapshot_of"]
 
@@ -166,7 +166,7 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
     """
 
     def __init__(self, pipeline: str, status: str, elapsed: float, nodes: dict[str, NodeSnapshot],
-                 alerts: list[Alert] | None = None) -> None:
+                 alerts: list[Alert] | None = None, wall_time: WallTime | None = None) -> None:
         self.pipeline = pipeline
         #: ``"idle"`` (never started), ``"running"``, ``"paused"``, or the
         #: finished run's status (``"completed"``, ``"stopped"``, ``"failed"``, ``"interrupted"``)
@@ -174,6 +174,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
         self.elapsed = elapsed
         self.nodes = nodes
         self.alerts: list[Alert] = list(alerts or [])
+        #: where the time went (the pool's workers, the nodes, the GIL); ``None`` before a run
+        self.wall_time = wall_time
 
     def __getitem__(self, name: str) -> NodeSnapshot:
         return self.nodes[name]
@@ -200,7 +202,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
                 "nodes": {n: s.as_dict() for n, s in self.nodes.items()},
                 "clogged": self.clogged, "failed": self.failed,
                 "alerts": [{"kind": a.kind, "node": a.node, "message": a.message, "time": a.time}
-                           for a in self.alerts]}
+                           for a in self.alerts],
+                "wall_time": None if self.wall_time is None else self.wall_time.as_dict()}
 
     def table(self) -> str:
         """A plain-text table (what the progress view shows, without colour)."""
@@ -214,6 +217,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
             for w in s.workers:
                 lines.append(f"  {w.label[:31]:<31} {w.items:>9} {'':>9} {'':>7} {w.lost:>5} {'':>9} "
                              f"{w.busy:>5.0%} {'':>11}  {w.state}")
+        if self.wall_time is not None:
+            lines += self.wall_time.lines()
         for a in self.alerts:
             lines.append(f"! {a.message}")
         return "\n".join(lines)
@@ -254,7 +259,7 @@ def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None 
         snap.state = ("stuck" if n in result.stuck else "failed" if n in failed
                       else "clogged" if n in clog_stopped else "done")
         nodes[n] = snap
-    return PipelineStats(name, result.status, result.elapsed, nodes, alerts)
+    return PipelineStats(name, result.status, result.elapsed, nodes, alerts, result.wall_time)
 
 
 class HasStats(Protocol):

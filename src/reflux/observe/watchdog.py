@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ClogError, ErrorRecord
+from ..errors import ClogError, ErrorRecord, safe_repr, safe_str
 from .stats import Alert, NodeSnapshot, PipelineStats, final_stats, snapshot_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -177,8 +177,8 @@ class Monitor:
             self._failed[record.node] = record
         exc = record.exception
         label = _label(self._kinds.get(record.node, "node"), record.node)
-        where = "" if record.item is None else f" on item {record.item!r:.80}"
-        self._alert(Alert("failed", record.node, f"{label} died{where}: {type(exc).__name__}: {exc}",
+        where = "" if record.item is None else f" on item {safe_repr(record.item, 80)}"
+        self._alert(Alert("failed", record.node, f"{label} died{where}: {type(exc).__name__}: {safe_str(exc)}",
                           record=record), logging.ERROR)
 
     @property
@@ -337,7 +337,9 @@ class Monitor:
             snap.state = ("failed" if name in failed else "clogged" if name in clogged
                           else "blocked" if name in blocked else "done" if name in finished else "running")
             nodes[name] = snap
-        return PipelineStats(self.name, status, now - self.started, nodes, alerts)
+        wall = getattr(self.runtime, "wall_time", None)  # optional runtime hook
+        return PipelineStats(self.name, status, now - self.started, nodes, alerts,
+                             None if wall is None else wall(now - self.started, raw))
 
     def final(self, result: RunResult) -> PipelineStats:
         """The snapshot of a finished run: averages over the run, nothing queued."""

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from reflux_core._batch import StopFlag
+
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeContext, Outbox
@@ -42,7 +44,7 @@ class RunContext(NodeContext):
     """What a task's logic sees of the runtime."""
 
     def __init__(self, rt: RuntimeBase, stats: NodeStats) -> None:
-        super().__init__(stats)
+        super().__init__(stats, rt.stop_flag)
         self.rt = rt
 
     def sleep(self, seconds: float) -> None:
@@ -107,8 +109,11 @@ class RuntimeBase:
         self.max_error_records = max_error_records
         self._stop_sources = False
         self._stop_time: float | None = None
+        self._abort_time: float | None = None
         self._aborted = False
         self._abort_event = threading.Event()
+        #: raised by abort(); the nodes' batch loops check it before each call of user code
+        self.stop_flag = StopFlag()
         self._paused = False
         self._resumed = threading.Event()
         self._resumed.set()
@@ -138,6 +143,9 @@ class RuntimeBase:
     def abort(self) -> None:
         """Abandon the run: release every waiting task and end them all."""
         self._aborted = True
+        self.stop_flag.set()
+        if self._abort_time is None:
+            self._abort_time = time.monotonic()
         if self._stop_time is None:
             self._stop_time = time.monotonic()
         self._stop_sources = True
@@ -163,6 +171,12 @@ class RuntimeBase:
     def paused(self) -> bool:
         """``True`` between :meth:`pause` and :meth:`resume`."""
         return self._paused
+
+    def abandoned_for(self) -> float:
+        """Seconds since the run was abandoned (:meth:`abort`), 0 if it was not."""
+        if self._abort_time is None:
+            return 0.0
+        return time.monotonic() - self._abort_time
 
     @property
     def failure(self) -> ErrorRecord | None:

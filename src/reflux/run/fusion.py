@@ -14,9 +14,13 @@ __all__ = ["fusable", "fuse_chains", "may_block"]
 
 def may_block(task: Task) -> bool:
     """An Extractor whose source may block (iterator, generator, callable, async
-    source without ``batch_size``): it gets a thread of its own, unfused."""
+    source without ``batch_size``, and any live channel): it gets a thread of its
+    own, unfused."""
     node = task.node
-    return node.is_source and node.mode != "sized" and node.batch_size is None  # type: ignore[attr-defined]
+    if not node.is_source:
+        return False
+    mode = node.mode  # type: ignore[attr-defined]
+    return mode == "channel" or (mode != "sized" and node.batch_size is None)
 
 
 def fusable(task: Task) -> bool:

@@ -63,6 +63,7 @@ import heapq
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -79,7 +80,7 @@ from reflux_core.channel import ChannelClosed, Empty
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeFailure
-from ..result import NodeStats, RunResult
+from ..result import NodeStats, RunResult, WallTime
 from .base import RuntimeBase, drop_inputs
 from .fusion import fuse_chains, may_block
 from .outboxes import CountRecordsOutbox, ForwardOutbox, PoolOutbox, RecordOutbox
@@ -92,6 +93,21 @@ logger = logging.getLogger("reflux")
 
 #: seconds a worker may keep running the same unit while no other unit is ready
 LOCAL_RUN = 0.01
+#: seconds one step may hold the Python lane before another worker takes it over
+LANE_PATIENCE = 0.25
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL (always before 3.13)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def in_lane(u: Unit) -> bool:
+    """Whether a unit runs in the Python lane: every unit but the replicas of a
+    ``parallel=N`` node (asking for replicas says the function releases the GIL:
+    they run on any worker) and sources in threads of their own."""
+    return u.group is None and not u.threaded
 
 
 def default_workers() -> int:
@@ -128,6 +144,14 @@ class PoolRuntime(RuntimeBase):
         for i, u in enumerate(self.units):
             u.index = i
         self._sched = Scheduler(len(self.units))
+        #: whether the GIL-holding units run in the Python lane, one worker at a time
+        #: (a GIL build with two or more workers: see reflux_core._sched)
+        self.lanes = gil_enabled() and self.n_workers > 1
+        if self.lanes:
+            self._sched.set_lane_patience(LANE_PATIENCE)
+            for u in self.units:
+                if in_lane(u):
+                    self._sched.set_lane(u.index, True)
         self._build_record_edges()
         self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
@@ -274,7 +298,7 @@ class PoolRuntime(RuntimeBase):
             if t.is_alive():
                 u = self._running.get(t.ident or 0)
                 if u is not None:
-                    stuck.extend(task.name for task in u.tasks)
+                    stuck.append(u.tasks[u.stage].name)  # the node whose call never returned
         source_deadline = min(deadline, time.monotonic() + source_timeout)
         for name, t in self._source_threads.items():
             t.join(max(0.0, source_deadline - time.monotonic()))
@@ -337,6 +361,8 @@ class PoolRuntime(RuntimeBase):
                 self._spares += 1
         if spawn:
             self._spawn_worker(f"reflux:{self.plan.name}:spare-{self._spares}", spare=True)
+        if self.lanes and in_lane(out.unit):
+            self._sched.release_lane()  # the receiver is a lane unit too, most likely: let it run
         try:
             out.blocking = True
             out.flush()
@@ -429,7 +455,7 @@ class PoolRuntime(RuntimeBase):
             self._fail(f.record)
         except BaseException as exc:  # a hook or reflux itself failed: fail the run
             abandoned = True
-            name = u.tasks[0].name
+            name = u.tasks[u.stage].name  # the stage whose code raised, not the chain's head
             self._fail(ErrorRecord.from_exception(name, None, exc))
         self._finalize(u, abandoned=abandoned)
         return False
@@ -590,6 +616,25 @@ class PoolRuntime(RuntimeBase):
                 u.logics[0].sync()  # type: ignore[attr-defined]
         return {t.name: self._merged(t) for t in self.plan.tasks}
 
+    def wall_time(self, elapsed: float, nodes: dict[str, NodeStats] | None = None) -> WallTime:
+        """[monitor hook] Where the time went so far (``nodes``: the counters to use,
+        by default a live snapshot)."""
+        nodes = self.snapshot() if nodes is None else nodes
+        t = self._sched.timing()
+        threaded = {u.head.name for u in self.units if u.threaded}
+        replicas = {t.name: max(1, int(getattr(t.node, "parallel", 1) or 1)) for t in self.plan.tasks}
+        node_seconds = sum(s.busy for name, s in nodes.items() if name not in threaded)
+        busiest, busiest_busy = None, 0.0
+        if elapsed > 0:
+            for name, s in nodes.items():
+                frac = min(1.0, s.busy / elapsed / replicas.get(name, 1))
+                if frac > busiest_busy:
+                    busiest, busiest_busy = name, frac
+        return WallTime(elapsed=elapsed, workers=self.n_workers, lane=self.lanes, steps=int(t["steps"]),
+                        step_seconds=t["step"], node_seconds=node_seconds, lane_seconds=t["lane"],
+                        gil_wait_seconds=t["gil_wait"], pump_seconds=t["pump"], bottleneck=busiest,
+                        bottleneck_busy=busiest_busy)
+
     def collect(self, status: str, elapsed: float, stuck: list[str]) -> RunResult:
         """Count what is left in channels as dropped and build the result.
 
@@ -643,4 +688,6 @@ class PoolRuntime(RuntimeBase):
                 edges.setdefault((t.name, name), 0)
             if t.dead_letter is not None:
                 edges.setdefault((t.name, t.dead_letter.owner), 0)
-        return self._result(status, elapsed, stuck, edges)
+        result = self._result(status, elapsed, stuck, edges)
+        result.wall_time = self.wall_time(elapsed, result.nodes)
+        return result

@@ -113,7 +113,12 @@ class Unit:
         self.ending = False  # input ended: finishing stage by stage
         self.end_stage = 0
         self.threaded = False  # runs in a thread of its own (a source that may block)
-        self.limit = self.head.batch_size
+        #: items the next batch takes: starts at 1 and grows while batches stay
+        #: short, so a slow function never holds a worker (nor delays a stop, a
+        #: pause or the watchdog) for a whole batch (see adapt())
+        self.limit = 1
+        #: the stage whose code runs now (a failure outside any item is blamed on it)
+        self.stage = 0
         self.is_source = self.head.node.is_source
         self.has_timer = False
         self.timer_at: float | None = None
@@ -125,6 +130,7 @@ class Unit:
         """Make and open the logic of every stage."""
         rt = self.rt
         for i, task in enumerate(self.tasks):
+            self.stage = i
             with rt._lock:
                 pre = rt.preforked.pop(task.name, None)
             logic = task_logic(task, self.ctxs[i], pre)
@@ -165,9 +171,13 @@ class Unit:
                 self.ending = True
                 return True
             t0 = time.monotonic()
-            more = logics[0].pull(self.outs[0], self.head.batch_size)  # type: ignore[attr-defined]
+            self.stage = 0
+            before = len(self.outs[0].ports[0])
+            more = logics[0].pull(self.outs[0], self.limit)  # type: ignore[attr-defined]
+            pulled = len(self.outs[0].ports[0]) - before
             self.stats[0].busy += time.monotonic() - t0  # [busy time]
             self.forward(0)
+            self.adapt(pulled, time.monotonic() - t0)
             if not more:
                 self.ending = True
                 self.end_stage = 1
@@ -176,7 +186,8 @@ class Unit:
         for i in range(len(logics)):
             if logics[i].has_feedback():
                 t0 = time.monotonic()
-                logics[i].process_feedback(self.tasks[i].batch_size, self.outs[i])
+                self.stage = i
+                logics[i].process_feedback(self.limit, self.outs[i])
                 self.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if self.group is not None and self.group.ordered:
                     self.hand_over(self.ticket())
@@ -188,6 +199,7 @@ class Unit:
             for i in range(len(logics)):
                 d = logics[i].next_deadline()
                 if d is not None and now >= d:
+                    self.stage = i
                     logics[i].tick(now, self.outs[i])
                     self.forward(i)
                     self.arm_timer()
@@ -214,25 +226,31 @@ class Unit:
         stats = self.stats[0]
         stats.received += n
         t0 = time.monotonic()
+        self.stage = 0
         logics[0].process(batch, self.outs[0])
         stats.busy += time.monotonic() - t0  # [busy time]
         if ticket >= 0:
             self.hand_over(ticket)
         else:
             self.forward(0)
-        spent = time.monotonic() - t0
-        # Slow items get smaller batches, so one unit holds a worker for about
-        # BATCH_BUDGET seconds at most (plus one item).
-        if spent > BATCH_BUDGET:
-            self.limit = max(1, int(n * BATCH_BUDGET / spent))
-        elif self.limit < self.head.batch_size and n == self.limit:
-            self.limit = min(self.head.batch_size, self.limit * 2)
+        full = n == self.limit
+        self.adapt(n, time.monotonic() - t0)
         self.arm_timer()
         if out.pending():
             return False
         # A full batch means more may wait; a closed input must be popped again
         # to see its end (its close may have been announced before this pop).
-        return n == self.limit or self.inbox.channel.closed
+        return full or self.inbox.channel.closed
+
+    def adapt(self, n: int, spent: float) -> None:
+        """Size the next batch from the last one (``n`` items in ``spent``
+        seconds): a unit holds a worker for about BATCH_BUDGET seconds at most
+        (plus one item), so a stop, a pause or the watchdog is seen within about
+        that long, while fast functions grow to the full batch size."""
+        if spent > BATCH_BUDGET:
+            self.limit = max(1, int(n * BATCH_BUDGET / spent))
+        elif n >= self.limit and self.limit < self.head.batch_size and spent * 2 <= BATCH_BUDGET:
+            self.limit = min(self.head.batch_size, self.limit * 2)
 
     # ------------------------------------------------------------------ record edges
 
@@ -354,6 +372,7 @@ class Unit:
             out.sent_count += n  # type: ignore[attr-defined]
             self.stats[j + 1].received += n
             t0 = time.monotonic()
+            self.stage = j + 1
             self.logics[j + 1].process(items, outs[j + 1])
             self.stats[j + 1].busy += time.monotonic() - t0  # [busy time] each stage its own logic's time
         outs[last].flush()
@@ -400,9 +419,10 @@ class Unit:
         while self.end_stage < len(logics):
             i = self.end_stage
             lg = logics[i]
+            self.stage = i
             if lg.has_feedback():
                 t0 = time.monotonic()
-                lg.process_feedback(self.tasks[i].batch_size, self.outs[i])
+                lg.process_feedback(self.limit, self.outs[i])
                 self.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if self.group is not None and self.group.ordered:
                     self.hand_over(self.ticket())

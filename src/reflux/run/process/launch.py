@@ -184,12 +184,15 @@ class ForkedProcess:
                 pass
 
 
-def _run_forked_worker(rfd: int, wfd: int, close: list[int]) -> None:
+def _run_forked_worker(rfd: int, wfd: int, close: list[int], mask: set[int] | None) -> None:
     """The child side of a fork: drop the parent's other pipe ends, then run the
     worker loop on the inherited interpreter (no import, no preparation) and exit
-    without running the parent's exit handlers.  Never returns."""
+    without running the parent's exit handlers.  Never returns.  ``mask`` is the
+    signal mask to restore once SIGINT is ignored (the parent blocked it for the fork)."""
     code = 1
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        _restore_signals(mask)
         for fd in close:
             try:
                 os.close(fd)
@@ -210,13 +213,20 @@ def _run_forked_worker(rfd: int, wfd: int, close: list[int]) -> None:
         wire._exit(code)
 
 
-def prefork(nodes: list[Any]) -> dict[str, list[Any]]:
+def prefork(nodes: list[Any], forked: dict[str, list[Any]]) -> None:
     """``start_method="fork"``: fork the worker processes of ``nodes`` now, at the
     start of the run, while this process runs a single thread (a fork then copies
-    no lock another thread holds).  Returns the workers by node name, as
-    ``(process, write fd, read fd)``, for the nodes' logics to adopt when they
-    open; :func:`discard_preforked` ends the ones never adopted.  Raises
+    no lock another thread holds).  Puts the workers into ``forked`` by node
+    name as they are made, as ``(process, write fd, read fd)``, for the nodes'
+    logics to adopt when they open; :func:`discard_preforked` ends the ones
+    never adopted (the caller holds ``forked`` before the first fork, so an
+    interruption at any point leaves nothing it cannot end).  Raises
     ``RuntimeError`` naming the node when other threads run.
+
+    SIGINT and SIGTERM are blocked while the workers are forked and unblocked
+    afterwards: a Ctrl-C that arrives meanwhile is delivered then, as a
+    ``KeyboardInterrupt`` in this thread, instead of inside the interpreter's
+    fork handlers, which would report it as ignored and lose it.
     """
     if len(threading.enumerate()) > 1:
         others = ", ".join(t.name for t in threading.enumerate() if t is not threading.current_thread())
@@ -230,34 +240,53 @@ def prefork(nodes: list[Any]) -> dict[str, list[Any]]:
         except Exception:  # noqa: BLE001
             pass
     parent_fds: list[int] = []  # every parent-side end made so far: no child may keep one
-    forked: dict[str, list[Any]] = {}
+    blocked = _block_stop_signals()
     try:
-        for node in nodes:
-            handles: list[Any] = []
-            forked[node.name] = handles
-            for _ in range(getattr(node, "workers", None) or default_workers()):
-                to_r, to_w = os.pipe()
-                from_r, from_w = os.pipe()
-                try:
-                    for fd in (to_w, from_r):
-                        grow_pipe(fd)
-                    pid = os.fork()
-                except BaseException:
-                    for fd in (to_r, to_w, from_r, from_w):
-                        os.close(fd)
-                    raise
-                if pid == 0:  # the child
-                    _run_forked_worker(to_r, from_w, [*parent_fds, to_w, from_r])
-                os.close(to_r)
-                os.close(from_w)
-                proc = ForkedProcess(pid)
-                track(proc)
-                handles.append((proc, to_w, from_r))
-                parent_fds += (to_w, from_r)
+        _fork_workers(nodes, forked, parent_fds, blocked)
     except BaseException:
         discard_preforked(forked)
         raise
-    return forked
+    finally:
+        _restore_signals(blocked)  # a signal that arrived meanwhile is delivered here
+
+
+def _fork_workers(nodes: list[Any], forked: dict[str, list[Any]], parent_fds: list[int],
+                  blocked: set[int] | None) -> None:
+    for node in nodes:
+        handles: list[Any] = []
+        forked[node.name] = handles
+        for _ in range(getattr(node, "workers", None) or default_workers()):
+            to_r, to_w = os.pipe()
+            from_r, from_w = os.pipe()
+            try:
+                for fd in (to_w, from_r):
+                    grow_pipe(fd)
+                pid = os.fork()
+            except BaseException:
+                for fd in (to_r, to_w, from_r, from_w):
+                    os.close(fd)
+                raise
+            if pid == 0:  # the child
+                _run_forked_worker(to_r, from_w, [*parent_fds, to_w, from_r], blocked)
+            os.close(to_r)
+            os.close(from_w)
+            proc = ForkedProcess(pid)
+            track(proc)
+            handles.append((proc, to_w, from_r))
+            parent_fds += (to_w, from_r)
+
+
+def _block_stop_signals() -> set[int] | None:
+    """Block SIGINT and SIGTERM in this thread; returns the mask to restore (None where
+    signal masks do not exist)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}))
+
+
+def _restore_signals(mask: set[int] | None) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def discard_preforked(forked: dict[str, list[Any]]) -> None:
