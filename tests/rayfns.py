@@ -147,3 +147,17 @@ def twice(x: int) -> Any:
     """A generator function: each item twice."""
     yield x
     yield x
+
+
+class FailLate:
+    """Sleeps ``seconds`` per item; raises on item ``at``, first writing ``time.time()`` to ``stamp``."""
+
+    def __init__(self, at: int, stamp: str, seconds: float) -> None:
+        self.at, self.stamp, self.seconds = at, stamp, seconds
+
+    def __call__(self, x: int) -> int:
+        time.sleep(self.seconds)
+        if x == self.at:
+            Path(self.stamp).write_text(repr(time.time()))
+            raise ValueError(f"item {x}")
+        return x

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rayfns
+from support import wait_until
 
 from reflux import (
     Extractor,
@@ -357,29 +358,40 @@ def test_a_machine_removed_mid_run_under_raise_names_the_node(cluster: Any) -> N
 
 
 # --------------------------------------------------------------------------- stopping
+# The bounds are those tests/test_stopping.py sets for local nodes (50 ms calls there and
+# here): stop(drain=False) + join() within 0.5 s, run(timeout=1) within 1.5 s, a failure
+# under "raise" and Ctrl-C within 1.5 s and 1 s.  Bounds on waiting, generous next to the
+# 50 ms slices a Ray node waits in.
+
+SLOW = 0.05
 
 
-def test_stop_without_drain_ends_within_the_join_bound_and_kills_the_actors() -> None:
-    p = Pipeline(Extractor(range(1_000_000)) >> Transformer(rayfns.Sleepy(0.01), executor="ray", workers=2, name="slow")
-                 >> Loader.to_list(name="out"))
-    p.start()
-    while p.stats()["slow"].emitted < 20:
-        time.sleep(0.02)
-    t0 = time.monotonic()
-    p.stop(drain=False)
-    r = p.join(HANG)
-    took = time.monotonic() - t0
-    assert r.status == "stopped" and r.stuck == []
-    assert took < p.join_timeout  # the bound local nodes have: no worker reported stuck
-    assert r.nodes["slow"].dropped > 0 and not r.accounting_problems()
+def _slow_ray_pipeline(**kwargs: Any) -> Pipeline:
+    return Pipeline(Extractor(range(100_000)) >> Transformer(rayfns.Sleepy(SLOW), executor="ray", workers=2,
+                                                             name="slow")
+                    >> Loader.to_list(name="out"), **kwargs)
+
+
+def test_stop_without_drain_ends_within_the_local_bound_and_kills_the_actors() -> None:
+    for _ in range(2):
+        p = _slow_ray_pipeline()
+        p.start()
+        wait_until(lambda: p.stats()["out"].received >= 4, "some items to be loaded", HANG)
+        t0 = time.monotonic()
+        p.stop(drain=False)
+        r = p.join(HANG)
+        took = time.monotonic() - t0
+        assert r.status == "stopped" and r.stuck == []
+        assert r.nodes["slow"].dropped > 0 and not r.accounting_problems()
+        assert took < 0.5, f"stop(drain=False) + join() took {took:.2f} s"
 
 
 def test_stop_with_drain_finishes_what_was_taken() -> None:
-    p = Pipeline(Extractor(range(1_000_000)) >> Transformer(rayfns.Sleepy(0.002), executor="ray", workers=2, name="slow")
+    p = Pipeline(Extractor(range(1_000_000)) >> Transformer(rayfns.Sleepy(0.002), executor="ray", workers=2,
+                                                            name="slow")
                  >> Loader.to_list(name="out"))
     p.start()
-    while p.stats()["slow"].emitted < 20:
-        time.sleep(0.02)
+    wait_until(lambda: p.stats()["slow"].emitted >= 20, "some items through the Ray node", HANG)
     p.stop()
     r = p.join(HANG)
     out = r.results["out"]
@@ -387,12 +399,26 @@ def test_stop_with_drain_finishes_what_was_taken() -> None:
     assert r.nodes["slow"].dropped == 0 and not r.accounting_problems()
 
 
-def test_timeout_abandons_and_kills_the_actors() -> None:
-    p = Pipeline(Extractor(range(100_000)) >> Transformer(rayfns.Sleepy(0.05), executor="ray", workers=2)
-                 >> Loader.to_list(name="out"))
+def test_run_timeout_ends_within_the_local_bound() -> None:
+    p = _slow_ray_pipeline()
+    t0 = time.monotonic()
     with pytest.raises(TimeoutError):
-        p.run(timeout=3)
+        p.run(timeout=1)
+    took = time.monotonic() - t0
     assert p.result is not None and p.result.stuck == [] and not p.result.accounting_problems()
+    assert took < 1.5, f"run(timeout=1) took {took:.2f} s"
+
+
+def test_a_failure_under_raise_ends_the_run_within_the_local_bound(tmp_path: Path) -> None:
+    stamp = tmp_path / "failed-at"
+    p = Pipeline(Extractor(range(100_000)) >> Transformer(rayfns.FailLate(at=30, stamp=str(stamp), seconds=SLOW),
+                                                          executor="ray", workers=2, name="late")
+                 >> Loader.to_list(name="out"))
+    with pytest.raises(NodeError, match="Transformer 'late' failed on item 30: ValueError: item 30"):
+        p.run(timeout=HANG)
+    took = time.time() - float(stamp.read_text())  # from the raise in the actor (same machine, same clock)
+    assert p.result is not None and p.result.stuck == [] and not p.result.accounting_problems()
+    assert took < 1.5, f"the failure took {took:.2f} s to end the run"
 
 
 CTRL_C = textwrap.dedent("""
@@ -401,13 +427,13 @@ CTRL_C = textwrap.dedent("""
     from reflux import Extractor, Transformer, Loader, Pipeline, PipelineInterrupted
 
     def slow(x):
-        time.sleep(0.005)
+        time.sleep(0.05)
         return x
 
     seen = [0]
     def load(x):
         seen[0] += 1
-        if seen[0] == 20:
+        if seen[0] == 4:
             print("ready", flush=True)
 
     if __name__ == "__main__":
@@ -417,6 +443,7 @@ CTRL_C = textwrap.dedent("""
             p.run()
         except PipelineInterrupted as e:
             r = e.result
+            print("ended", flush=True)
             from ray.util.state import list_actors
             import ray
             job = ray.get_runtime_context().get_job_id()
@@ -443,14 +470,18 @@ def test_ctrl_c_in_a_subprocess_ends_the_run_and_its_actors(cluster: Any, tmp_pa
         assert child.stdout is not None
         line = child.stdout.readline().split()
         assert line == ["ready"], child.stderr.read() if child.stderr else ""
+        t0 = time.monotonic()
         child.send_signal(signal.SIGINT)
+        ended = child.stdout.readline().strip()
+        took = time.monotonic() - t0
         out, err = child.communicate(timeout=HANG)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
     assert child.returncode == 0, err
-    assert out.split() == ["interrupted", "interrupted", "0", "0", "2", "0"], (out, err)
+    assert ended == "ended" and out.split() == ["interrupted", "interrupted", "0", "0", "2", "0"], (ended, out, err)
+    assert took < 1.0, f"Ctrl-C took {took:.2f} s to end the run"
 
 
 # --------------------------------------------------------------------------- backpressure and observability
