@@ -25,7 +25,9 @@ timing of every row that uses actors.
             workers=2``.  Arrays are made as they are needed, so the driver
             never holds them all.
 
-``latency`` the cost of a round trip, at low load: a call to a Ray actor and
+``latency`` what a run pays before and per batch: starting 2 actors (the
+            class reflux's nodes use) until each has answered once; a
+            round trip at low load: a call to a Ray actor and
             back (``ray.get(actor.f.remote(x))``, one at a time), and one item
             at a time through ``Extractor >> Transformer(executor="ray") >>
             Loader`` (the source sleeps 5 ms between items; each item carries
@@ -39,6 +41,7 @@ here is a test: timings are only reported.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -235,7 +238,7 @@ def run_arrays_actor_pool(n: int, chunk: int) -> float:
 
     source = make_arrays(n)
     while True:
-        batch = [a for _, a in zip(range(chunk), source)]
+        batch = list(itertools.islice(source, chunk))
         if not batch:
             break
         while in_flight >= limit:
@@ -292,6 +295,23 @@ def run_call_latency(calls: int) -> float:
         times.append(perf_counter() - t0)
     ray.kill(a)
     return statistics.median(times)
+
+
+def run_actor_start(n: int = 2) -> float:
+    """Seconds to start ``n`` actors of the node class reflux uses and have each answer once."""
+    import ray
+
+    from reflux.run.ray.actor import RefluxActor
+
+    cls = ray.remote(RefluxActor)
+    t0 = perf_counter()
+    actors = [cls.remote("benchmark", identity, {"flat": False, "retries": 0}) for _ in range(n)]
+    infos = ray.get([a.info.remote() for a in actors])
+    secs = perf_counter() - t0
+    for a in actors:
+        ray.kill(a)
+    check("actor start", len({pid for _, _, pid, _ in infos}), n)
+    return secs
 
 
 def run_item_latency(items: int, gap: float = 0.005) -> float:
@@ -356,6 +376,7 @@ def build_rows(args: argparse.Namespace, notes: list[str]) -> list[Row]:
             lambda: run_arrays_actor_pool(m, 16)),
         Row("arrays_reflux", "arrays", 'reflux executor="ray", workers=2', m * ARRAY_FLOATS * 4 / 1e6, "MB/s",
             lambda: run_arrays_reflux(m)),
+        Row("actor_start", "latency", "start 2 actors, first answer from each", 1, "s", run_actor_start),
         Row("call_latency", "latency", "Ray actor call and back, one at a time", 1, "s",
             lambda: run_call_latency(args.latency_items)),
         Row("item_latency", "latency", 'one item through E >> T(executor="ray") >> L', 1, "s",

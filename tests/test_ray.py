@@ -111,7 +111,7 @@ def test_filter_sends_back_verdicts_and_keeps_the_items() -> None:
     r = run(Extractor(items) >> Filter(lambda t: t[0] % 3 == 0, executor="ray", workers=2, name="keep")
             >> Loader.to_list(name="out"))
     assert r.results["out"] == [t for t in items if t[0] % 3 == 0]
-    assert all(a is b for a, b in zip(r.results["out"], items[::3]))  # the very objects: never sent back
+    assert all(a is b for a, b in zip(r.results["out"], items[::3], strict=True))  # the very objects: never sent back
     st = r.nodes["keep"]
     assert (st.received, st.emitted, st.filtered) == (n, n // 3, n - n // 3)
     assert not r.accounting_problems()
@@ -173,7 +173,8 @@ def test_numpy_arrays_travel_through_the_object_store(monkeypatch: pytest.Monkey
     r = run(Extractor(arrays) >> Transformer(rayfns.identity, executor="ray", workers=2) >> Loader.to_list(name="out"),
             batch_size=8)
     out = r.results["out"]
-    assert [int(a[0]) for a in out] == list(range(40)) and all(np.array_equal(a, b) for a, b in zip(out, arrays))
+    assert [int(a[0]) for a in out] == list(range(40))
+    assert all(np.array_equal(a, b) for a, b in zip(out, arrays, strict=True))
     # every batch was put in the object store once (none pickled into the call)
     assert puts and sum(puts) == sum(a.nbytes for a in arrays)
     # results are read-only views of Ray's object store (zero-copy), not copies made here
@@ -376,7 +377,7 @@ def test_stop_without_drain_ends_within_the_local_bound_and_kills_the_actors() -
     for _ in range(2):
         p = _slow_ray_pipeline()
         p.start()
-        wait_until(lambda: p.stats()["out"].received >= 4, "some items to be loaded", HANG)
+        wait_until(lambda p=p: p.stats()["out"].received >= 4, "some items to be loaded", HANG)
         t0 = time.monotonic()
         p.stop(drain=False)
         r = p.join(HANG)
@@ -512,7 +513,8 @@ def test_a_slow_actor_holds_the_source_back_and_is_seen_in_stats_metrics_and_pro
         w = snap.workers[0]
         assert w.state == "alive" and w.host and w.items >= 100 and 0 <= w.busy <= 1
         text = prometheus_text(p.stats())
-        assert f'reflux_worker_items_total{{pipeline="bp",node="slow",kind="Transformer",worker="0",host="{w.host}"' in text
+        labels = f'pipeline="bp",node="slow",kind="Transformer",worker="0",host="{w.host}"'
+        assert f"reflux_worker_items_total{{{labels}" in text
         assert 'reflux_worker_up{pipeline="bp",node="slow"' in text
         from rich.console import Console
         console = Console(width=140, record=True)
@@ -543,8 +545,8 @@ def test_an_existing_session_is_used_and_ray_init_is_not_applied(caplog: pytest.
 
 
 def test_pipeline_default_executor_ray() -> None:
-    p = Pipeline(Extractor(range(100)) >> Transformer(rayfns.square, name="sq") >> Transformer(lambda x: x + 1, name="inc")
-                 >> Loader.to_list(name="out"), executor="ray")
+    p = Pipeline(Extractor(range(100)) >> Transformer(rayfns.square, name="sq")
+                 >> Transformer(lambda x: x + 1, name="inc") >> Loader.to_list(name="out"), executor="ray")
     r = p.run(timeout=HANG)
     assert r.results["out"] == [x * x + 1 for x in range(100)]
     assert p["sq"].executor == "ray" and p["sq"].ordered
@@ -583,7 +585,8 @@ def test_the_logic_runs_without_a_runtime() -> None:
 def test_many_runs_in_a_row_leave_nothing_behind() -> None:
     """Runs start and end their actors each time (the autouse check counts them after)."""
     for i in range(3):
-        r = run(Extractor(range(200)) >> Transformer(rayfns.square, executor="ray", workers=2) >> Loader.to_list(name="o"))
+        r = run(Extractor(range(200)) >> Transformer(rayfns.square, executor="ray", workers=2)
+                >> Loader.to_list(name="o"))
         assert r.results["o"] == [x * x for x in range(200)], i
 
 

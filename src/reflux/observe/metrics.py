@@ -15,7 +15,8 @@ counters end in ``_total``::
 The Ray actors of a node with ``executor="ray"`` have series of their own,
 labelled also with ``worker`` (its index), ``host`` and ``ray_node_id``::
 
-    reflux_worker_items_total{pipeline="demo",node="score",kind="Transformer",worker="0",host="10.0.0.5",ray_node_id="4f1c..."} 5120
+    reflux_worker_items_total{pipeline="demo",node="score",kind="Transformer",worker="0",
+                              host="10.0.0.5",ray_node_id="4f1c..."} 5120   (on one line)
 
 Rates are left to the monitoring system (``rate(reflux_node_items_in_total[1m])``).
 """
