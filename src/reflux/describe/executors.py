@@ -97,7 +97,7 @@ def ray_installed() -> bool:
 
 def _number(owner: str, key: str, value: Any, *, integer: bool = False, low: float = 0) -> None:
     ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
-          and value >= low and value != float("inf"))
+          and float(value) >= low and value != float("inf"))
     if ok and integer:
         ok = isinstance(value, numbers.Integral)
     if not ok:

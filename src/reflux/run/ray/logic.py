@@ -143,7 +143,7 @@ class RayTransformerLogic(NodeLogic):
 
     def open(self) -> None:
         """Start the actors (they load the function and call its ``open()`` as they start)."""
-        node = self.node
+        node: Any = self.node  # a Transformer or a Filter
         options = actor_options(node.ray_options)
         n = node.workers or default_workers(options)
         pol = self.policy
