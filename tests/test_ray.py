@@ -674,3 +674,12 @@ def test_the_actors_of_a_killed_driver_end(cluster: Any, tmp_path: Path) -> None
             break
         time.sleep(0.2)
     assert len(mine) == 2 and not left, mine
+
+
+def test_a_forked_process_node_next_to_a_ray_node_is_refused_clearly() -> None:
+    """Ray's threads run in the driver once it is connected: forking process workers then is unsafe."""
+    p = Pipeline(Extractor(range(3)) >> Transformer(rayfns.square, executor="ray", name="on_ray")
+                 >> Transformer(abs, executor="process", start_method="fork", name="forked") >> Loader.to_list())
+    with pytest.raises(RuntimeError, match="Transformer 'forked': start_method='fork' forks the worker processes"):
+        p.start()
+    assert not p.running
