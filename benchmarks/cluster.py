@@ -18,7 +18,7 @@ timing of every row that uses actors.
             (``executor="process", workers=2``); Ray's ``ActorPool`` of 2
             actors over chunks of 1,000 items; Ray Data ``map_batches`` with
             batches of 1,000 (tasks, its default; and on an actor pool of 2,
-            ``concurrency=2, num_cpus=0.5`` with a callable class); reflux
+            ``concurrency=2, num_cpus=0`` with a callable class); reflux
             ``executor="ray", workers=2``.
 ``arrays``  ``--arrays`` numpy arrays of 1 MiB (2,000) through an identity
             stage and back to the driver, in MB/s: Ray's ``ActorPool`` of 2
@@ -210,9 +210,9 @@ def run_ray_data(n: int, batch: int = 1000, actors: int = 0) -> float:
     t0 = perf_counter()
     count = total = 0
     ds = ray.data.range(n)
-    # half a CPU per actor: with a whole one each, the actors hold every CPU of a 2-CPU Ray
-    # and Ray Data's read tasks never run (the run hangs)
-    ds = (ds.map_batches(HeavyBatch, batch_size=batch, concurrency=actors, num_cpus=0.5) if actors
+    # no CPU held per actor, as reflux's actors by default: with a CPU each, the actors hold
+    # every CPU of a 2-CPU Ray (or of 2 one-CPU machines) and Ray Data's read tasks never run
+    ds = (ds.map_batches(HeavyBatch, batch_size=batch, concurrency=actors, num_cpus=0) if actors
           else ds.map_batches(batch_fn, batch_size=batch))
     for b in ds.iter_batches(batch_size=None):
         count += len(b["y"])

@@ -181,6 +181,19 @@ def test_numpy_arrays_travel_through_the_object_store(monkeypatch: pytest.Monkey
     assert not any(a.flags.writeable for a in out)
 
 
+def test_long_strings_travel_through_the_object_store_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from reflux.run.ray import logic
+
+    puts: list[int] = []
+    real_put = ray.put
+    monkeypatch.setattr(logic.ray, "put", lambda v, **kw: puts.append(len(v)) or real_put(v, **kw))
+    texts = [str(i) * 120_000 for i in range(10)]  # 120 kB each: every batch is put
+    r = run(Extractor(texts) >> Transformer(len, executor="ray") >> Loader.to_list(name="out"))
+    assert r.results["out"] == [len(t) for t in texts] and sum(puts) == 10
+
+
 def test_small_items_travel_in_the_call() -> None:
     import ray
 

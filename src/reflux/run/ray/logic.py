@@ -14,12 +14,13 @@ How it works
 * ``process(batch)`` adds the items to the batch being cut; a batch leaves
   for the least busy actor once it holds about :data:`BATCH_SECONDS` of work
   (one item per batch until the first result tells the cost of an item;
-  at most :data:`MAX_BATCH_ITEMS` items and :data:`MAX_BATCH_BYTES` of array
-  data), at once when no batch is in flight, and after :data:`FLUSH_AFTER`
-  seconds otherwise.  A batch holding :data:`PUT_BYTES` or more of buffers
-  (numpy arrays, bytes) is put in the object store with ``ray.put`` and sent
-  by reference, so array data is not pickled into the call, and a batch
-  re-sent after its actor died is not serialised again.
+  at most :data:`MAX_BATCH_ITEMS` items and about :data:`MAX_BATCH_BYTES`,
+  judged by the pickled size of one item per batch), at once when no batch
+  is in flight, and after :data:`FLUSH_AFTER` seconds otherwise.  A batch of
+  :data:`PUT_BYTES` or more (numpy arrays, long strings...) is put in the
+  object store with ``ray.put`` and sent by reference, so its data is not
+  pickled into the call (array data is not copied into the pickle at all),
+  and a batch re-sent after its actor died is not serialised again.
 * Backpressure: each actor has :data:`~reflux.run.ray.actors.PREFETCH`
   batches in flight at most; with every slot taken, ``process()`` waits
   (``ray.wait``, GIL released, in slices of :data:`WAIT_SLICE` seconds that
@@ -63,10 +64,10 @@ __all__ = ["RayFilterLogic", "RayTransformerLogic"]
 
 #: seconds of actor work a batch aims at once the cost of an item is known
 BATCH_SECONDS = 0.05
-#: most items, and most bytes of array data, in one batch
+#: most items, and about the most bytes (pickled), in one batch
 MAX_BATCH_ITEMS = 8192
 MAX_BATCH_BYTES = 16 << 20
-#: a batch holding this many bytes of buffers goes through ray.put
+#: a batch of this many bytes (pickled) goes through ray.put
 PUT_BYTES = 100 << 10
 #: seconds a partial batch waits for more items while other batches are in flight
 FLUSH_AFTER = 0.005
@@ -96,14 +97,16 @@ class _Batch:
         self.failure: BaseException | None = None
 
 
-def _buffer_bytes(items: list[Any]) -> int:
-    """Bytes of buffer data (numpy arrays, bytes...) in ``items``, judged by the first item's type."""
-    first = items[0]
-    if isinstance(first, (bytes, bytearray)):
-        return sum(len(x) for x in items if isinstance(x, (bytes, bytearray)))
-    if isinstance(getattr(first, "nbytes", None), int):
-        return sum(getattr(x, "nbytes", 0) for x in items)
-    return 0
+def _pickled_size(item: Any) -> int:
+    """Bytes ``item`` takes pickled, buffers (numpy array data) counted without copying them."""
+    from ray import cloudpickle
+
+    buffers: list[Any] = []
+    try:
+        data = cloudpickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+    except Exception:  # noqa: BLE001 - it fails again when sent, and is handled there
+        return 0
+    return len(data) + sum(memoryview(b).nbytes for b in buffers)
 
 
 class RayTransformerLogic(NodeLogic):
@@ -133,7 +136,7 @@ class RayTransformerLogic(NodeLogic):
         self._done: deque[_Batch] = deque()
         self._next_seq = 0
         self._next_emit = 0
-        #: EWMA of actor seconds per item, and of buffer bytes per item
+        #: EWMA of actor seconds per item, and of bytes per item (pickled)
         self._cost: float | None = None
         self._item_bytes = 0.0
         self._deadline: float | None = None
@@ -209,11 +212,11 @@ class RayTransformerLogic(NodeLogic):
         """Send one batch to ``actor`` (items Ray cannot pickle fail here, the rest go)."""
         try:
             if batch.arg is None:
-                nbytes = _buffer_bytes(batch.items)
-                if nbytes:
-                    per = nbytes / len(batch.items)
-                    self._item_bytes = per if not self._item_bytes else 0.7 * self._item_bytes + 0.3 * per
-                batch.arg = ray.put(batch.items) if nbytes >= PUT_BYTES else batch.items
+                # the size of a batch, judged by its first item (one item pickled per batch)
+                per = _pickled_size(batch.items[0])
+                self._item_bytes = per if not self._item_bytes else 0.7 * self._item_bytes + 0.3 * per
+                big = per * len(batch.items) >= PUT_BYTES
+                batch.arg = ray.put(batch.items) if big else batch.items
             ref = actor.handle.run.remote(batch.seq, batch.arg)
         except Exception:
             # some item cannot be pickled: fail those, send the rest (anything else is raised)
