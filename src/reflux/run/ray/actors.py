@@ -24,6 +24,7 @@ node's logic waits on together with its batches, in short slices.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -64,19 +65,18 @@ class NodeActor:
         self.since = time.monotonic()
         self.warned = False
 
-    @property
-    def state(self) -> str:
-        return self.stats.state
-
     def where(self) -> str:
-        """``"actor 1 on 10.0.0.5 (pid 4242)"``, as messages name it."""
+        """``"Ray actor 1 on 10.0.0.5 (pid 4242)"``, as messages name it."""
         s = self.stats
         return f"Ray actor {self.index}" + (f" on {s.host} (pid {s.pid})" if s.host else "")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(exc: BaseException) -> str:
     """The gist of a Ray error (its message's first line, without Ray's colour codes)."""
-    text = str(exc).replace("\x1b[36m", "").replace("\x1b[39m", "").strip()
+    text = _ANSI.sub("", str(exc)).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
@@ -192,7 +192,8 @@ class ActorSet:
         if isinstance(exc, ray.exceptions.ActorDiedError):
             if st.state == "starting":
                 st.state = "dead"
-                raise RayWorkerError(f"{self.label}: {actor.where()} could not start: {exc}") from exc
+                raise RayWorkerError(f"{self.label}: {actor.where()} could not start: "
+                                     f"{_ANSI.sub('', str(exc))}") from exc
             st.state = "dead"
             logger.warning("%s: %s is gone for good (%s)", self.label, actor.where(), first_line(exc))
             if not self.usable():
