@@ -192,8 +192,10 @@ class ActorSet:
         if isinstance(exc, ray.exceptions.ActorDiedError):
             if st.state == "starting":
                 st.state = "dead"
-                raise RayWorkerError(f"{self.label}: {actor.where()} could not start: "
-                                     f"{_ANSI.sub('', str(exc))}") from exc
+                text = _ANSI.sub("", str(exc)).strip()
+                last = text.splitlines()[-1].strip() if text else type(exc).__name__
+                # the gist first (the last line of Ray's report: the exception of open()), then the report
+                raise RayWorkerError(f"{self.label}: {actor.where()} could not start ({last}):\n{text}") from exc
             st.state = "dead"
             logger.warning("%s: %s is gone for good (%s)", self.label, actor.where(), first_line(exc))
             if not self.usable():
