@@ -29,8 +29,9 @@ other workers run record pumps and the units that are not in the lane.
                 releases the lane, fences, and takes it back if lane_q is not
                 empty (Dekker: a forward racing with the release is never lost)
     forwarder:  pushes to lane_q, fences, and takes the lane if it is free
-    a stuck holder (one step longer than ``lane_patience``): another worker
-                takes the lane over, so one endless call never stops the rest
+    a stuck holder (one step longer than the patience, which the pool sets to
+                50 ms): another worker takes the lane over, so one slow or
+                endless call never holds up the rest
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
@@ -88,7 +89,7 @@ cdef class Scheduler:
     # per unit: 1 = a lane unit (see the module docs); written before the
     # workers start (set_lane), read-only while they run
     cdef uint8_t* lane
-    # lane units forwarded to the lane holder (each index in ready or lane_q at most once)
+    # queued lane units waiting for the lane holder (each index in ready or lane_q at most once)
     cdef RecordChannel lane_q
     # the lane holder's id, 0 when free; changed by CAS/exchange (acq_rel), read
     # with acquire; a releaser and a forwarder each fence after their write
@@ -173,8 +174,15 @@ cdef class Scheduler:
     cdef bint lane_forward(self, int64_t index, uint32_t me) noexcept nogil:
         """Hand a lane unit to the lane holder; True if this worker took the lane
         (it was free after all, or its holder is stuck) and must run lane_q."""
-        cdef uint32_t owner
-        cdef uint64_t since
+        cdef uint32_t st = rx_load32_acquire(&self.states[index])
+        # back to QUEUED (lane_q, like the ready queue, holds queued units); a
+        # notify that made it RERUN meanwhile is covered: it runs anyway
+        while True:
+            if st == DONE:
+                return False
+            # acq_rel CAS: pairs with notify's CAS RUNNING->RERUN and next's QUEUED->RUNNING
+            if rx_cas32_acqrel(&self.states[index], &st, QUEUED):
+                break
         self._lane_push(index)
         # Dekker with lane_give: push, fence, look at the lane
         rx_fence_seqcst()
@@ -197,9 +205,15 @@ cdef class Scheduler:
         return False
 
     cdef int64_t lane_pop(self) noexcept nogil:
+        """A QUEUED unit from lane_q, marked RUNNING; C_NONE when lane_q is empty."""
         cdef int64_t index
-        if self.lane_q.try_pop_records(&index, 1) == 1:
-            return index
+        cdef uint32_t st
+        while self.lane_q.try_pop_records(&index, 1) == 1:
+            st = QUEUED
+            # acq_rel CAS: as in next_nogil
+            if rx_cas32_acqrel(&self.states[index], &st, RUNNING):
+                return index
+            # retired while it waited (DONE): skip it
         return C_NONE
 
     cdef int64_t try_next_nogil(self) noexcept nogil:
@@ -225,6 +239,7 @@ cdef class Scheduler:
         the worker loop runs its steps without the GIL."""
         self._check(i)
         self.pump_refs.append(pump)  # keeps it alive as long as the scheduler
+        self.lane[i] = 0  # a pump steps without the GIL: never in the lane
         # published to other workers by done_nogil's acq_rel CAS (which
         # follows in this worker) and read after next_nogil's acq_rel CAS
         self.pumps[i] = <void*>pump
@@ -247,6 +262,16 @@ cdef class Scheduler:
         # ring.  Losing the index would leave the unit QUEUED forever: wait
         # for the slot instead (the pop's notify wakes us).  -1: closed, the
         # pool is over.
+        cdef int64_t wake = self.n
+        if self.lane[index] and rx_load32_acquire(&self.lane_owner) != 0:
+            # the lane is held: its holder takes lane_q first, and no other worker
+            # needs waking for a unit it could not run anyway
+            self._lane_push(index)
+            # Dekker with lane_give: push, fence, look at the lane again
+            rx_fence_seqcst()
+            if rx_load32_acquire(&self.lane_owner) != 0:
+                return
+            index = wake  # released meanwhile: wake a worker to take the lane
         if self.ready.try_push_records(&index, 1) == 0:
             self.ready.push_records(&index, 1, -1.0)
 
@@ -735,6 +760,10 @@ cdef int64_t _next_step(Scheduler sched, uint32_t me, bint* holding, double time
                     continue  # lane_q got work meanwhile: still the holder
                 holding[0] = False
                 index = sched.next_nogil(timeout)
+        elif rx_load32_acquire(&sched.lane_owner) != 0:
+            # another worker holds the lane: wake up within the patience to see
+            # whether it is stuck in one step (then take the lane over)
+            index = sched.next_nogil(min(timeout, sched.lane_patience_ns / 1e9))
         else:
             index = sched.next_nogil(timeout)
         if index == C_TIMEOUT:

@@ -145,3 +145,13 @@ def sleepy(x: float) -> float:
 
 def pid(x: Any) -> int:
     return os.getpid()
+
+
+def emits(x: int) -> int:
+    """Emits a warning for every tenth item (reflux.emit in a worker process)."""
+    import threading
+
+    from reflux import emit
+    if x % 10 == 0:
+        emit("warning", "tenth", x=x, obj=threading.Lock())  # a field that cannot be pickled travels as repr
+    return x

@@ -228,7 +228,7 @@ class TestRun:
         assert isinstance(result, RunResult)
         assert result.status == "completed" and result.ok
         assert result.counts()["f"] == {"in": 100, "out": 25, "filtered": 75, "errors": 0, "dropped": 0,
-                                        "retried": 0, "fed_back": 0}
+                                        "overflowed": 0, "retried": 0, "fed_back": 0}
         assert result["t"]["in"] == 25 and result["t"]["out"] == 25
         assert (result.extracted, result.loaded, result.filtered, result.error_count, result.dropped) \
             == (100, 25, 75, 0, 0)

@@ -22,10 +22,12 @@ REFLUX = [
     "Node", "Extractor", "Transformer", "Filter", "Balancer", "Broadcast", "Funnel", "Messenger",
     "Accumulator", "Loader", "NeedsMoreWork", "Error",
     # sinks
-    "ListSink", "FileSink", "CallbackSink",
+    "ListSink", "FileSink", "CallbackSink", "CountSink", "SumSink", "ReduceSink",
     # the pipeline, its results and stats
-    "Pipeline", "Flow", "RunResult", "NodeStats", "WorkerStats", "PipelineStats", "NodeSnapshot",
-    "WorkerSnapshot", "Alert", "ErrorPolicy",
+    "Pipeline", "Flow", "RunResult", "Results", "WallTime", "NodeStats", "WorkerStats", "PipelineStats",
+    "NodeSnapshot", "WorkerSnapshot", "Alert", "ErrorPolicy",
+    # what a node's function may call while it runs
+    "Event", "emit", "stopping",
     # errors
     "RefluxError", "ValidationError", "NotCallableError", "NodeError", "ClogError", "RoutingError",
     "TransformError", "PipelineInterrupted", "AccountingError", "ErrorRecord",

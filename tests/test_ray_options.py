@@ -112,7 +112,7 @@ class TestOptions:
         with pytest.raises(ValidationError, match="Filter 'bool': executor must be one of 'thread', 'ray', "
                                                   "got 'process'"):
             Filter(bool, executor="process")
-        with pytest.raises(ValidationError, match="Filter 'bool': executor='ray' runs the predicate in Ray actors"):
+        with pytest.raises(ValidationError, match="Filter 'bool': executor='ray' runs a plain predicate in Ray actors"):
             Filter(bool, executor="ray", parallel=2)
 
     def test_pipeline_ray_init_must_be_a_dict(self) -> None:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import wait_until
+from support import needs_posix_signals, wait_until
 
 from reflux import Extractor, Filter, Loader, NodeError, Pipeline, Transformer
 
@@ -62,22 +62,26 @@ def test_stop_without_draining_returns_within_one_call() -> None:
 
 
 def test_a_drain_stop_and_a_pause_are_seen_within_about_one_budget() -> None:
-    p = _slow_pipeline()
+    # capacity 8: a drain-stop lets what was extracted flow on, which is little here
+    p = _slow_pipeline(capacity=8)
     p.start()
     wait_until(lambda: p.stats()["out"].received >= 2, "some items to be loaded")
-    t0 = time.monotonic()
     p.pause()
     before = p.stats()["slow"].received
     time.sleep(0.3)
     held = p.stats()["slow"].received - before
     p.resume()
+    t0 = time.monotonic()
     p.stop()  # drain: what was extracted goes on, then the run ends
+    extracted_at_stop = p.stats()["extractor"].received
     result = p.join(HANG)
     elapsed = time.monotonic() - t0
     # a batch in flight when pause() came may finish (a few calls per replica), nothing more
     assert held <= 8, f"{held} items went in while paused"
     assert result.status == "stopped" and result.dropped == 0
     assert result.loaded == result.extracted and result.loaded < 10_000
+    # the source stopped at once: at most one more small batch after stop()
+    assert result.extracted - extracted_at_stop <= 8
     result.check_accounting()
     assert elapsed < 5, f"a drain-stop took {elapsed:.1f} s"
 
@@ -208,6 +212,7 @@ def _ctrl_c_trial(script: str) -> float:
     return elapsed
 
 
+@needs_posix_signals
 def test_ctrl_c_ends_a_run_of_slow_calls_within_a_second(tmp_path: object) -> None:
     script = os.path.join(str(tmp_path), "ctrl_c.py")
     with open(script, "w", encoding="utf-8") as f:
@@ -227,8 +232,8 @@ FORK_CHILD = textwrap.dedent("""
     if __name__ == "__main__":
         p = Pipeline(Extractor(forever()) >> Transformer(square, executor="process", workers=2,
                                                          start_method="fork") >> Loader(lambda x: None))
-        print("go", flush=True)
         try:
+            print("go", flush=True)
             p.run()
         except KeyboardInterrupt:
             sys.exit(0)

@@ -18,6 +18,7 @@ which are re-exported here too.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from reflux_core.channel import (
@@ -44,7 +45,7 @@ from .describe.nodes import (
     Messenger,
     Transformer,
 )
-from .describe.sinks import CallbackSink, FileSink, ListSink
+from .describe.sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
 from .errors import (
     AccountingError,
     ClogError,
@@ -57,13 +58,19 @@ from .errors import (
     TransformError,
     ValidationError,
 )
+from .logic.effects import emit, stopping
 from .observe.stats import Alert, NodeSnapshot, PipelineStats, WorkerSnapshot
 from .pipeline import Pipeline
 from .policies import ErrorPolicy
-from .result import NodeStats, RunResult, WorkerStats
+from .result import Event, NodeStats, Results, RunResult, WallTime, WorkerStats
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
+
+# A library logs and never prints: without this, Python's last-resort handler would
+# write reflux's warnings and errors (a node failure the application caught) to
+# standard error although the application configured no logging.
+logging.getLogger("reflux").addHandler(logging.NullHandler())
 
 __all__ = [
     # channels (compiled core)
@@ -93,10 +100,18 @@ __all__ = [
     "ListSink",
     "FileSink",
     "CallbackSink",
+    "CountSink",
+    "SumSink",
+    "ReduceSink",
     # pipeline and results
     "Pipeline",
     "Flow",
     "RunResult",
+    "Results",
+    "WallTime",
+    "Event",
+    "emit",
+    "stopping",
     "NodeStats",
     "WorkerStats",
     "PipelineStats",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .describe.base import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Part
+from .describe.base import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Node, Part
 from .describe.executors import check_ray_init
 from .describe.graph import Graph
 from .describe.nodes import Extractor, Loader
@@ -40,7 +40,7 @@ class Pipeline(Graph):
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
     dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
     runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None,
-    record_edges=True, ray_init=None)``
+    record_edges=True, max_events=1000, ray_init=None)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -56,6 +56,9 @@ class Pipeline(Graph):
         records are collected in :attr:`RunResult.dead_letters`.
     ``max_error_records``
         how many error records the result keeps (the rest are only counted).
+    ``max_events``
+        how many events (:func:`reflux.emit`) the result keeps (the rest are
+        only counted).
     ``join_timeout``
         seconds to wait for each worker to end once the run is over or
         abandoned; a worker stuck in user code past it is reported in
@@ -109,10 +112,12 @@ class Pipeline(Graph):
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
                  executor: str | None = None, clog_timeout: float | None = 60.0, on_clog: str = "warn",
                  on_alert: Callable[[Alert], Any] | None = None, record_edges: bool = True,
-                 ray_init: Mapping[str, Any] | None = None) -> None:
+                 max_events: int = 1000, ray_init: Mapping[str, Any] | None = None) -> None:
         if isinstance(max_error_records, bool) or not isinstance(max_error_records, int) or max_error_records < 0:
             raise ValidationError(
                 f"Pipeline '{name}': max_error_records must be an integer >= 0, got {max_error_records!r}")
+        if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 0:
+            raise ValidationError(f"Pipeline '{name}': max_events must be an integer >= 0, got {max_events!r}")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValidationError(f"Pipeline '{name}': workers must be a positive integer, got {workers!r}")
         if runtime == "threads":
@@ -137,6 +142,7 @@ class Pipeline(Graph):
         self.on_clog = on_clog
         self.on_alert = on_alert
         self.max_error_records = max_error_records
+        self.max_events = max_events
         self.join_timeout = float(join_timeout)
         self._monitor: Monitor | None = None
         self._runtime: PoolRuntime | None = None
@@ -226,7 +232,7 @@ class Pipeline(Graph):
                 from .run.process.launch import prefork
                 prefork(to_fork, forked)  # before any thread of the run exists (see there)
             runtime = PoolRuntime(plan, workers=self.workers, max_error_records=self.max_error_records,
-                                  poll=self.POLL, preforked=forked)
+                                  poll=self.POLL, preforked=forked, max_events=self.max_events)
             # stats, alerts and the clogging watchdog; the watchdog has no thread of its
             # own: the workers (every poll) and the thread waiting in join() run its checks
             self._monitor = Monitor(self.name, plan, runtime, clog_timeout=self.clog_timeout,
@@ -272,17 +278,39 @@ class Pipeline(Graph):
         else:
             rt.abort()
 
-    def pause(self) -> None:
-        """Pause every node between batches (no CPU is used while paused)."""
+    def pause(self, node: Node | str | None = None) -> None:
+        """Pause every node between batches (no CPU is used while paused); with
+        ``node`` (a node or its name), only that node: its input backs up through
+        the bounded channels, as it would behind a slow node, while the rest of
+        the pipeline goes on.  A node fused with others pauses with its chain
+        (give it ``fuse=False`` to pause it alone)."""
         if self._runtime is None:
             raise RuntimeError(f"Pipeline '{self.name}' is not running")
-        self._runtime.pause()
+        if node is None:
+            self._runtime.pause()
+        else:
+            self._runtime.pause_node(self._node_name(node))
 
-    def resume(self) -> None:
-        """Resume after :meth:`pause`."""
+    def resume(self, node: Node | str | None = None) -> None:
+        """Resume after :meth:`pause` (of the pipeline, or of ``node``)."""
         if self._runtime is None:
             raise RuntimeError(f"Pipeline '{self.name}' is not running")
-        self._runtime.resume()
+        if node is None:
+            self._runtime.resume()
+        else:
+            self._runtime.resume_node(self._node_name(node))
+
+    @property
+    def paused_nodes(self) -> frozenset[str]:
+        """Names of the nodes paused one by one (with the nodes fused with them)."""
+        return frozenset() if self._runtime is None else self._runtime.paused_nodes()
+
+    def _node_name(self, node: Node | str) -> str:
+        name = node if isinstance(node, str) else getattr(node, "name", None)
+        if not isinstance(name, str) or not any(n.name == name for n in self._nodes) or (
+                not isinstance(node, str) and node not in self):
+            raise ValidationError(f"Pipeline '{self.name}' has no node {node!r:.60}")
+        return name
 
     def stats(self) -> PipelineStats:
         """A snapshot of the run: a mapping of node name to

@@ -1,13 +1,36 @@
 """Counters of a run: per-node statistics and the :class:`RunResult` of a pipeline."""
 from __future__ import annotations
 
+import time as _time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import AccountingError, ErrorRecord
 
-__all__ = ["NodeStats", "RunResult", "WallTime", "WorkerStats"]
+__all__ = ["Event", "NodeStats", "Results", "RunResult", "WallTime", "WorkerStats"]
+
+
+def _name(key: Any) -> Any:
+    """A node's name for a node (anything with a ``name`` string), else ``key`` itself."""
+    if isinstance(key, str):
+        return key
+    name = getattr(key, "name", None)
+    return name if isinstance(name, str) else key
+
+
+class Results(dict[str, Any]):
+    """What each Loader reported, by Loader name; the Loader object itself works as a key too
+    (``result.results[sink]`` is ``result.results[sink.name]``)."""
+
+    def __getitem__(self, key: object) -> Any:
+        return super().__getitem__(_name(key))
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(_name(key))
+
+    def get(self, key: object, default: Any = None) -> Any:
+        return super().get(_name(key), default)
 
 # How a node's counters relate (see NodeStats.law):
 #   "source"   received (pulled from the source) == emitted + dropped
@@ -15,6 +38,32 @@ __all__ = ["NodeStats", "RunResult", "WallTime", "WorkerStats"]
 #   "fanout"   received * fanout == emitted + errors + dropped  (Broadcast: one copy per receiver)
 #   "free"     no fixed relation (flat-map Transformer, Accumulator: outputs are not inputs)
 LAWS = ("source", "one", "fanout", "free")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a node's function reported with :func:`reflux.emit`: not a failure,
+    an observation (a late record, a retried connection, a value out of range)."""
+
+    #: name of the node whose function emitted it
+    node: str
+    #: the level's name: ``"debug"``, ``"info"``, ``"warning"``, ``"error"`` or ``"critical"``
+    level: str
+    #: the message
+    message: str
+    #: the keyword fields given with it
+    fields: dict[str, Any] = field(default_factory=dict)
+    #: ``time.time()`` when it was emitted
+    time: float = field(default_factory=_time.time)
+
+    @property
+    def levelno(self) -> int:
+        """The :mod:`logging` level number."""
+        return LEVELS.get(self.level, 20)
+
+
+#: event levels by name, as :mod:`logging` numbers them
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 @dataclass
@@ -86,6 +135,9 @@ class NodeStats:
     ``dropped``
         items abandoned by ``stop(drain=False)``, a failure elsewhere, or
         Ctrl-C, so every item stays accounted for.
+    ``overflowed``
+        items a leaky input (``overflow="drop_oldest"`` or ``"drop_newest"``)
+        dropped because it was full; they count as received.
     ``retried``
         retries made (each call after the first on one item).
     ``fed_back``
@@ -94,6 +146,8 @@ class NodeStats:
         seconds the node spent in its own logic (the user's function, not
         waiting for input or for room downstream); the runtime adds them up,
         and :meth:`Pipeline.stats` turns them into a busy fraction.
+    ``events``
+        events the node's function emitted (:func:`reflux.emit`), by level name.
     ``workers``
         one :class:`WorkerStats` per remote worker (the Ray actors of a node
         with ``executor="ray"``; empty for other nodes).
@@ -108,7 +162,9 @@ class NodeStats:
     dropped: int = 0
     retried: int = 0
     fed_back: int = 0
+    overflowed: int = 0
     busy: float = 0.0
+    events: dict[str, int] = field(default_factory=dict)
     #: the relation the counters obey (an internal detail used by accounting)
     law: str = field(default="one", repr=False)
     #: copies per item (Broadcast) or receivers (routing nodes)
@@ -130,14 +186,15 @@ class NodeStats:
     def as_dict(self) -> dict[str, int]:
         """The counters as ``{"in": ..., "out": ..., "filtered": ..., ...}``."""
         return {"in": self.received, "out": self.emitted, "filtered": self.filtered,
-                "errors": self.errors, "dropped": self.dropped, "retried": self.retried,
-                "fed_back": self.fed_back}
+                "errors": self.errors, "dropped": self.dropped, "overflowed": self.overflowed,
+                "retried": self.retried, "fed_back": self.fed_back}
 
     def copy(self) -> NodeStats:
         """A snapshot of the counters."""
-        copied = NodeStats(**{f.name: getattr(self, f.name) for f in fields(self)})
-        copied.workers = [w.copy() for w in self.workers]
-        return copied
+        copy = NodeStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+        copy.events = dict(self.events)
+        copy.workers = [w.copy() for w in self.workers]
+        return copy
 
     def imbalance(self) -> int | None:
         """How far the counters are from this node's law (0 when they add up);
@@ -145,13 +202,13 @@ class NodeStats:
         if self.law == "source":
             return self.received - (self.emitted + self.dropped)
         if self.law == "one":
-            return self.received - (self.emitted + self.filtered + self.errors + self.dropped)
+            return self.received - (self.emitted + self.filtered + self.errors + self.dropped + self.overflowed)
         if self.law == "fanout":
-            return self.received * self.fanout - (self.emitted + self.errors + self.dropped)
+            return (self.received - self.overflowed) * self.fanout - (self.emitted + self.errors + self.dropped)
         return None
 
 
-_COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back")
+_COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried", "fed_back")
 
 
 @dataclass
@@ -245,7 +302,7 @@ class RunResult:
     #: per-node counters, by node name, in the order nodes were added
     nodes: dict[str, NodeStats]
     #: what each Loader returned, by Loader name (see :class:`~reflux.Loader`)
-    results: dict[str, Any]
+    results: Results
     #: error records kept (policies "raise", "log" and "dead_letter"), oldest first
     errors: list[ErrorRecord]
     #: items sent along each edge, keyed by ``(sender, receiver)`` names
@@ -261,10 +318,22 @@ class RunResult:
     stuck: list[str] = field(default_factory=list)
     #: where the run's time went (the pool's workers, the nodes, the GIL)
     wall_time: WallTime | None = None
+    #: events the nodes' functions emitted (:func:`reflux.emit`), oldest first
+    events: list[Event] = field(default_factory=list)
+    #: events not kept because ``max_events`` was reached
+    events_not_kept: int = 0
 
-    def __getitem__(self, name: str) -> NodeStats:
-        """Counters of the node called ``name``."""
-        return self.nodes[name]
+    def __getitem__(self, node: Any) -> NodeStats:
+        """Counters of a node: by name, or the node object itself."""
+        return self.nodes[_name(node)]
+
+    def value(self, loader: Any) -> Any:
+        """What a Loader reported (by name or the Loader itself): ``results[loader]``."""
+        return self.results[loader]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.results, Results):
+            self.results = Results(self.results)
 
     def __iter__(self) -> Iterator[NodeStats]:
         return iter(self.nodes.values())
@@ -306,6 +375,11 @@ class RunResult:
     def dropped(self) -> int:
         """Items abandoned over all nodes (0 after a completed run)."""
         return sum(s.dropped for s in self.nodes.values())
+
+    @property
+    def overflowed(self) -> int:
+        """Items leaky inputs dropped because they were full, over all nodes."""
+        return sum(s.overflowed for s in self.nodes.values())
 
     @property
     def ok(self) -> bool:

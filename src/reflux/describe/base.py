@@ -7,12 +7,19 @@ node does with a batch and :mod:`reflux.run` when it does it.
 
 ``a >> b`` builds a :class:`Flow`, a fragment of a graph that a
 :class:`~reflux.Pipeline` takes whole.
+
+Nodes and flows are generic in what they take in and send on
+(``Transformer[int, str]`` takes ints and sends strings; ``Any`` when not
+said), so a type checker sees what flows along ``>>``: wiring a
+``Transformer[int, str]`` into a ``Loader[int]`` is a type error.  The type
+parameters are for checkers only; nothing is checked at run time.
 """
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Union, overload
 
 from reflux_core.channel import MAX_CAPACITY as _MAX_CHANNEL_CAPACITY
 
@@ -20,12 +27,32 @@ from ..errors import NotCallableError, ValidationError
 from ..policies import ErrorPolicy
 from ..result import NodeStats
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "MAX_CAPACITY", "check_capacity", "Flow", "Node", "NodeLike", "Part", "check_edge"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "MAX_CAPACITY", "check_capacity", "Flow", "In", "Node",
+           "NodeLike", "Out", "Part", "T", "check_edge"]
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+else:
+    def TypeVar(name: str, *constraints: Any, default: Any = None, **kwargs: Any) -> Any:
+        """typing.TypeVar without ``default=`` (PEP 696), which only type checkers read."""
+        return typing.TypeVar(name, *constraints, **kwargs)
+
+#: what a node takes in (``Any`` when not said)
+In = TypeVar("In", contravariant=True, default=Any)
+#: what a node sends on (``Any`` when not said)
+Out = TypeVar("Out", covariant=True, default=Any)
+#: the items of a node that passes them on unchanged (Filter, Balancer, ...)
+T = TypeVar("T", default=Any)
+_X = TypeVar("_X")
 
 #: default capacity of a node's input channel (slots, rounded up to a power of two)
 DEFAULT_CAPACITY = 1024
 #: default most items moved per batch
 DEFAULT_BATCH_SIZE = 256
+#: what a node's full input does with more items (``overflow=``)
+OVERFLOW: tuple[str, ...] = ("block", "drop_oldest", "drop_newest")
+#: async calls in flight per node by default
+DEFAULT_CONCURRENCY = 16
 #: the largest channel the core makes (slots)
 MAX_CAPACITY: int = _MAX_CHANNEL_CAPACITY
 
@@ -58,16 +85,49 @@ def is_generator_callable(fn: Any) -> bool:
     return False
 
 
-def check_callable(owner: str, fn: Any, what: str = "function") -> None:
-    """Refuse a non-callable, or an ``async def`` one (its calls would make coroutines
-    nobody awaits), with a message naming the node."""
+def check_callable(owner: str, fn: Any, what: str = "function", allow_async: bool = False) -> None:
+    """Refuse a non-callable, or (unless the node runs async functions on an event loop,
+    ``allow_async``) an ``async def`` one, whose calls would make coroutines nobody
+    awaits, with a message naming the node."""
     if not callable(fn):
         raise NotCallableError(f"{owner}: {what} must be callable, got {type(fn).__name__} {fn!r:.60}")
-    if is_async_callable(fn):
+    if not allow_async and is_async_callable(fn):
         raise NotCallableError(
             f"{owner}: {what} {getattr(fn, '__name__', type(fn).__name__)!r} is an async function; this "
             f"node calls its function synchronously, so each call would make a coroutine that is never "
             f"awaited. Use a plain function here (an Extractor takes async sources)")
+
+
+def check_async(owner: str, fn: Any, is_async: bool, concurrency: Any,
+                call_timeout: Any) -> tuple[int, float | None]:
+    """``concurrency=`` (calls in flight, default 16) and ``call_timeout=`` (seconds
+    a call may take) of an async function; refused for a plain one."""
+    if not is_async:
+        for label, value in (("concurrency", concurrency), ("call_timeout", call_timeout)):
+            if value is not None:
+                raise ValidationError(f"{owner}: {label}= applies to an async function (async def); "
+                                      f"{getattr(fn, '__name__', type(fn).__name__)!r} is a plain one "
+                                      "(for a plain function that waits on I/O, use parallel=)")
+        return 1, None
+    if concurrency is None:
+        concurrency = DEFAULT_CONCURRENCY
+    check_positive_int(owner, "concurrency", concurrency, allow_none=False)
+    if call_timeout is not None and (isinstance(call_timeout, bool) or not isinstance(call_timeout, (int, float))
+                                     or not call_timeout > 0 or call_timeout == float("inf")):
+        raise ValidationError(f"{owner}: call_timeout must be a positive number of seconds, got {call_timeout!r}")
+    return concurrency, None if call_timeout is None else float(call_timeout)
+
+
+def check_batched(owner: str, batched: Any, plugin: Any, is_async: bool) -> bool:
+    """``batched=``: the function takes the whole batch (not with a plug-in or an async function)."""
+    if not isinstance(batched, bool):
+        raise ValidationError(f"{owner}: batched must be True or False, got {batched!r}")
+    if batched and plugin is not None:
+        raise ValidationError(f"{owner}: a compiled plug-in works on chunks of records already; "
+                              "batched=True is for Python functions")
+    if batched and is_async:
+        raise ValidationError(f"{owner}: batched=True takes a plain function, not an async one")
+    return batched
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -138,8 +198,11 @@ def check_positive_int(owner: str, label: str, value: Any, allow_none: bool = Tr
 NodeLike = Union["Node", "Flow", Sequence["Node"]]
 
 
-class Node:
+class Node(Generic[In, Out]):
     """Base class of every node: a name, its input capacity, batch size and error policy.
+
+    ``Node[In, Out]`` takes items of type ``In`` and sends items of type ``Out``
+    (for type checkers; see the module docs).
 
     Keyword arguments shared by every node:
 
@@ -158,6 +221,13 @@ class Node:
     ``fuse``
         ``False`` keeps the node out of fused chains (it always runs as a
         task of its own, with a channel on each side).
+    ``overflow``
+        what happens when the node's input channel is full: ``"block"``
+        (default: the sender waits, backpressure), ``"drop_oldest"`` (the
+        oldest waiting item is dropped to make room) or ``"drop_newest"`` (the
+        arriving item is dropped): a leaky input, for real-time work where
+        fresh data beats complete data.  Dropped items are counted in the
+        node's ``overflowed`` counter.
     """
 
     #: the node type's name, used in messages
@@ -172,7 +242,7 @@ class Node:
     def __init__(self, *, name: str | None = None, capacity: int | None = None,
                  batch_size: int | None = None, on_error: str = "raise", retries: int = 0,
                  backoff: float = 0.0, backoff_factor: float = 2.0, max_backoff: float = 30.0,
-                 dead_letter: Node | str | None = None, fuse: bool = True,
+                 dead_letter: Node | str | None = None, fuse: bool = True, overflow: str = "block",
                  _default: str | None = None) -> None:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValidationError(f"{self.kind}: name must be a non-empty string, got {name!r}")
@@ -191,6 +261,14 @@ class Node:
                 f"{owner}: dead_letter must be a Loader (or a Loader's name), got {dead_letter!r:.60}")
         self.dead_letter: Node | str | None = dead_letter
         self.fuse = bool(fuse)
+        if overflow not in OVERFLOW:
+            raise ValidationError(f"{owner}: overflow must be one of {', '.join(map(repr, OVERFLOW))}, "
+                                  f"got {overflow!r}")
+        if overflow != "block" and self.is_source:
+            raise ValidationError(f"{owner}: overflow= is about a node's input; a source has none")
+        #: what a full input does with more items: wait ("block"), or drop the oldest
+        #: or the newest and go on (a leaky input, for real-time work)
+        self.overflow = overflow
         #: the pipeline the node belongs to (a node is used in one pipeline only)
         self._pipeline: Any = None
 
@@ -204,10 +282,15 @@ class Node:
 
     # -- chaining shorthand: a >> b >> c, a >> [b, c], [a, b] >> c
 
-    def __rshift__(self, other: NodeLike) -> Flow:
+    @overload
+    def __rshift__(self, other: Node[Out, _X] | Flow[Out, _X]) -> Flow[In, _X]: ...
+    @overload
+    def __rshift__(self, other: Sequence[Node[Out, Any] | Flow[Out, Any]]) -> Flow[In, Any]: ...
+
+    def __rshift__(self, other: Part) -> Flow[Any, Any]:
         return Flow.of(self) >> other
 
-    def __rrshift__(self, other: NodeLike) -> Flow:
+    def __rrshift__(self, other: Sequence[Node[Any, In] | Flow[Any, In]]) -> Flow[Any, Out]:
         return Flow.of(other) >> self
 
     # -- counters
@@ -236,13 +319,14 @@ def check_edge(src: Node, dst: Node) -> None:
         raise ValidationError(f"{dst.label} is a source: it cannot receive items from {src.label}")
 
 
-class Flow:
+class Flow(Generic[In, Out]):
     """A fragment of a pipeline graph built with ``>>``: nodes, edges, and the
     nodes at its start (``heads``) and end (``tails``).
 
     ``a >> b`` connects a's tails to b's heads; a list stands for its members
     side by side, so ``a >> [b, c]`` fans out and ``[b, c] >> d`` fans in.
-    Pass flows to :class:`Pipeline` (or :meth:`Pipeline.add`).
+    Pass flows to :class:`Pipeline` (or :meth:`Pipeline.add`).  ``Flow[In, Out]``:
+    its heads take ``In``, its tails send ``Out`` (for type checkers).
     """
 
     __slots__ = ("edges", "heads", "nodes", "tails")
@@ -255,7 +339,7 @@ class Flow:
         self.tails = tails
 
     @classmethod
-    def of(cls, part: Part) -> Flow:
+    def of(cls, part: Part) -> Flow[Any, Any]:
         """A flow made of a node, a flow, or a list/tuple of them (side by side)."""
         if isinstance(part, Flow):
             return part
@@ -278,7 +362,12 @@ class Flow:
         raise ValidationError(f"cannot wire {type(part).__name__} {part!r:.60}: expected a node, "
                               "a flow, or a list of them")
 
-    def __rshift__(self, other: Part) -> Flow:
+    @overload
+    def __rshift__(self, other: Node[Out, _X] | Flow[Out, _X]) -> Flow[In, _X]: ...
+    @overload
+    def __rshift__(self, other: Sequence[Node[Out, Any] | Flow[Out, Any]]) -> Flow[In, Any]: ...
+
+    def __rshift__(self, other: Part) -> Flow[Any, Any]:
         right = Flow.of(other)
         edges = list(self.edges)
         for t in self.tails:
@@ -292,7 +381,7 @@ class Flow:
         _merge_unique(nodes, right.nodes)
         return Flow(nodes, edges, list(self.heads), list(right.tails))
 
-    def __rrshift__(self, other: Part) -> Flow:
+    def __rrshift__(self, other: Sequence[Node[Any, In] | Flow[Any, In]]) -> Flow[Any, Out]:
         return Flow.of(other) >> self
 
     def __repr__(self) -> str:

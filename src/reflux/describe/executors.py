@@ -74,11 +74,8 @@ def check_executor(owner: str, executor: str | None, workers: int | None,
             raise ValidationError(f"{owner}: workers must be a positive integer, got {workers!r}")
     if not isinstance(ordered, bool):
         raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
-    if executor == "process":
-        if os.name != "posix":
-            raise ValidationError(f"{owner}: executor='process' is not available on {sys.platform} yet")
-        if fn is not None:
-            check_picklable(owner, fn)
+    if executor == "process" and fn is not None:
+        check_picklable(owner, fn)
     if executor == "ray" and not ray_installed():
         raise ValidationError(f"{owner}: executor='ray' needs Ray, which is not installed; "
                               f"install it with: {RAY_EXTRA}")
@@ -156,8 +153,9 @@ def apply_default_executor(nodes: Any, executor: str) -> None:
     (checking, for ``"process"``, that their function can be pickled)."""
     for node in nodes:
         if node.kind == "Transformer" and not node.executor_chosen:
-            if executor != "thread" and (node.plugin is not None or node.parallel != 1):
-                continue  # compiled plug-ins and thread replicas keep their threads
+            if executor != "thread" and (node.plugin is not None or node.parallel != 1
+                                         or node.is_async or node.batched):
+                continue  # compiled plug-ins, thread replicas, async and batched functions stay here
             if executor == "process":
                 check_picklable(node.label, node.fn)
             if executor != "thread" and node.ordered_given is None:

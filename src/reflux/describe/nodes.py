@@ -5,28 +5,61 @@
 :class:`Accumulator` and :class:`Loader` (sink).  Each class checks its
 arguments when it is built (errors name the node) and holds them; what a node
 does with a batch is in :mod:`reflux.logic`, one module per kind.
+
+Each node type is generic in its items (see :mod:`reflux.describe.base`): the
+types come from the function a node is given (``Transformer(str)`` of a
+``def f(x: int) -> str`` is a ``Transformer[int, str]``), or are written out
+(``Loader[int](print)``); left out, they are ``Any``.
 """
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
-from typing import Any, ClassVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sized,
+)
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, overload
 
 from reflux_core.channel import Channel, RecordChannel
 
 from ..errors import NotCallableError, ValidationError
 from .base import (
+    In,
     Node,
+    Out,
+    T,
+    check_async,
+    check_batched,
     check_callable,
     check_positive_int,
     check_replicas,
     chunk_batches,
     default_name,
+    is_async_callable,
     is_generator_callable,
     plugin_for,
 )
 from .executors import check_executor, check_ray_options, check_start_method
-from .sinks import CallbackSink, FileSink, ListSink
+from .sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
+
+_NO_INITIAL: Any = object()  # Loader.reduce without an initial value
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from typing_extensions import Never  # noqa: F401 - named in the string Node["Never", ...]
+
+    from ..signals import Error, NeedsMoreWork
+
+    #: what a node function may return besides an output: feedback and failures
+    _Signal = NeedsMoreWork | Error
 
 __all__ = [
     "Extractor",
@@ -41,9 +74,17 @@ __all__ = [
 ]
 
 
+class SupportsPlugin(Protocol):
+    """A compiled record plug-in: a ``reflux_core.transform`` CTransform, CFilter or CKey,
+    or any object offering a C plug-in's capsule."""
+
+    @property
+    def __reflux_plugin__(self) -> object: ...
+
+
 # --------------------------------------------------------------------------- Extractor
 
-class Extractor(Node):
+class Extractor(Node["Never", Out]):
     """Source of a pipeline: reads items from ``source`` and sends them on.
 
     ``source`` may be:
@@ -75,6 +116,23 @@ class Extractor(Node):
     kind = "Extractor"
     is_source = True
     _NO_SENTINEL: ClassVar[object] = object()
+
+    @overload
+    def __init__(self: Extractor[npt.NDArray[np.void]], source: RecordChannel, *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Channel[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], Generator[Out, Any, Any]], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], AsyncGenerator[Out, Any]], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Iterable[Out] | AsyncIterable[Out], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
 
     def __init__(self, source: Any, *, sentinel: Any = _NO_SENTINEL, **kwargs: Any) -> None:
         default = default_name(source) if callable(source) and not isinstance(source, Iterable) else None
@@ -110,7 +168,7 @@ class Extractor(Node):
 
 # --------------------------------------------------------------------------- Transformer
 
-class Transformer(Node):
+class Transformer(Node[In, Out]):
     """Applies ``fn`` to each item.
 
     * a plain return value is the output (Transformed);
@@ -152,24 +210,69 @@ class Transformer(Node):
 
     kind = "Transformer"
 
-    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
+    # the types: a generator function (annotated to return a Generator or an Iterator)
+    # yields the outputs; with flat=True the function returns iterables of them; else it
+    # returns one (NeedsMoreWork and Error are not outputs)
+    @overload
+    def __init__(self, fn: Callable[[In], Iterator[Out | _Signal]], *, flat: bool = ...,
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ...,
+                 ray_options: Mapping[str, Any] | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Iterable[Out | _Signal]], *, flat: Literal[True],
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ...,
+                 ray_options: Mapping[str, Any] | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Awaitable[Out | _Signal]], *, concurrency: int | None = ...,
+                 call_timeout: float | None = ..., parallel: int = ..., ordered: bool | None = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[list[In]], Iterable[Out]], *, batched: Literal[True],
+                 parallel: int = ..., ordered: bool | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Out | _Signal], *, flat: Literal[False] = ...,
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ...,
+                 ray_options: Mapping[str, Any] | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: SupportsPlugin, *, parallel: int = ..., ordered: bool | None = ...,
+                 **kwargs: Any) -> None: ...
+
+    def __init__(self, fn: Any, *, flat: bool = False, parallel: int = 1,
                  ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
-                 start_method: str | None = None, ray_options: Mapping[str, Any] | None = None,
+                 start_method: str | None = None, batched: bool = False, concurrency: int | None = None,
+                 call_timeout: float | None = None, ray_options: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
         #: the checked plug-in when ``fn`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, fn, "transform")
+        #: an ``async def`` function: its calls run on an event loop (see :meth:`async_options`)
+        self.is_async = self.plugin is None and is_async_callable(fn)
+        self.concurrency, self.call_timeout = check_async(self.label, fn, self.is_async, concurrency,
+                                                          call_timeout)
+        #: ``fn`` takes the whole batch as a list and returns one result per item
+        self.batched = check_batched(self.label, batched, self.plugin, self.is_async)
+        if self.batched and flat:
+            raise ValidationError(f"{self.label}: batched=True returns one result per item; it does not "
+                                  "combine with flat=True")
         if self.plugin is None:
-            check_callable(self.label, fn)
+            check_callable(self.label, fn, allow_async=True)
         elif flat:
             raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
         else:
             chunk_batches(self)
-        self.fn = fn
+        #: the function (or plug-in) as given
+        self.fn: Any = fn
         self.generator = is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
+        if self.flat:
+            self.stats_law = "free"  # an item in may give any number out
         self.executor: str = "thread"
         self.workers: int | None = None
+        if executor in ("process", "ray") and (self.is_async or self.batched):
+            raise ValidationError(f"{self.label}: executor={executor!r} takes a plain function (not "
+                                  f"{'an async one' if self.is_async else 'batched=True'})")
         if executor is not None or workers is not None:
             if self.plugin is not None and executor in ("process", "ray"):
                 raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
@@ -182,27 +285,29 @@ class Transformer(Node):
         self.start_method = "spawn"
         if start_method is not None:
             self.start_method = check_start_method(self.label, self.executor, start_method)
+        if self.is_async and parallel != 1:
+            raise ValidationError(f"{self.label}: an async function runs many calls at once on one event "
+                                  "loop: set concurrency= instead of parallel=")
+        if self.is_async and self.generator:
+            raise ValidationError(f"{self.label}: an async generator function is not a Transformer function")
         if self.executor != "thread" and parallel != 1:
             raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
                                   f"executor={self.executor!r} set the number of "
                                   f"{'processes' if self.executor == 'process' else 'actors'} with workers=")
         #: ``ordered=`` as given (None: the default of the executor in the end)
         self.ordered_given = ordered
-        # process and Ray workers keep input order by default; thread replicas emit as they complete
-        default_order = self.executor != "thread"
+        # process and Ray workers and async calls keep input order by default; thread
+        # replicas emit as they complete
+        default_order = self.executor != "thread" or self.is_async
         self.parallel, self.ordered = check_replicas(self.label, parallel,
                                                      default_order if ordered is None else ordered)
         #: False when the pipeline's default executor applies
         self.executor_chosen = executor is not None
 
-    @property  # type: ignore[override]
-    def stats_law(self) -> str:
-        return "free" if self.flat else "one"
-
 
 # --------------------------------------------------------------------------- Filter
 
-class Filter(Node):
+class Filter(Node[T, T]):
     """Passes the items for which ``predicate(item)`` is true; counts the others
     as ``filtered``.  Never sends an empty batch downstream.
 
@@ -216,31 +321,44 @@ class Filter(Node):
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool | None = None,
-                 executor: str | None = None, workers: int | None = None,
-                 ray_options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, predicate: Callable[[T], object] | Callable[[list[T]], Any] | SupportsPlugin, *,
+                 parallel: int = 1, ordered: bool | None = None, batched: bool = False,
+                 concurrency: int | None = None, call_timeout: float | None = None, executor: str | None = None,
+                 workers: int | None = None, ray_options: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=default_name(predicate), **kwargs)
         #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, predicate, "filter")
+        #: an ``async def`` predicate: its calls run on an event loop
+        self.is_async = self.plugin is None and is_async_callable(predicate)
+        self.concurrency, self.call_timeout = check_async(self.label, predicate, self.is_async, concurrency,
+                                                          call_timeout)
+        #: ``predicate`` takes the whole batch as a list and returns one truth value per item
+        self.batched = check_batched(self.label, batched, self.plugin, self.is_async)
         if self.plugin is None:
-            check_callable(self.label, predicate, "predicate")
+            check_callable(self.label, predicate, "predicate", allow_async=True)
         else:
             chunk_batches(self)
+        if self.is_async and parallel != 1:
+            raise ValidationError(f"{self.label}: an async predicate runs many calls at once on one event "
+                                  "loop: set concurrency= instead of parallel=")
         self.executor, self.workers, _ = check_executor(self.label, executor, workers, bool(ordered),
                                                         allowed=("thread", "ray"))
-        if self.executor == "ray" and (self.plugin is not None or parallel != 1):
-            raise ValidationError(f"{self.label}: executor='ray' runs the predicate in Ray actors: set their "
-                                  "number with workers= (parallel= and compiled plug-ins run in threads)")
+        if self.executor == "ray" and (self.plugin is not None or parallel != 1 or self.is_async or self.batched):
+            raise ValidationError(f"{self.label}: executor='ray' runs a plain predicate in Ray actors: set their "
+                                  "number with workers= (parallel=, compiled plug-ins, async and batched "
+                                  "predicates run here)")
         #: options of the Ray actors (``executor="ray"``)
         self.ray_options = check_ray_options(self.label, self.executor, ray_options)
         self.parallel, self.ordered = check_replicas(
-            self.label, parallel, (self.executor == "ray") if ordered is None else ordered)
-        self.predicate = predicate
+            self.label, parallel, (self.executor == "ray" or self.is_async) if ordered is None else ordered)
+        #: the predicate (or plug-in) as given
+        self.predicate: Any = predicate
 
 
 # --------------------------------------------------------------------------- routing nodes
 
-class Balancer(Node):
+class Balancer(Node[T, T]):
     """Sends items to its receivers in turn (round-robin), one item each.
 
     Receivers are the nodes it is connected to, in the order connected; a
@@ -254,7 +372,7 @@ class Balancer(Node):
         super().__init__(**kwargs)
 
 
-class Broadcast(Node):
+class Broadcast(Node[T, T]):
     """Sends every item to every receiver.
 
     Receivers share the same object; pass ``copy`` (e.g. ``copy.deepcopy``)
@@ -264,7 +382,7 @@ class Broadcast(Node):
     kind = "Broadcast"
     routes = True
 
-    def __init__(self, *, copy: Callable[[Any], Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, copy: Callable[[T], T] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if copy is not None:
             check_callable(self.label, copy, "copy")
@@ -273,7 +391,7 @@ class Broadcast(Node):
     stats_law = "fanout"
 
 
-class Funnel(Node):
+class Funnel(Node[T, T]):
     """Merges any number of inputs into one output.
 
     Every input feeds one shared channel, so an item on any input is
@@ -287,7 +405,7 @@ class Funnel(Node):
         super().__init__(**kwargs)
 
 
-class Messenger(Node):
+class Messenger(Node[T, T]):
     """Routes each item to the receiver named by ``key(item)``.
 
     The key is looked up in ``routes`` (a mapping of key to a node or a
@@ -306,8 +424,9 @@ class Messenger(Node):
     kind = "Messenger"
     routes = True
 
-    def __init__(self, key: Callable[[Any], Any], *, routes: Mapping[Any, Node | str] | None = None,
-                 default: Node | str | None = None, **kwargs: Any) -> None:
+    def __init__(self, key: Callable[[T], Any] | SupportsPlugin, *,
+                 routes: Mapping[Any, Node[T, Any] | str] | None = None,
+                 default: Node[T, Any] | str | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(key), **kwargs)
         #: the checked plug-in when ``key`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, key, "key")
@@ -324,14 +443,15 @@ class Messenger(Node):
                     f"{self.label}: route {k!r} must lead to a node or a node's name, got {target!r:.60}")
         if default is not None and not isinstance(default, (Node, str)):
             raise ValidationError(f"{self.label}: default must be a node or a node's name, got {default!r:.60}")
-        self.key = key
+        #: the key function (or plug-in) as given
+        self.key: Any = key
         self.route_table: dict[Any, Node | str] = dict(routes or {})
         self.default = default
 
 
 # --------------------------------------------------------------------------- Accumulator
 
-class Accumulator(Node):
+class Accumulator(Node[T, "list[T]"]):
     """Groups items into lists: of ``count`` items, and/or of what arrived
     within ``window`` seconds of a group's first item; whichever comes first.
 
@@ -356,7 +476,7 @@ class Accumulator(Node):
 
 # --------------------------------------------------------------------------- Loader
 
-class Loader(Node):
+class Loader(Node[T, "Never"]):
     """End of a pipeline: calls ``fn`` on each item (or, with ``batch=True``, on
     each list of items) to store, send or drop it.
 
@@ -365,7 +485,9 @@ class Loader(Node):
     built-in sinks do), else the list of the values ``fn`` returned that
     were not ``None`` (usually empty).
 
-    Built-in sinks: :meth:`to_list`, :meth:`to_file`, :meth:`to_callback`.
+    Built-in sinks, fastest first: :meth:`count`, :meth:`sum`, :meth:`reduce`
+    and :meth:`collect` (a list, also :meth:`to_list`) work a batch at a time;
+    :meth:`to_file`, :meth:`to_callback`.
     ``fn``'s optional ``open()`` and ``close()`` methods are called once per worker.
     A batch that fails is retried as a whole, then each item of it is handled
     by the error policy.
@@ -374,25 +496,59 @@ class Loader(Node):
     kind = "Loader"
     is_sink = True
 
-    def __init__(self, fn: Callable[[Any], Any], *, batch: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[T], Any] | Callable[[list[T]], Any], *, batch: bool | None = None,
+                 concurrency: int | None = None, call_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
-        check_callable(self.label, fn)
-        self.fn = fn
+        check_callable(self.label, fn, allow_async=True)
+        #: an ``async def`` function: its calls run on an event loop
+        self.is_async = is_async_callable(fn)
+        self.concurrency, self.call_timeout = check_async(self.label, fn, self.is_async, concurrency,
+                                                          call_timeout)
+        #: the function as given
+        self.fn: Any = fn
         self.batch = bool(getattr(fn, "batched", False)) if batch is None else bool(batch)
+        if self.batch and self.is_async:
+            raise ValidationError(f"{self.label}: batch=True takes a plain function (an async one loads "
+                                  "item by item, concurrency= at a time)")
+        #: async calls in flight keep input order (one at a time: side effects in order)
+        self.ordered = True
 
     @classmethod
-    def to_list(cls, target: list[Any] | None = None, **kwargs: Any) -> Loader:
+    def count(cls, **kwargs: Any) -> Loader[Any]:
+        """A Loader counting the items; reports the count (one addition per batch)."""
+        return cls(CountSink(), **kwargs)
+
+    @classmethod
+    def sum(cls, start: Any = 0, **kwargs: Any) -> Loader[Any]:
+        """A Loader adding the items up (``start`` + every item); reports the total
+        (one C-level ``sum()`` per batch: the fastest way to reduce numbers)."""
+        return cls(SumSink(start), **kwargs)
+
+    @classmethod
+    def reduce(cls, fn: Callable[[Any, T], Any], initial: Any = _NO_INITIAL, **kwargs: Any) -> Loader[T]:
+        """A Loader folding the items with ``fn(accumulated, item)`` from ``initial``
+        (without it, from the first item), like :func:`functools.reduce`; reports the result."""
+        check_callable(f"Loader '{kwargs.get('name') or 'reduce'}'", fn)
+        return cls(ReduceSink(fn) if initial is _NO_INITIAL else ReduceSink(fn, initial), **kwargs)
+
+    @classmethod
+    def collect(cls, **kwargs: Any) -> Loader[Any]:
+        """A Loader collecting the items into a new list; reports the list (``to_list()``)."""
+        return cls(ListSink(), **kwargs)
+
+    @classmethod
+    def to_list(cls, target: list[T] | None = None, **kwargs: Any) -> Loader[T]:
         """A Loader appending every item to ``target`` (a new list by default); reports the list."""
         return cls(ListSink(target), **kwargs)
 
     @classmethod
     def to_file(cls, path: Any, *, mode: str = "w", encoding: str = "utf-8",
-                format: Callable[[Any], str] = str, **kwargs: Any) -> Loader:
+                format: Callable[[T], str] = str, **kwargs: Any) -> Loader[T]:
         """A Loader writing each item as one line of the text file ``path``; reports lines written."""
         return cls(FileSink(path, mode=mode, encoding=encoding, format=format), **kwargs)
 
     @classmethod
-    def to_callback(cls, fn: Callable[[Any], Any], **kwargs: Any) -> Loader:
+    def to_callback(cls, fn: Callable[[T], Any], **kwargs: Any) -> Loader[T]:
         """A Loader calling ``fn(item)`` for each item; reports how many items it took."""
         check_callable(f"Loader '{kwargs.get('name') or default_name(fn) or 'loader'}'", fn)
         return cls(CallbackSink(fn), **kwargs)

@@ -33,9 +33,12 @@ class Inbox:
     """
 
     owner: str
-    channel: Channel | RecordChannel
+    #: a Channel, or a RecordChannel when ``records`` (``Any``: users branch on ``records``)
+    channel: Any
     producers: int
     records: bool = False
+    #: what a full input does with more items: "block", "drop_oldest" or "drop_newest"
+    overflow: str = "block"
 
 
 @dataclass(eq=False)
@@ -121,8 +124,10 @@ def compile_plan(graph: Graph) -> Plan:
             inbox[id(node)] = box
             inboxes.append(box)
             continue
-        ch: Channel = SPSCChannel(cap) if single else MPMCChannel(cap)
-        box = Inbox(node.name, ch, n_prod)
+        # drop_oldest: a producer takes the oldest item out of a full channel, so the
+        # channel must allow more than one consumer
+        ch: Channel = SPSCChannel(cap) if single and node.overflow != "drop_oldest" else MPMCChannel(cap)
+        box = Inbox(node.name, ch, n_prod, overflow=node.overflow)
         inbox[id(node)] = box
         inboxes.append(box)
     if graph.executor is not None:
@@ -160,8 +165,9 @@ def _record_edges(graph: Graph, edges: list[tuple[Node, Node]], producers: dict[
 
     def eligible(n: Node) -> bool:
         plugin = getattr(n, "plugin", None)
-        return (n.kind in ("Transformer", "Filter") and record_dtypes(n) is not None
-                and plugin.kind in ("transform", "filter") and not getattr(n, "flat", False)
+        return (n.kind in ("Transformer", "Filter") and record_dtypes(n) is not None and n.overflow == "block"
+                and plugin is not None and plugin.kind in ("transform", "filter")
+                and not getattr(n, "flat", False)
                 and not getattr(n, "ordered", False) and getattr(n, "executor", "thread") == "thread")
 
     outs: dict[int, list[Node]] = {}

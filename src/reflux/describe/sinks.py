@@ -1,4 +1,5 @@
-"""Built-in sinks for :class:`~reflux.Loader`: a list, a file of lines, a callback.
+"""Built-in sinks for :class:`~reflux.Loader`: a count, a sum, a reduction, a list, a file of
+lines, a callback.
 
 Each is a callable object taking a batch (``batched = True``), with a
 ``result()`` that :meth:`Pipeline.run` reports for its Loader::
@@ -9,11 +10,92 @@ Each is a callable object taking a batch (``batched = True``), with a
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["ListSink", "FileSink", "CallbackSink"]
+__all__ = ["CallbackSink", "CountSink", "FileSink", "ListSink", "ReduceSink", "SumSink"]
+
+_NOTHING: Any = object()  # no initial value given to ReduceSink
+
+
+class CountSink:
+    """Counts the items; reports the count.  One addition per batch."""
+
+    batched = True
+    reflux_name = "count"
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def open(self) -> None:
+        """A run starts: count from zero."""
+        self.count = 0
+
+    def __call__(self, batch: list[Any]) -> None:
+        self.count += len(batch)
+
+    def result(self) -> int:
+        """Items loaded."""
+        return self.count
+
+
+class SumSink:
+    """Adds the items up (``start`` plus every item, as ``sum()`` does); reports the total.
+
+    One ``sum()`` per batch, a C loop: the fastest way to reduce numbers."""
+
+    batched = True
+    reflux_name = "sum"
+
+    def __init__(self, start: Any = 0) -> None:
+        self.start = start
+        self.total: Any = start
+
+    def open(self) -> None:
+        """A run starts: from ``start`` again."""
+        self.total = self.start
+
+    def __call__(self, batch: list[Any]) -> None:
+        self.total = sum(batch, self.total)
+
+    def result(self) -> Any:
+        """The total."""
+        return self.total
+
+
+class ReduceSink:
+    """Folds the items with ``fn(accumulated, item)``, starting from ``initial``
+    (without it, from the first item), as :func:`functools.reduce` does; reports
+    the result (``initial``, or ``None``, when no item came).  One
+    :func:`functools.reduce` per batch."""
+
+    batched = True
+    reflux_name = "reduce"
+
+    def __init__(self, fn: Callable[[Any, Any], Any], initial: Any = _NOTHING) -> None:
+        if not callable(fn):
+            raise TypeError(f"ReduceSink: fn must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.initial = initial
+        self.value: Any = initial
+
+    def open(self) -> None:
+        """A run starts: from ``initial`` again."""
+        self.value = self.initial
+
+    def __call__(self, batch: list[Any]) -> None:
+        if not batch:
+            return
+        if self.value is _NOTHING:
+            self.value = functools.reduce(self.fn, batch)
+        else:
+            self.value = functools.reduce(self.fn, batch, self.value)
+
+    def result(self) -> Any:
+        """The folded value."""
+        return None if self.value is _NOTHING else self.value
 
 
 class ListSink:

@@ -34,10 +34,10 @@ from ..describe.nodes import (
 from .accumulate import AccumulatorLogic
 from .base import LocalContext, NodeContext, NodeLogic, Outbox
 from .extract import ExtractorLogic
-from .filter import FilterLogic
+from .filter import BatchedFilterLogic, FilterLogic
 from .load import LoaderLogic
 from .route import BalancerLogic, BroadcastLogic, FunnelLogic, MessengerLogic
-from .transform import FlatTransformerLogic, TransformerLogic
+from .transform import BatchedTransformerLogic, FlatTransformerLogic, TransformerLogic
 
 __all__ = ["LocalContext", "NodeContext", "NodeLogic", "Outbox", "make_logic"]
 
@@ -53,6 +53,9 @@ def make_logic(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Seque
     gets the plug-in's logic (:mod:`reflux.logic.plugins`, which imports numpy
     only then).
     """
+    if getattr(node, "is_async", False):
+        raise TypeError(f"{node.label}: an async function runs on an event loop the run layer provides "
+                        "(reflux.run.placement.logic_for)")
     if isinstance(node, (Transformer, Filter, Messenger)) and node.plugin is not None:
         from . import plugins
         if isinstance(node, Transformer):
@@ -63,9 +66,11 @@ def make_logic(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Seque
     if isinstance(node, Extractor):
         return ExtractorLogic(node, ctx)
     if isinstance(node, Transformer):
+        if node.batched:
+            return BatchedTransformerLogic(node, ctx)
         return (FlatTransformerLogic if node.flat else TransformerLogic)(node, ctx)
     if isinstance(node, Filter):
-        return FilterLogic(node, ctx)
+        return BatchedFilterLogic(node, ctx) if node.batched else FilterLogic(node, ctx)
     if isinstance(node, Balancer):
         return BalancerLogic(node, ctx, n_ports)
     if isinstance(node, Broadcast):

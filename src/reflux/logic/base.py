@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -40,12 +41,15 @@ from reflux_core._batch import StopFlag
 
 from ..describe.base import DEFAULT_BATCH_SIZE, Node
 from ..errors import ErrorRecord, safe_repr, safe_str
-from ..result import NodeStats
+from ..result import Event, NodeStats
 from ..signals import Error
 
 __all__ = [
     "Abort",
     "LocalContext",
+    "current_context",
+    "set_current_context",
+    "CURRENT",
     "NodeContext",
     "NodeFailure",
     "NodeLogic",
@@ -101,13 +105,27 @@ class NodeContext:
     def keep_error(self, record: ErrorRecord) -> None:
         """Store an error record in the run result."""
 
+    def stopping(self) -> bool:
+        """``True`` once the run is stopping (``stop()``, a failure, a timeout, Ctrl-C)."""
+        return self.should_stop()
+
+    def emit(self, event: Event) -> None:
+        """An event the node's function emitted (:func:`reflux.emit`): counted by level
+        in the node's counters, and logged on the ``"reflux"`` logger."""
+        events = self.stats.events
+        events[event.level] = events.get(event.level, 0) + 1
+        logger.log(event.levelno, "%s '%s': %s", self.stats.kind, event.node, event.message,
+                   extra={"reflux_node": event.node, "reflux_fields": event.fields})
+
 
 class LocalContext(NodeContext):
-    """A context for running a node's logic by hand (tests, notebooks): it keeps error records."""
+    """A context for running a node's logic by hand (tests, notebooks): it keeps error
+    records and events."""
 
     def __init__(self, stats: NodeStats) -> None:
         super().__init__(stats)
         self.errors: list[ErrorRecord] = []
+        self.events: list[Event] = []
         self.stop = False
 
     def should_stop(self) -> bool:
@@ -115,6 +133,28 @@ class LocalContext(NodeContext):
 
     def keep_error(self, record: ErrorRecord) -> None:
         self.errors.append(record)
+
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        self.events.append(event)
+
+
+# The context of the node whose code runs in this thread now: set by the runtime
+# (one thread-local word per worker), read by reflux.emit() and reflux.stopping().
+_current = threading.local()
+#: the same thread-local, for the runtime's per-batch path (``CURRENT.ctx = ctx``
+#: saves a call a stage)
+CURRENT = _current
+
+
+def current_context() -> NodeContext | None:
+    """The context of the node whose code this thread runs now, if any."""
+    return getattr(_current, "ctx", None)
+
+
+def set_current_context(ctx: NodeContext | None) -> None:
+    """Mark ``ctx`` as the context of the code this thread runs next (the runtime calls it)."""
+    _current.ctx = ctx
 
 
 class Outbox:
@@ -182,7 +222,7 @@ def direct_call(fn: Any) -> Callable[[Any], Any]:
             if type(call) is types.FunctionType:
                 return types.MethodType(call, fn)
             break
-    return fn
+    return fn  # type: ignore[no-any-return]  # a callable object (checked when the node was built)
 
 
 def user_hook(obj: Any, name: str) -> Callable[[], Any] | None:

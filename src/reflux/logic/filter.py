@@ -1,6 +1,7 @@
 """What a Filter does: keep the items whose predicate is true, count the rest as filtered."""
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from reflux_core._batch import STOPPED, keep_all
@@ -8,8 +9,9 @@ from reflux_core._batch import STOPPED, keep_all
 from ..describe.nodes import Filter
 from ..signals import Error
 from .base import Abort, NodeContext, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .chunks import as_chunk, chunk_lengths, split_like
 
-__all__ = ["FilterLogic"]
+__all__ = ["BatchedFilterLogic", "FilterLogic"]
 
 
 class FilterLogic(NodeLogic):
@@ -74,3 +76,138 @@ class FilterLogic(NodeLogic):
         finally:
             self.stats.filtered += rejected
         self.remaining = 0
+
+
+class BatchedFilterLogic(FilterLogic):
+    """``batched=True``: the predicate takes the whole batch as a list and returns one
+    truth value per item (a mask: a list of bools, a NumPy bool array...).
+
+    When the items are NumPy chunks of records, the predicate gets their records
+    as one array and returns one truth value per record: each chunk goes on
+    with the records it keeps (a chunk left empty counts as filtered).
+
+    A failing call is retried whole per the policy, then the batch is split in
+    halves down to single items, as for a batched Transformer (see
+    :class:`~reflux.logic.transform.BatchedTransformerLogic`).
+    """
+
+    def process(self, batch: list[Any], out: Outbox) -> None:
+        if type(batch) is not list:
+            batch = list(batch)
+        self.remaining = len(batch)
+        if self.stop_flag.is_set:
+            raise Abort()
+        ok, mask, attempts = self._call_with_retries(batch)
+        if ok:
+            self._keep(batch, mask, out)
+        else:
+            self._split(batch, mask, attempts, out)
+        self.remaining = 0
+
+    def _call(self, items: list[Any]) -> tuple[bool, Any]:
+        lengths = chunk_lengths(items)
+        if lengths is not None:
+            return self._call_chunks(items, lengths)
+        try:
+            mask = self.direct_fn(items)
+        except Exception as exc:  # user code
+            return False, exc
+        except BaseException as exc:  # SystemExit and the like: not an item failure
+            raise self.fatal(items[0] if items else None, exc, count=len(items)) from exc
+        if mask.__class__ is Error:
+            return False, mask.exception
+        try:
+            n = len(mask)
+        except TypeError:
+            return False, TypeError(f"{self.node.label}: a batched predicate must return one truth value "
+                                    f"per item, got {type(mask).__name__}")
+        if n != len(items):
+            return False, ValueError(f"{self.node.label}: the batched predicate returned {n} truth values "
+                                     f"for {len(items)} items")
+        return True, mask
+
+    def _call_chunks(self, chunks: list[Any], lengths: list[int]) -> tuple[bool, Any]:
+        """NumPy chunks of records: one call on their records as one array, one truth
+        value per record; each chunk goes on with the records its part of the mask keeps."""
+        import numpy as np  # the items are NumPy arrays: NumPy is loaded
+
+        records = as_chunk(chunks)
+        try:
+            mask = self.direct_fn(records)
+        except Exception as exc:  # user code
+            return False, exc
+        except BaseException as exc:  # SystemExit and the like: not an item failure
+            raise self.fatal(chunks[0], exc, count=len(chunks)) from exc
+        if mask.__class__ is Error:
+            return False, mask.exception
+        try:
+            keep = np.asarray(mask, dtype=bool)
+        except Exception as exc:  # noqa: BLE001 - the user's mask is not one of truth values
+            return False, TypeError(f"{self.node.label}: a batched predicate must return one truth value "
+                                    f"per record, got {type(mask).__name__}: {exc}")
+        if keep.ndim != 1 or len(keep) != len(records):
+            return False, ValueError(f"{self.node.label}: the batched predicate returned {keep.size} truth "
+                                     f"values for {len(records)} records")
+        return True, _KeptChunks([c[m] for c, m in zip(chunks, split_like(keep, lengths), strict=True)])
+
+    def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
+        ok, value = self._call(items)
+        attempts = 1
+        pol = self.policy
+        while not ok and attempts <= pol.retries:
+            self.ctx.sleep(pol.delay(attempts))
+            self.stats.retried += len(items)
+            attempts += 1
+            ok, value = self._call(items)
+        return ok, value, attempts
+
+    def _split(self, items: list[Any], exc: BaseException, attempts: int, out: Outbox) -> None:
+        if len(items) == 1:
+            if attempts == 1 and self.policy.retries:
+                ok, value, attempts = self._call_with_retries(items)
+                if ok:
+                    self._keep(items, value, out)
+                    return
+                exc = value
+            self.remaining -= 1
+            self.fail(items[0], exc, attempts, out)
+            return
+        mid = len(items) // 2
+        for part in (items[:mid], items[mid:]):
+            if self.stop_flag.is_set:
+                raise Abort()
+            ok, value = self._call(part)
+            if ok:
+                self._keep(part, value, out)
+            else:
+                self._split(part, value, 1, out)
+
+    def _keep(self, items: list[Any], mask: Any, out: Outbox) -> None:
+        buf = out.ports[0]
+        before = len(buf)
+        if mask.__class__ is _KeptChunks:  # chunks of records: those left with no record end here
+            buf.extend(c for c in mask.chunks if len(c))
+            self.stats.filtered += len(items) - (len(buf) - before)
+            self.remaining -= len(items)
+            return
+        try:
+            buf.extend(itertools.compress(items, mask))  # the mask's truth tests, in C
+        except Exception as exc:  # a truth test of the user's mask failed
+            del buf[before:]
+            if len(items) == 1:
+                self.remaining -= 1
+                self.fail(items[0], exc, 1, out)
+                return
+            self._split(items, exc, 1, out)
+            return
+        self.stats.filtered += len(items) - (len(buf) - before)
+        self.remaining -= len(items)
+
+
+class _KeptChunks:
+    """What a batched predicate kept of a batch of chunks: one array per chunk."""
+
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self.chunks = chunks

@@ -7,10 +7,11 @@ from typing import Any, cast
 from reflux_core._batch import STOPPED, call_all
 
 from ..describe.nodes import Transformer
-from ..signals import Error, NeedsMoreWork, Signal
+from ..signals import SIGNAL_TYPES, Error, NeedsMoreWork, Signal
 from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, close_hook, direct_call, open_hook
+from .chunks import as_chunk, chunk_lengths, split_like
 
-__all__ = ["FlatTransformerLogic", "TransformerLogic"]
+__all__ = ["BatchedTransformerLogic", "FlatTransformerLogic", "TransformerLogic"]
 
 
 class TransformerLogic(NodeLogic):
@@ -151,3 +152,114 @@ class FlatTransformerLogic(TransformerLogic):
                         emit(r)
                 continue
             self.remaining -= 1
+
+
+class BatchedTransformerLogic(TransformerLogic):
+    """``batched=True``: the function takes the whole batch as a list and returns one
+    result per item (a list, a tuple, a NumPy array...).
+
+    When the items are NumPy chunks of records (1-d arrays of one dtype), the
+    function gets the batch's records as one array instead of a list (the chunk
+    itself, or the chunks joined) and returns one result per record; the results
+    go on cut back into one piece per chunk.
+
+    A failing call (it raised, returned ``Error``, or returned the wrong number of
+    results) is retried whole per the policy; if it still fails the batch is
+    split in halves, each called once, down to single items (chunks), which get
+    the node's retries and then its policy: so one bad item fails alone and the
+    others' results go on, in order.  A list result may hold ``NeedsMoreWork(x)``
+    (fed back) and ``Error(e)`` (that item fails) values.
+    """
+
+    def process(self, batch: list[Any], out: Outbox) -> None:
+        if type(batch) is not list:
+            batch = list(batch)
+        self.remaining = len(batch)
+        if self.stop_flag.is_set:
+            raise Abort()
+        ok, values, attempts = self._call_with_retries(batch)
+        if ok:
+            self._emit(batch, values, out)
+        else:
+            self._split(batch, values, attempts, out)
+        self.remaining = 0
+
+    def _call(self, items: list[Any]) -> tuple[bool, Any]:
+        """One call on ``items``: ``(True, results)`` or ``(False, exception)``.
+        Items that are NumPy chunks of records go to the function as one chunk
+        (see :func:`~reflux.logic.chunks.as_chunk`); its results come back split per chunk."""
+        lengths = chunk_lengths(items)
+        arg: Any = items if lengths is None else as_chunk(items)
+        try:
+            values = self.direct_fn(arg)
+        except Exception as exc:  # user code
+            return False, exc
+        except BaseException as exc:  # SystemExit and the like: not an item failure
+            raise self.fatal(items[0] if items else None, exc, count=len(items)) from exc
+        if values.__class__ is Error:
+            return False, values.exception
+        try:
+            n = len(values)
+        except TypeError:
+            return False, TypeError(f"{self.node.label}: a batched function must return one result per "
+                                    f"{'item' if lengths is None else 'record'}, got {type(values).__name__}")
+        want = len(items) if lengths is None else sum(lengths)
+        if n != want:
+            return False, ValueError(f"{self.node.label}: the batched function returned {n} results "
+                                     f"for {want} {'items' if lengths is None else 'records'}")
+        if lengths is not None:
+            values = split_like(values, lengths)
+        return True, values
+
+    def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
+        ok, value = self._call(items)
+        attempts = 1
+        pol = self.policy
+        while not ok and attempts <= pol.retries:
+            self.ctx.sleep(pol.delay(attempts))
+            self.stats.retried += len(items)
+            attempts += 1
+            ok, value = self._call(items)
+        return ok, value, attempts
+
+    def _split(self, items: list[Any], exc: BaseException, attempts: int, out: Outbox) -> None:
+        """Find the failing items of a failed batch: halves, then single items."""
+        if len(items) == 1:
+            if attempts == 1 and self.policy.retries:
+                ok, value, attempts = self._call_with_retries(items)
+                if ok:
+                    self._emit(items, value, out)
+                    return
+                exc = value
+            self.remaining -= 1
+            self.fail(items[0], exc, attempts, out)
+            return
+        mid = len(items) // 2
+        for part in (items[:mid], items[mid:]):
+            if self.stop_flag.is_set:
+                raise Abort()
+            ok, value = self._call(part)
+            if ok:
+                self._emit(part, value, out)
+            else:
+                self._split(part, value, 1, out)
+
+    def _emit(self, items: list[Any], values: Any, out: Outbox) -> None:
+        buf = out.ports[0]
+        if isinstance(values, (list, tuple)):
+            if any(type(v) in SIGNAL_TYPES for v in values):
+                for item, v in zip(items, values, strict=True):
+                    if v.__class__ is NeedsMoreWork:
+                        self.stats.fed_back += 1
+                        self.pending.append(v.item)
+                    elif v.__class__ is Error:
+                        self.remaining -= 1
+                        self.fail(item, v.exception, 1, out)
+                        continue
+                    else:
+                        buf.append(v)
+                    self.remaining -= 1
+                return
+        buf.extend(values)
+        self.remaining -= len(items)
+

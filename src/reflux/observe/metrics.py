@@ -48,6 +48,8 @@ _NODE_METRICS: list[tuple[str, str, str, Callable[[NodeSnapshot], float | None]]
     ("reflux_node_errors_total", "counter", "Items that failed in a node after retries.", lambda s: s.errors),
     ("reflux_node_items_dropped_total", "counter", "Items abandoned by a stop, a failure or Ctrl-C.",
      lambda s: s.dropped),
+    ("reflux_node_items_overflowed_total", "counter", "Items a leaky input dropped because it was full.",
+     lambda s: s.overflowed),
     ("reflux_node_retries_total", "counter", "Retries a node made.", lambda s: s.retried),
     ("reflux_node_fed_back_total", "counter", "Items a Transformer fed back to itself (NeedsMoreWork).",
      lambda s: s.fed_back),
@@ -113,6 +115,14 @@ def prometheus_text(stats: PipelineStats | Iterable[PipelineStats]) -> str:
                 labels = (f'pipeline="{_escape(st.pipeline)}",node="{_escape(node.name)}",'
                           f'kind="{_escape(node.kind)}"')
                 lines.append(f"{name}{{{labels}}} {_number(v)}")
+    lines.append("# HELP reflux_node_events_total Events a node's function emitted (reflux.emit), by level.")
+    lines.append("# TYPE reflux_node_events_total counter")
+    for st in snapshots:
+        for node in st.nodes.values():
+            for level, count in sorted(node.events.items()):
+                labels = (f'pipeline="{_escape(st.pipeline)}",node="{_escape(node.name)}",'
+                          f'kind="{_escape(node.kind)}",level="{_escape(level)}"')
+                lines.append(f"reflux_node_events_total{{{labels}}} {_number(count)}")
     for name, kind, help_text, wget in _WORKER_METRICS:
         rows = [(st, node, w) for st in snapshots for node in st.nodes.values() for w in node.workers]
         if not rows:

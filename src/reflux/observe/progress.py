@@ -63,7 +63,7 @@ def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableTy
     table.add_column("node", no_wrap=True, max_width=24)
     if show_kind:
         table.add_column("kind", style="cyan", no_wrap=True)
-    for col in ("in", "out", "filt", "err", "in/s", "busy"):
+    for col in ("in", "out", "filt", "err", "drop", "evts", "in/s", "busy"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("input", no_wrap=True)
     table.add_column("state", no_wrap=True)
@@ -80,6 +80,8 @@ def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableTy
             cells.append(s.kind)
         cells += [_count(s.received), _count(s.emitted), _count(s.filtered),
                   Text(_count(s.errors), style="red" if s.errors else ""),
+                  Text(_count(s.dropped + s.overflowed), style="yellow" if s.overflowed else ""),
+                  _count(sum(s.events.values())),
                   _count(s.rate_in), f"{s.busy:.0%}", fill,
                   Text(state, style=_STATE_STYLE.get(s.state, ""))]
         table.add_row(*cells)
@@ -93,6 +95,8 @@ def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableTy
     extra = [Text(line, style="dim") for line in (stats.wall_time.lines() if stats.wall_time else [])]
     extra += [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
               for a in stats.alerts[-3:]]
+    extra += [Text(f"{e.level}: {e.node}: {e.message}", style="yellow" if e.levelno >= 30 else "dim")
+              for e in stats.events[-3:]]
     return Group(table, *extra) if extra else table
 
 

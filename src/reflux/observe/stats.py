@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ClogError, ErrorRecord
-from ..result import NodeStats, RunResult, WallTime, WorkerStats
+from ..result import Event, NodeStats, RunResult, WallTime, WorkerStats
 
 __all__ = ["Alert", "HasStats", "NodeSnapshot", "PipelineStats", "WorkerSnapshot", "final_stats", "snapshot_of"]
 
@@ -102,6 +102,8 @@ class NodeSnapshot:
     ``stalled``
         seconds the node has been without progress with a full input (0 when
         it is moving).
+    ``events``
+        events the node's function emitted (:func:`reflux.emit`), by level.
     ``workers``
         one :class:`WorkerSnapshot` per Ray actor of a node with
         ``executor="ray"`` (where it runs, items, busy fraction, state); empty
@@ -117,6 +119,7 @@ class NodeSnapshot:
     dropped: int = 0
     retried: int = 0
     fed_back: int = 0
+    overflowed: int = 0
     busy_seconds: float = 0.0
     rate_in: float = 0.0
     rate_out: float = 0.0
@@ -125,10 +128,11 @@ class NodeSnapshot:
     capacity: int | None = None
     state: str = "running"
     stalled: float = 0.0
+    events: dict[str, int] = field(default_factory=dict)
     workers: list[WorkerSnapshot] = field(default_factory=list)
 
     _ALIASES = {"in": "received", "out": "emitted"}
-    _COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back")
+    _COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried", "fed_back")
 
     @property
     def fill(self) -> float | None:
@@ -148,7 +152,8 @@ class NodeSnapshot:
         """Everything as plain JSON-able values."""
         return {"kind": self.kind, "in": self.received, "out": self.emitted, "filtered": self.filtered,
                 "errors": self.errors, "dropped": self.dropped, "retried": self.retried,
-                "fed_back": self.fed_back, "busy_seconds": round(self.busy_seconds, 6),
+                "fed_back": self.fed_back, "overflowed": self.overflowed, "events": dict(self.events),
+                "busy_seconds": round(self.busy_seconds, 6),
                 "rate_in": round(self.rate_in, 3), "rate_out": round(self.rate_out, 3),
                 "busy": round(self.busy, 4), "queued": self.queued, "capacity": self.capacity,
                 "fill": None if self.fill is None else round(self.fill, 4), "state": self.state,
@@ -166,7 +171,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
     """
 
     def __init__(self, pipeline: str, status: str, elapsed: float, nodes: dict[str, NodeSnapshot],
-                 alerts: list[Alert] | None = None, wall_time: WallTime | None = None) -> None:
+                 alerts: list[Alert] | None = None, wall_time: WallTime | None = None,
+                 events: list[Event] | None = None) -> None:
         self.pipeline = pipeline
         #: ``"idle"`` (never started), ``"running"``, ``"paused"``, or the
         #: finished run's status (``"completed"``, ``"stopped"``, ``"failed"``, ``"interrupted"``)
@@ -176,6 +182,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
         self.alerts: list[Alert] = list(alerts or [])
         #: where the time went (the pool's workers, the nodes, the GIL); ``None`` before a run
         self.wall_time = wall_time
+        #: the latest events the nodes' functions emitted (:func:`reflux.emit`)
+        self.events: list[Event] = list(events or [])
 
     def __getitem__(self, name: str) -> NodeSnapshot:
         return self.nodes[name]
@@ -221,6 +229,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
             lines += self.wall_time.lines()
         for a in self.alerts:
             lines.append(f"! {a.message}")
+        for e in self.events[-3:]:
+            lines.append(f"{e.level}: {e.node}: {e.message}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -230,8 +240,8 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
 def snapshot_of(s: NodeStats) -> NodeSnapshot:
     return NodeSnapshot(name=s.name, kind=s.kind, received=s.received, emitted=s.emitted,
                         filtered=s.filtered, errors=s.errors, dropped=s.dropped, retried=s.retried,
-                        fed_back=s.fed_back, busy_seconds=float(getattr(s, "busy", 0.0)),
-                        workers=[WorkerSnapshot.of(w) for w in getattr(s, "workers", ())])
+                        fed_back=s.fed_back, overflowed=s.overflowed, busy_seconds=float(getattr(s, "busy", 0.0)),
+                        events=dict(s.events), workers=[WorkerSnapshot.of(w) for w in getattr(s, "workers", ())])
 
 
 def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None = None,
@@ -259,7 +269,7 @@ def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None 
         snap.state = ("stuck" if n in result.stuck else "failed" if n in failed
                       else "clogged" if n in clog_stopped else "done")
         nodes[n] = snap
-    return PipelineStats(name, result.status, result.elapsed, nodes, alerts, result.wall_time)
+    return PipelineStats(name, result.status, result.elapsed, nodes, alerts, result.wall_time, result.events[-5:])
 
 
 class HasStats(Protocol):

@@ -212,6 +212,8 @@ class Monitor:
             return []
         snap = self.runtime.snapshot()
         finished = self._finished()
+        held = getattr(self.runtime, "paused_nodes", None)  # optional hook: nodes paused one by one
+        held_nodes = held() if held is not None else frozenset()
         full: dict[str, bool] = {}
         for owner, box in self._inbox.items():
             try:
@@ -225,7 +227,7 @@ class Monitor:
                 continue
             progress = sum(getattr(st, c) for c in _PROGRESS_COUNTERS)
             prev = self._track.get(owner)
-            if (not full[owner] or owner in finished or owner in self._failed
+            if (not full[owner] or owner in finished or owner in self._failed or owner in held_nodes
                     or prev is None or prev[0] != progress):
                 self._track[owner] = (progress, now)
                 continue
@@ -316,6 +318,8 @@ class Monitor:
             alerts = list(self._alerts)
         dt = max(now - base_t, 1e-9)
         finished = self._finished()
+        held_of = getattr(self.runtime, "paused_nodes", None)  # optional hook
+        held = held_of() if held_of is not None else frozenset()
         nodes: dict[str, NodeSnapshot] = {}
         for name, s in raw.items():
             b_in, b_out, b_busy, b_workers = base.get(name, (0, 0, 0.0, ()))
@@ -335,11 +339,14 @@ class Monitor:
                     snap.queued, snap.capacity = 0, None
             snap.stalled = stalled.get(name, 0.0)
             snap.state = ("failed" if name in failed else "clogged" if name in clogged
-                          else "blocked" if name in blocked else "done" if name in finished else "running")
+                          else "blocked" if name in blocked else "done" if name in finished
+                          else "paused" if name in held else "running")
             nodes[name] = snap
-        wall = getattr(self.runtime, "wall_time", None)  # optional runtime hook
+        wall = getattr(self.runtime, "wall_time", None)  # optional runtime hooks
+        recent = getattr(self.runtime, "recent_events", None)
         return PipelineStats(self.name, status, now - self.started, nodes, alerts,
-                             None if wall is None else wall(now - self.started, raw))
+                             None if wall is None else wall(now - self.started, raw),
+                             None if recent is None else recent())
 
     def final(self, result: RunResult) -> PipelineStats:
         """The snapshot of a finished run: averages over the run, nothing queued."""

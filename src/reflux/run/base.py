@@ -23,7 +23,7 @@ from reflux_core._batch import StopFlag
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeContext, Outbox
-from ..result import NodeStats, RunResult
+from ..result import Event, NodeStats, Results, RunResult
 
 __all__ = ["BATCH_BUDGET", "InboxOutbox", "RunContext", "RuntimeBase", "drop_inputs"]
 
@@ -58,6 +58,10 @@ class RunContext(NodeContext):
 
     def keep_error(self, record: ErrorRecord) -> None:
         self.rt._keep_error(record)
+
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        self.rt._keep_event(event)
 
 
 class InboxOutbox(Outbox):
@@ -103,7 +107,8 @@ class RuntimeBase:
     :meth:`resume` with what they must wake.
     """
 
-    def __init__(self, plan: Plan, *, max_error_records: int = 1000, poll: float = 0.1) -> None:
+    def __init__(self, plan: Plan, *, max_error_records: int = 1000, poll: float = 0.1,
+                 max_events: int = 1000) -> None:
         self.plan = plan
         self.poll = poll
         self.max_error_records = max_error_records
@@ -122,6 +127,9 @@ class RuntimeBase:
         self._finished: set[str] = set()
         self._errors: list[ErrorRecord] = []
         self._errors_not_kept = 0
+        self.max_events = max_events
+        self._events: list[Event] = []  # under _lock
+        self._events_not_kept = 0
         self._failure: ErrorRecord | None = None
         self._results: dict[str, Any] = {}
         # [monitor hook] called once, in the failing node's thread, with the
@@ -189,6 +197,18 @@ class RuntimeBase:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def _keep_event(self, event: Event) -> None:
+        with self._lock:
+            if len(self._events) < self.max_events:
+                self._events.append(event)
+            else:
+                self._events_not_kept += 1
+
+    def recent_events(self, n: int = 5) -> list[Event]:
+        """[monitor hook] The last ``n`` events kept."""
+        with self._lock:
+            return self._events[-n:]
+
     def _keep_error(self, record: ErrorRecord) -> None:
         with self._lock:
             if len(self._errors) < self.max_error_records:
@@ -232,14 +252,18 @@ class RuntimeBase:
         with self._lock:
             errors = list(self._errors)
             not_kept = self._errors_not_kept
+            events = list(self._events)
+            events_not_kept = self._events_not_kept
         return RunResult(
             status=status,
             nodes={t.name: t.stats.copy() for t in self.plan.tasks},
-            results=results,
+            results=Results(results),
             errors=errors,
             edges=edges,
             elapsed=elapsed,
             dead_letters=dead_letters,
             errors_not_kept=not_kept,
             stuck=list(stuck),
+            events=events,
+            events_not_kept=events_not_kept,
         )

@@ -60,8 +60,8 @@ def fuse_chains(plan: Plan) -> list[list[Task]]:
             continue
         box = t.outputs[0]
         succ = by_box.get(id(box))
-        if succ is None or succ.node.is_source or not fusable(succ):
-            continue
+        if succ is None or succ.node.is_source or not fusable(succ) or succ.node.overflow != "block":
+            continue  # (a leaky input needs its channel: full is what it drops on)
         if senders.get(id(box), 0) != 1 or box.producers != 1:
             continue
         if t.dead_letter is not succ.dead_letter:

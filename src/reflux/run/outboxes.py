@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from reflux_core.channel import ChannelClosed, Full
+from reflux_core.channel import ChannelClosed, Empty, Full
 
 from ..describe.plan import Inbox, Task
 from ..errors import ErrorRecord
@@ -68,7 +68,7 @@ class PoolOutbox(InboxOutbox):
         self.unit = unit
         self.stats = stats
         #: dead-letter records pushed, by the node that made them (a fused chain shares the output)
-        self.dead_sent: dict[str, int] = {}
+        self.dead_counts: dict[str, int] = {}
         self.blocking = False  # a source thread's outbox waits for room instead
         #: the units to wake when a full receiver has room again
         self.waiters = [unit]
@@ -97,6 +97,9 @@ class PoolOutbox(InboxOutbox):
         return False
 
     def _push(self, box: Inbox, buf: list[Any], port: int) -> None:
+        if box.overflow != "block" and port >= 0:
+            self._push_leaky(box, buf, port)
+            return
         ch = box.channel
         rt = self.rt
         pushed = 0
@@ -158,10 +161,48 @@ class PoolOutbox(InboxOutbox):
                 self.stats.emitted += pushed
                 self.sent_per_port[port] += pushed
 
+    def _push_leaky(self, box: Inbox, buf: list[Any], port: int) -> None:
+        """Push into a leaky input: never wait.  ``drop_newest`` drops what does not
+        fit; ``drop_oldest`` takes the oldest items out of the channel (an MPMC one)
+        to make room.  Dropped items count as sent here and as received and
+        overflowed by the receiver."""
+        ch = box.channel
+        rt = self.rt
+        sent = dropped = 0
+        try:
+            while buf:
+                try:
+                    n = ch.push_many(buf, 0)
+                except Full:
+                    n = 0
+                if n:
+                    del buf[:n]
+                    sent += n
+                if not buf:
+                    break
+                if box.overflow == "drop_newest":
+                    dropped += len(buf)
+                    sent += len(buf)
+                    buf.clear()
+                    break
+                try:  # drop_oldest: make room for what is left
+                    dropped += len(ch.pop_many(len(buf), 0))
+                except Empty:
+                    pass  # the consumer took them meanwhile: there is room now
+            if sent:
+                rt._notify_box(box)
+        except ChannelClosed:
+            raise Abort() from None  # only an abort closes a channel with live producers
+        finally:
+            self.stats.emitted += sent
+            self.sent_per_port[port] += sent
+            if dropped:
+                rt._overflowed(box, dropped)
+
     def _count(self, buf: list[Any], n: int, port: int) -> None:
         """Count dead-letter records about to leave the buffer, by their node."""
         if port < 0:
-            sent = self.dead_sent
+            sent = self.dead_counts
             for r in buf[:n]:
                 sent[r.node] = sent.get(r.node, 0) + 1
 

@@ -1,5 +1,5 @@
-"""Where a node's logic runs: in this process, in worker processes (``executor="process"``),
-or in Ray actors (``executor="ray"``).
+"""Where a node's logic runs: in this process, on an event loop (``async def`` functions), in
+worker processes (``executor="process"``), or in Ray actors (``executor="ray"``).
 
 The logic layer says what a node does with a batch; this is the one place
 that picks, per node, the logic that does it here or the one that ships the
@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..describe.base import Node
+from ..describe.nodes import Transformer
 from ..describe.plan import Task
 from ..logic import make_logic
 from ..logic.base import NodeContext, NodeLogic
@@ -26,8 +27,11 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
     Transformer with ``executor="process"`` the logic that runs its function in
     worker processes (``preforked``: the workers forked for it when the run started),
     or for a Transformer or Filter with ``executor="ray"`` the logic that runs it in Ray actors."""
+    if getattr(node, "is_async", False):
+        from .aio import AsyncLogic  # only when asked for (it imports asyncio)
+        return AsyncLogic(node, ctx)
     executor = getattr(node, "executor", "thread")
-    if executor == "process":
+    if isinstance(node, Transformer) and executor == "process":
         from .process.logic import ProcessTransformerLogic  # only when asked for (start-up time)
         return ProcessTransformerLogic(node, ctx, preforked=preforked)
     if executor == "ray":

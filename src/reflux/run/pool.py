@@ -93,8 +93,11 @@ logger = logging.getLogger("reflux")
 
 #: seconds a worker may keep running the same unit while no other unit is ready
 LOCAL_RUN = 0.01
+#: seconds between two warnings about one node's leaky input dropping items
+OVERFLOW_LOG_EVERY = 10.0
 #: seconds one step may hold the Python lane before another worker takes it over
-LANE_PATIENCE = 0.25
+#: (about one batch budget: a longer step is one slow call, which need not hold up the rest)
+LANE_PATIENCE = 0.05
 
 
 def gil_enabled() -> bool:
@@ -106,8 +109,8 @@ def gil_enabled() -> bool:
 def in_lane(u: Unit) -> bool:
     """Whether a unit runs in the Python lane: every unit but the replicas of a
     ``parallel=N`` node (asking for replicas says the function releases the GIL:
-    they run on any worker) and sources in threads of their own."""
-    return u.group is None and not u.threaded
+    they run on any worker), record pumps (no GIL) and sources in threads of their own."""
+    return u.group is None and not u.threaded and u.mode != "pump"
 
 
 def default_workers() -> int:
@@ -124,8 +127,8 @@ class PoolRuntime(RuntimeBase):
     """Runs a :class:`~reflux.describe.plan.Plan` on a fixed pool of worker threads."""
 
     def __init__(self, plan: Plan, *, workers: int | None = None, max_error_records: int = 1000,
-                 poll: float = 0.1, preforked: dict[str, list[Any]] | None = None) -> None:
-        super().__init__(plan, max_error_records=max_error_records, poll=poll)
+                 poll: float = 0.1, preforked: dict[str, list[Any]] | None = None, max_events: int = 1000) -> None:
+        super().__init__(plan, max_error_records=max_error_records, poll=poll, max_events=max_events)
         self.n_workers = workers or default_workers()
         #: worker processes forked for nodes when the run started (start_method="fork"), by
         #: node name, until the node's logic opens and adopts them (under _lock)
@@ -140,10 +143,15 @@ class PoolRuntime(RuntimeBase):
         self._waiters: dict[int, set[Unit]] = {}
         self._spares = 0
         self._waiting_for_room = 0
+        #: items leaky inputs dropped, by id(inbox); when each last logged, and since (under _lock)
+        self._overflow: dict[int, int] = {}
+        self._overflow_logged: dict[int, float] = {}
+        self._overflow_unlogged: dict[int, int] = {}
         self._build_units()
         for i, u in enumerate(self.units):
             u.index = i
         self._sched = Scheduler(len(self.units))
+        self._build_record_edges()
         #: whether the GIL-holding units run in the Python lane, one worker at a time
         #: (a GIL build with two or more workers: see reflux_core._sched)
         self.lanes = gil_enabled() and self.n_workers > 1
@@ -152,7 +160,6 @@ class PoolRuntime(RuntimeBase):
             for u in self.units:
                 if in_lane(u):
                     self._sched.set_lane(u.index, True)
-        self._build_record_edges()
         self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
@@ -258,8 +265,13 @@ class PoolRuntime(RuntimeBase):
         t.start()
 
     def stop_sources(self) -> None:
-        """Make the Extractors end (everything extracted still flows to the end)."""
+        """Make the Extractors end (everything extracted still flows to the end); paused
+        nodes go on, or the run could not drain."""
         super().stop_sources()
+        for u in self.units:
+            if u.paused:
+                u.paused = False
+                self._notify(u)
         for u in self.units:
             if u.is_source and not u.threaded:
                 self._notify(u)
@@ -283,6 +295,24 @@ class PoolRuntime(RuntimeBase):
         """Let paused units go on."""
         super().resume()
         self._sched.set_hold(self._aborted)
+
+    def pause_node(self, name: str) -> None:
+        """Hold the units that run node ``name`` (a fused chain it belongs to, all its
+        replicas) between batches; their input backs up as behind a slow node."""
+        for u in self._unit_of[name]:
+            u.paused = True
+            if u.pump is not None:
+                u.pump.python = True  # route its steps through Python, which sees the pause
+
+    def resume_node(self, name: str) -> None:
+        """Let the units of node ``name`` go on after :meth:`pause_node`."""
+        for u in self._unit_of[name]:
+            u.paused = False
+            self._notify(u)
+
+    def paused_nodes(self) -> frozenset[str]:
+        """[monitor hook] Names of the nodes held by :meth:`pause_node` (with the nodes fused with them)."""
+        return frozenset(t.name for u in self.units if u.paused for t in u.tasks)
 
     def threads(self) -> int:
         """Threads this runtime has started (workers, spares and source threads)."""
@@ -392,6 +422,8 @@ class PoolRuntime(RuntimeBase):
         if self._paused and not self._aborted:
             while self._paused and not self._aborted:
                 self._resumed.wait(self.poll)
+        if u.paused and not self._aborted:
+            return 0  # its node is paused: idle until resume_node() notifies it
         ident = threading.get_ident()
         self._running[ident] = u
         more = False
@@ -407,7 +439,7 @@ class PoolRuntime(RuntimeBase):
                 if more and self._sched.queued() == 0 and u.mode != "pump":  # a pump goes on without the GIL
                     sched = self._sched
                     until = time.monotonic() + LOCAL_RUN
-                    while (not u.finalized and not self._paused and not self._aborted
+                    while (not u.finalized and not self._paused and not self._aborted and not u.paused
                            and sched.queued() == 0 and sched.again(index)):
                         more = self._run_step(u)
                         if not more or time.monotonic() >= until:
@@ -435,7 +467,7 @@ class PoolRuntime(RuntimeBase):
         """Every ``poll``: notify units blocked on a full output (a safety net),
         and give the clogging watchdog its turn."""
         for u in self.units:
-            if not u.finalized and not u.threaded and (u.final.pending()
+            if not u.finalized and not u.threaded and not u.paused and (u.final.pending()
                                                         or (u.pump is not None and u.pump.pending)):
                 self._notify(u)
         tick = self.on_tick
@@ -467,11 +499,12 @@ class PoolRuntime(RuntimeBase):
         abandoned = False
         try:
             u.open()
+            u.enter(0)
             logic = u.logics[0]
             batch = u.head.batch_size
             while True:
-                if self._paused:
-                    while self._paused and not self._aborted:
+                if self._paused or u.paused:
+                    while (self._paused or u.paused) and not self._aborted:
                         self._resumed.wait(self.poll)
                 if self._aborted:
                     raise Abort()
@@ -511,6 +544,7 @@ class PoolRuntime(RuntimeBase):
         try:
             for i, logic in enumerate(u.logics):
                 name = u.tasks[i].name
+                u.enter(i)
                 try:
                     logic.close()
                 except BaseException as exc:  # user close() hook
@@ -528,7 +562,8 @@ class PoolRuntime(RuntimeBase):
                 name = u.tasks[i].name
                 if abandoned:
                     u.stats[i].dropped += logic.abandon()
-                    u.stats[i].dropped += u.outs[i].discard() if hasattr(u.outs[i], "discard") else 0
+                    discard = getattr(u.outs[i], "discard", None)  # outboxes that buffer
+                    u.stats[i].dropped += discard() if discard is not None else 0
                 if u.tasks[i].node.is_sink:
                     try:
                         self._results[name] = logic.result()
@@ -599,15 +634,40 @@ class PoolRuntime(RuntimeBase):
     # ------------------------------------------------------------------ counters
 
     def _merged(self, task: Task) -> NodeStats:
-        group = self._groups.get(task.name)
-        if group is None:
-            return task.stats.copy()
+        """A task's counters: its replicas' summed, and what its leaky input dropped."""
         total = task.stats.copy()
-        for u in group.units:
-            s = u.stats[0]
-            for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back", "busy"):
-                setattr(total, f, getattr(total, f) + getattr(s, f))
+        group = self._groups.get(task.name)
+        if group is not None:
+            for u in group.units:
+                s = u.stats[0]
+                for f in ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried",
+                          "fed_back", "busy"):
+                    setattr(total, f, getattr(total, f) + getattr(s, f))
+                for level, n in s.events.items():
+                    total.events[level] = total.events.get(level, 0) + n
+        if task.inbox is not None and task.inbox.overflow != "block":
+            with self._lock:
+                lost = self._overflow.get(id(task.inbox), 0)
+            total.received += lost  # they reached the node's input, which dropped them
+            total.overflowed += lost
         return total
+
+    def _overflowed(self, box: Inbox, n: int) -> None:
+        """A producer dropped ``n`` items at the leaky input ``box`` (count them; log at
+        most one warning per node every OVERFLOW_LOG_EVERY seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            self._overflow[id(box)] = self._overflow.get(id(box), 0) + n
+            pending = self._overflow_unlogged.get(id(box), 0) + n
+            last = self._overflow_logged.get(id(box))
+            if last is not None and now - last < OVERFLOW_LOG_EVERY:
+                self._overflow_unlogged[id(box)] = pending
+                return
+            self._overflow_logged[id(box)] = now
+            self._overflow_unlogged[id(box)] = 0
+        task = next(t for t in self.plan.tasks if t.inbox is box)
+        logger.warning("%s: its input is full; dropped %d item(s) (overflow=%r)%s", task.node.label, pending,
+                       box.overflow, "" if last is None else f" in the last {now - last:.1f}s")
 
     def snapshot(self) -> dict[str, NodeStats]:
         """Approximate live counters."""
@@ -641,9 +701,11 @@ class PoolRuntime(RuntimeBase):
         Call after :meth:`join_threads`; channels of stuck units are left alone.
         """
         by_owner = {t.name: t for t in self.plan.tasks}
-        for name in self._groups:
-            by_owner[name].stats = self._merged(by_owner[name])  # replicas' counters, summed
+        for t in self.plan.tasks:
+            if t.name in self._groups or (t.inbox is not None and t.inbox.overflow != "block"):
+                t.stats = self._merged(t)  # replicas' counters summed, a leaky input's drops
         self._groups = {}
+        self._overflow = {}
         for box in self.plan.inboxes:
             if box.owner in stuck:
                 continue
@@ -681,7 +743,7 @@ class PoolRuntime(RuntimeBase):
                 for name, n in zip(u.tail.port_names, box_out.sent_per_port):
                     add((u.tail.name, name), n)
                 if box_out.dead_box is not None:
-                    for node_name, n in box_out.dead_sent.items():
+                    for node_name, n in box_out.dead_counts.items():
                         add((node_name, box_out.dead_box.owner), n)
         for t in self.plan.tasks:
             for name in t.port_names:

@@ -19,7 +19,7 @@ from reflux_core.channel import ChannelClosed, Empty
 
 from ..describe.plan import Task
 from ..errors import ErrorRecord
-from ..logic.base import Abort, NodeLogic, Outbox
+from ..logic.base import CURRENT, Abort, NodeLogic, Outbox, set_current_context
 from ..result import NodeStats
 from .base import BATCH_BUDGET, RunContext
 from .outboxes import ForwardOutbox, PoolOutbox
@@ -97,7 +97,7 @@ class Unit:
             for s in self.stats:
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
                     setattr(s, f, 0)
-        self.ctxs = [RunContext(rt, s) for s in self.stats]  # type: ignore[arg-type]
+        self.ctxs = [RunContext(rt, s) for s in self.stats]
         self.logics: list[NodeLogic] = []
         self.final = PoolOutbox(rt, self, self.tail, self.stats[-1])
         self.outs: list[Outbox] = [ForwardOutbox(self, i, t.batch_size) for i, t in enumerate(tasks[:-1])]
@@ -119,6 +119,9 @@ class Unit:
         self.limit = 1
         #: the stage whose code runs now (a failure outside any item is blamed on it)
         self.stage = 0
+        #: held by pause_node() (a plain bool: read by the worker that picks the unit up,
+        #: which at worst runs one more step)
+        self.paused = False
         self.is_source = self.head.node.is_source
         self.has_timer = False
         self.timer_at: float | None = None
@@ -126,11 +129,17 @@ class Unit:
         self.mode: str | None = None
         self.pump: PumpTask | None = None
 
+    def enter(self, i: int) -> None:
+        """Stage ``i``'s code runs next in this thread: blame it for a failure, and let
+        its function's ``reflux.emit()``/``reflux.stopping()`` find its node."""
+        self.stage = i
+        set_current_context(self.ctxs[i])
+
     def open(self) -> None:
         """Make and open the logic of every stage."""
         rt = self.rt
         for i, task in enumerate(self.tasks):
-            self.stage = i
+            self.enter(i)
             with rt._lock:
                 pre = rt.preforked.pop(task.name, None)
             logic = task_logic(task, self.ctxs[i], pre)
@@ -171,7 +180,7 @@ class Unit:
                 self.ending = True
                 return True
             t0 = time.monotonic()
-            self.stage = 0
+            self.enter(0)
             before = len(self.outs[0].ports[0])
             more = logics[0].pull(self.outs[0], self.limit)  # type: ignore[attr-defined]
             pulled = len(self.outs[0].ports[0]) - before
@@ -186,7 +195,7 @@ class Unit:
         for i in range(len(logics)):
             if logics[i].has_feedback():
                 t0 = time.monotonic()
-                self.stage = i
+                self.enter(i)
                 logics[i].process_feedback(self.limit, self.outs[i])
                 self.stats[i].busy += time.monotonic() - t0  # [busy time]
                 if self.group is not None and self.group.ordered:
@@ -199,7 +208,7 @@ class Unit:
             for i in range(len(logics)):
                 d = logics[i].next_deadline()
                 if d is not None and now >= d:
-                    self.stage = i
+                    self.enter(i)
                     logics[i].tick(now, self.outs[i])
                     self.forward(i)
                     self.arm_timer()
@@ -226,7 +235,7 @@ class Unit:
         stats = self.stats[0]
         stats.received += n
         t0 = time.monotonic()
-        self.stage = 0
+        self.enter(0)
         logics[0].process(batch, self.outs[0])
         stats.busy += time.monotonic() - t0  # [busy time]
         if ticket >= 0:
@@ -311,7 +320,9 @@ class Unit:
         pump = logic.pump
         node = self.head.node
         plugin = node.plugin  # type: ignore[attr-defined]
-        record = np.frombuffer(pump.error_record(), dtype=plugin.in_dtype).copy()[0]
+        raw = pump.error_record()
+        assert raw is not None  # the pump reported a failed record
+        record = np.frombuffer(raw, dtype=plugin.in_dtype).copy()[0]
         code = pump.error_code
         exc = RecordError(f"{node.label}: plug-in {plugin.name!r} failed on a record with error code "
                           f"{code}: {record!r:.120}", code=code, index=-1, record=record, node=node.label)
@@ -357,24 +368,33 @@ class Unit:
         stages after it (fused chains), then flush the unit's output."""
         outs = self.outs
         last = len(outs) - 1
-        for j in range(start, last):
-            out = outs[j]
-            out.flush()  # dead-letter records
-            buf = out.ports[0]
-            if not buf:
-                continue  # later stages may still hold feedback: handled in their own step
-            # a fresh buffer for the stage: the logic that filled this one has
-            # returned, so nothing holds it any more
-            out.ports[0] = []
-            items = buf
-            n = len(items)
-            self.stats[j].emitted += n
-            out.sent_count += n  # type: ignore[attr-defined]
-            self.stats[j + 1].received += n
-            t0 = time.monotonic()
-            self.stage = j + 1
-            self.logics[j + 1].process(items, outs[j + 1])
-            self.stats[j + 1].busy += time.monotonic() - t0  # [busy time] each stage its own logic's time
+        if start < last:
+            # the per-batch path of every fused chain: locals, and one clock
+            # read per stage (a stage's end is the next one's start)
+            stats, logics, ctxs = self.stats, self.logics, self.ctxs
+            monotonic = time.monotonic
+            t0 = monotonic()
+            for j in range(start, last):
+                out = outs[j]
+                if out.dead:
+                    out.flush()  # dead-letter records, to the chain's shared output
+                items = out.ports[0]
+                if not items:
+                    continue  # later stages may still hold feedback: handled in their own step
+                # a fresh buffer for the stage: the logic that filled this one has
+                # returned, so nothing holds it any more
+                out.ports[0] = []
+                n = len(items)
+                stats[j].emitted += n
+                out.sent_count += n  # type: ignore[attr-defined]
+                nxt = stats[j + 1]
+                nxt.received += n
+                self.stage = j + 1  # blame and reflux.emit() go to this stage (enter(), inlined)
+                CURRENT.ctx = ctxs[j + 1]
+                logics[j + 1].process(items, outs[j + 1])
+                t1 = monotonic()
+                nxt.busy += t1 - t0  # [busy time] each stage its own logic's time
+                t0 = t1
         outs[last].flush()
 
     def arm_timer(self) -> None:
@@ -419,7 +439,7 @@ class Unit:
         while self.end_stage < len(logics):
             i = self.end_stage
             lg = logics[i]
-            self.stage = i
+            self.enter(i)
             if lg.has_feedback():
                 t0 = time.monotonic()
                 lg.process_feedback(self.limit, self.outs[i])

@@ -15,6 +15,7 @@ need reflux only if the node's function itself imports it (to return
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import time
@@ -53,7 +54,7 @@ class RefluxActor:
 
     def info(self) -> tuple[str, str, int, str]:
         """``(Ray node id, host address, pid, actor id)``: where this actor runs."""
-        import ray
+        ray: Any = importlib.import_module("ray")  # loaded already: this runs in a Ray actor
         ctx = ray.get_runtime_context()
         return ctx.get_node_id(), ray.util.get_node_ip_address(), os.getpid(), ctx.get_actor_id() or ""
 
@@ -92,7 +93,7 @@ def _check_results(values: list[Any], errors: list[tuple[Any, ...]]) -> None:
     out-of-band buffers (array data is not copied) and, only if that fails,
     finds the items at fault.
     """
-    from ray import cloudpickle
+    cloudpickle: Any = importlib.import_module("ray.cloudpickle")
 
     def dumps(obj: Any) -> None:
         cloudpickle.dumps(obj, protocol=5, buffer_callback=lambda _b: None)

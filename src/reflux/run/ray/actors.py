@@ -32,7 +32,7 @@ from ...result import WorkerStats
 from ..process import child as child_module
 from . import actor as actor_module
 from .actor import RefluxActor
-from .connect import RayWorkerError
+from .connect import RayWorkerError, load_cloudpickle, load_ray
 
 __all__ = ["PREFETCH", "PROBE_INTERVAL", "ActorSet", "NodeActor"]
 
@@ -85,8 +85,7 @@ class ActorSet:
 
     def __init__(self, label: str, fn: Any, run_opts: dict[str, Any], options: dict[str, Any],
                  workers: list[WorkerStats]) -> None:
-        import ray
-
+        ray = load_ray()
         self._ray = ray
         self.label = label
         self.options = options
@@ -99,7 +98,7 @@ class ActorSet:
         # the actor's code travels by value (it uses the standard library only), so an
         # actor imports nothing of reflux and the cluster's machines need not have it
         for module in (actor_module, child_module):
-            ray.cloudpickle.register_pickle_by_value(module)
+            load_cloudpickle().register_pickle_by_value(module)
         remote_cls = ray.remote(RefluxActor)
         try:
             for st in workers:

@@ -10,6 +10,7 @@ starting Ray takes seconds.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -17,9 +18,20 @@ from typing import Any
 
 from ...errors import RefluxError, ValidationError
 
-__all__ = ["RayWorkerError", "actor_options", "connect", "default_workers"]
+__all__ = ["RayWorkerError", "actor_options", "connect", "default_workers", "load_cloudpickle", "load_ray"]
 
 logger = logging.getLogger("reflux")
+
+
+def load_ray() -> Any:
+    """Ray, imported when a Ray node needs it.  Typed loosely on purpose: Ray's own
+    annotations are partial, and where reflux is type-checked Ray may not be installed."""
+    return importlib.import_module("ray")
+
+
+def load_cloudpickle() -> Any:
+    """Ray's cloudpickle (what Ray pickles functions, items and results with)."""
+    return importlib.import_module("ray.cloudpickle")
 
 
 class RayWorkerError(RefluxError):
@@ -39,9 +51,8 @@ def connect(ray_init: Mapping[str, Any] | None, nodes: Iterable[Any]) -> float:
     Raises :class:`~reflux.ValidationError` naming the node whose function
     Ray cannot pickle.
     """
-    import ray
-    from ray import cloudpickle
-
+    ray = load_ray()
+    cloudpickle = load_cloudpickle()
     for node in nodes:
         fn = node.fn if node.kind == "Transformer" else node.predicate
         try:
@@ -83,9 +94,7 @@ def actor_options(given: Mapping[str, Any]) -> dict[str, Any]:
 def default_workers(options: Mapping[str, Any]) -> int:
     """How many actors the cluster's resources hold, each asking what ``options`` ask (one CPU
     unless ``num_cpus`` says otherwise; at least 1)."""
-    import ray
-
-    total = ray.cluster_resources()
+    total = load_ray().cluster_resources()
     need: dict[str, float] = {"CPU": float(options.get("num_cpus", 1) or 0),
                               "GPU": float(options.get("num_gpus") or 0)}
     for name, amount in (options.get("resources") or {}).items():

@@ -51,16 +51,17 @@ import time
 from collections import deque
 from typing import Any
 
-import ray
-
 from ...logic.base import Abort, NodeContext, NodeLogic, Outbox
 from ...result import WorkerStats
 from ...signals import Error, NeedsMoreWork, Signal
 from ..process.launch import RemoteError
 from .actors import PROBE_INTERVAL, ActorSet, NodeActor, first_line
-from .connect import RayWorkerError, actor_options, default_workers
+from .connect import RayWorkerError, actor_options, default_workers, load_cloudpickle, load_ray
 
 __all__ = ["RayFilterLogic", "RayTransformerLogic"]
+
+#: Ray (this module is imported only when a run has a Ray node)
+ray: Any = load_ray()
 
 #: seconds of actor work a batch aims at once the cost of an item is known
 BATCH_SECONDS = 0.05
@@ -99,11 +100,9 @@ class _Batch:
 
 def _pickled_size(item: Any) -> int:
     """Bytes ``item`` takes pickled, buffers (numpy array data) counted without copying them."""
-    from ray import cloudpickle
-
     buffers: list[Any] = []
     try:
-        data = cloudpickle.dumps(item, protocol=5, buffer_callback=buffers.append)
+        data = load_cloudpickle().dumps(item, protocol=5, buffer_callback=buffers.append)
     except Exception:  # noqa: BLE001 - it fails again when sent, and is handled there
         return 0
     return len(data) + sum(memoryview(b).nbytes for b in buffers)
@@ -236,8 +235,7 @@ class RayTransformerLogic(NodeLogic):
 
     def _drop_unpicklable(self, batch: _Batch, out: Outbox) -> int:
         """Fail the items of ``batch`` Ray cannot pickle (through the policy); returns how many."""
-        from ray import cloudpickle
-
+        cloudpickle = load_cloudpickle()
         good = []
         for item in batch.items:
             try:
