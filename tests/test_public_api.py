@@ -24,16 +24,17 @@ REFLUX = [
     # sinks
     "ListSink", "FileSink", "CallbackSink", "CountSink", "SumSink", "ReduceSink",
     # the pipeline, its results and stats
-    "Pipeline", "Flow", "RunResult", "Results", "WallTime", "NodeStats", "PipelineStats", "NodeSnapshot", "Alert",
-    "ErrorPolicy",
+    "Pipeline", "Flow", "RunResult", "Results", "WallTime", "NodeStats", "WorkerStats", "PipelineStats",
+    "NodeSnapshot", "WorkerSnapshot", "Alert", "ErrorPolicy",
     # what a node's function may call while it runs
     "Event", "emit", "stopping",
     # errors
     "RefluxError", "ValidationError", "NotCallableError", "NodeError", "ClogError", "RoutingError",
     "TransformError", "PipelineInterrupted", "AccountingError", "ErrorRecord",
-    # compiled plug-ins, process workers, progress and metrics (loaded on first use)
+    # compiled plug-ins, process and Ray workers, progress and metrics (loaded on first use)
     "CPluginHandle", "PluginABIError", "RecordError", "c_plugin", "pump_for",
-    "ProcessWorkerError", "RemoteError", "LiveProgress", "render_stats", "MetricsServer", "prometheus_text",
+    "ProcessWorkerError", "RemoteError", "RayWorkerError", "LiveProgress", "render_stats", "MetricsServer",
+    "prometheus_text",
     "__version__",
 ]
 
@@ -80,13 +81,16 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 
 def test_import_reflux_loads_neither_numpy_nor_the_optional_layers() -> None:
-    """``import reflux`` stays cheap: numpy, rich, the HTTP server and process workers load on first use."""
+    """``import reflux`` stays cheap: numpy, rich, the HTTP server and process workers load on first use;
+    Ray never does (not even with ``reflux.RayWorkerError``)."""
     code = ("import sys, reflux\n"
             "heavy = {'numpy', 'rich', 'http.server', 'reflux.run.process.launch', 'reflux.observe.metrics',\n"
-            "         'reflux.observe.progress', 'reflux.describe.plugins', 'reflux.logic.plugins'}\n"
+            "         'reflux.observe.progress', 'reflux.describe.plugins', 'reflux.logic.plugins', 'ray',\n"
+            "         'reflux.run.ray.connect'}\n"
             "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
-            "reflux.c_plugin, reflux.MetricsServer\n"
-            "assert {'numpy', 'http.server'} <= set(sys.modules)\n")
+            "reflux.c_plugin, reflux.MetricsServer, reflux.RayWorkerError\n"
+            "assert {'numpy', 'http.server', 'reflux.run.ray.connect'} <= set(sys.modules)\n"
+            "assert 'ray' not in sys.modules\n")
     # cwd: not the checkout, whose uncompiled reflux_core/ would shadow the installed one
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=tempfile.gettempdir())

@@ -232,8 +232,8 @@ FORK_CHILD = textwrap.dedent("""
     if __name__ == "__main__":
         p = Pipeline(Extractor(forever()) >> Transformer(square, executor="process", workers=2,
                                                          start_method="fork") >> Loader(lambda x: None))
-        print("go", flush=True)
         try:
+            print("go", flush=True)
             p.run()
         except KeyboardInterrupt:
             sys.exit(0)

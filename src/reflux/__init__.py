@@ -59,10 +59,10 @@ from .errors import (
     ValidationError,
 )
 from .logic.effects import emit, stopping
-from .observe.stats import Alert, NodeSnapshot, PipelineStats
+from .observe.stats import Alert, NodeSnapshot, PipelineStats, WorkerSnapshot
 from .pipeline import Pipeline
 from .policies import ErrorPolicy
-from .result import Event, NodeStats, Results, RunResult, WallTime
+from .result import Event, NodeStats, Results, RunResult, WallTime, WorkerStats
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
@@ -113,8 +113,10 @@ __all__ = [
     "emit",
     "stopping",
     "NodeStats",
+    "WorkerStats",
     "PipelineStats",
     "NodeSnapshot",
+    "WorkerSnapshot",
     "Alert",
     "ErrorPolicy",
     # errors
@@ -128,12 +130,13 @@ __all__ = [
     "PipelineInterrupted",
     "AccountingError",
     "ErrorRecord",
-    # loaded on first use (they import numpy, rich, http.server or subprocess)
+    # loaded on first use (they import numpy, rich, http.server or subprocess; never Ray)
     "CPluginHandle",
     "LiveProgress",
     "MetricsServer",
     "PluginABIError",
     "ProcessWorkerError",
+    "RayWorkerError",
     "RecordError",
     "RemoteError",
     "c_plugin",
@@ -157,6 +160,7 @@ _LAZY = {
     "prometheus_text": "reflux.observe.metrics",
     "ProcessWorkerError": "reflux.run.process.launch",
     "RemoteError": "reflux.run.process.launch",
+    "RayWorkerError": "reflux.run.ray.connect",
 }
 
 

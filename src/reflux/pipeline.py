@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .describe.base import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Node, Part
+from .describe.executors import check_ray_init
 from .describe.graph import Graph
 from .describe.nodes import Extractor, Loader
 from .describe.plan import Plan, compile_plan
@@ -39,7 +40,7 @@ class Pipeline(Graph):
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
     dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
     runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None,
-    record_edges=True)``
+    record_edges=True, max_events=1000, ray_init=None)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -75,8 +76,8 @@ class Pipeline(Graph):
         ``"pool"``, the only runtime: the worker pool (kept so that code
         naming it keeps working).
     ``executor``
-        the default ``executor`` of the pipeline's Transformers (``"thread"``
-        or ``"process"``); a Transformer's own ``executor=`` wins.
+        the default ``executor`` of the pipeline's Transformers (``"thread"``,
+        ``"process"`` or ``"ray"``); a Transformer's own ``executor=`` wins.
     ``clog_timeout``
         the clogging watchdog: a node whose input channel stays full while
         it makes no progress for this many seconds is reported as clogged
@@ -93,6 +94,11 @@ class Pipeline(Graph):
         join two compiled plug-in nodes that feed only each other with a
         record channel, so records go from plug-in to plug-in without the
         GIL (default ``True``; see :meth:`compile`).
+    ``ray_init``
+        keyword arguments for ``ray.init()`` when a node has
+        ``executor="ray"`` and this process is not connected to Ray yet
+        (default: ``ray.init()``, which joins the cluster ``RAY_ADDRESS``
+        names or starts a local Ray); an existing session is used as it is.
     """
 
     #: seconds between checks of stop / pause flags while waiting
@@ -106,7 +112,7 @@ class Pipeline(Graph):
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
                  executor: str | None = None, clog_timeout: float | None = 60.0, on_clog: str = "warn",
                  on_alert: Callable[[Alert], Any] | None = None, record_edges: bool = True,
-                 max_events: int = 1000) -> None:
+                 max_events: int = 1000, ray_init: Mapping[str, Any] | None = None) -> None:
         if isinstance(max_error_records, bool) or not isinstance(max_error_records, int) or max_error_records < 0:
             raise ValidationError(
                 f"Pipeline '{name}': max_error_records must be an integer >= 0, got {max_error_records!r}")
@@ -128,6 +134,8 @@ class Pipeline(Graph):
             raise ValidationError(f"Pipeline '{name}': on_clog must be one of {', '.join(ON_CLOG)}; got {on_clog!r}")
         if on_alert is not None and not callable(on_alert):
             raise ValidationError(f"Pipeline '{name}': on_alert must be callable, got {on_alert!r:.60}")
+        #: keyword arguments for ray.init() (see above)
+        self.ray_init = check_ray_init(f"Pipeline '{name}'", ray_init)
         self.workers = workers
         self.runtime = runtime
         self.clog_timeout: float | None = None if clog_timeout is None else float(clog_timeout)
@@ -199,6 +207,10 @@ class Pipeline(Graph):
         if self._runs:
             self._check_sources_can_run_again()
         plan = self.compile()
+        on_ray = [n for n in self._nodes if getattr(n, "executor", "thread") == "ray"]
+        if on_ray:
+            from .run.ray.connect import connect
+            connect(self.ray_init, on_ray)  # here, in the caller's thread: errors reach the caller
         to_fork = []
         if any(getattr(n, "executor", "thread") == "process" for n in self._nodes):
             from .run.process.launch import refuse_while_bootstrapping

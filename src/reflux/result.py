@@ -10,8 +10,8 @@ from typing import Any
 
 from .errors import AccountingError, ErrorRecord
 
-__all__ = ["Event", "NodeStats", "Results", "RunResult", "WallTime", "free_threaded_build", "gil_enabled",
-           "thread_mode"]
+__all__ = ["Event", "NodeStats", "Results", "RunResult", "WallTime", "WorkerStats", "free_threaded_build",
+           "gil_enabled", "thread_mode"]
 
 
 def free_threaded_build() -> bool:
@@ -94,6 +94,56 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 @dataclass
+class WorkerStats:
+    """Counters of one remote worker of a node: a Ray actor (``executor="ray"``).
+
+    ``index``
+        the worker's place among the node's workers (0 to ``workers - 1``).
+    ``actor``
+        the Ray actor id (hex); it stays the same when Ray restarts the actor.
+    ``host`` / ``node_id``
+        the address of the machine it runs on and its Ray node id (empty
+        until the actor has started; they change when Ray restarts it elsewhere).
+    ``pid``
+        its process id on that machine.
+    ``state``
+        ``"starting"`` (placed or waiting for room in the cluster), ``"alive"``,
+        ``"restarting"`` (it died and Ray is restarting it, ``max_restarts``),
+        ``"dead"`` (it died for good) or ``"ended"`` (the run is over).
+    ``items`` / ``batches``
+        items and batches it finished (failed items included).
+    ``busy``
+        seconds it spent running the node's function.
+    ``restarts``
+        how many times it died and was restarted.
+    ``lost``
+        batches it held when it died (failed or re-sent per the node's policy).
+    """
+
+    index: int
+    actor: str = ""
+    host: str = ""
+    node_id: str = ""
+    pid: int = 0
+    state: str = "starting"
+    items: int = 0
+    batches: int = 0
+    busy: float = 0.0
+    restarts: int = 0
+    lost: int = 0
+
+    def copy(self) -> WorkerStats:
+        """A snapshot of the counters."""
+        return WorkerStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-able values."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["busy"] = round(self.busy, 6)
+        return d
+
+
+@dataclass
 class NodeStats:
     """Counters of one node.
 
@@ -125,6 +175,9 @@ class NodeStats:
         and :meth:`Pipeline.stats` turns them into a busy fraction.
     ``events``
         events the node's function emitted (:func:`reflux.emit`), by level name.
+    ``workers``
+        one :class:`WorkerStats` per remote worker (the Ray actors of a node
+        with ``executor="ray"``; empty for other nodes).
     """
 
     name: str
@@ -145,6 +198,8 @@ class NodeStats:
     fanout: int = field(default=1, repr=False)
     #: ``True`` for a Loader that receives dead-letter records
     dead_letter_sink: bool = field(default=False, repr=False)
+    #: per remote worker (Ray actor) counters; empty for nodes that run here
+    workers: list[WorkerStats] = field(default_factory=list, repr=False, compare=False)
 
     _ALIASES = {"in": "received", "out": "emitted"}
 
@@ -165,6 +220,7 @@ class NodeStats:
         """A snapshot of the counters."""
         copy = NodeStats(**{f.name: getattr(self, f.name) for f in fields(self)})
         copy.events = dict(self.events)
+        copy.workers = [w.copy() for w in self.workers]
         return copy
 
     def imbalance(self) -> int | None:

@@ -46,7 +46,7 @@ from .base import (
     is_generator_callable,
     plugin_for,
 )
-from .executors import check_executor, check_start_method
+from .executors import check_executor, check_ray_options, check_start_method
 from .sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
 
 _NO_INITIAL: Any = object()  # Loader.reduce without an initial value
@@ -204,6 +204,12 @@ class Transformer(Node[In, Out]):
     (``start_method="spawn"``, the default); ``start_method="fork"`` forks them
     from this process when the run starts, which saves their start-up (tens of
     milliseconds each) and needs this process to run a single thread then.
+
+    ``executor="ray"`` runs ``fn`` in ``workers`` Ray actors (default: one per
+    CPU of the Ray cluster), anywhere in a Ray cluster; ``ray_options`` are
+    Ray's actor options (``num_cpus``, ``num_gpus``, ``resources``,
+    ``runtime_env``, ``max_restarts``...).  Items travel in batches, results
+    keep input order unless ``ordered=False``.  See :mod:`reflux.run.ray`.
     """
 
     kind = "Transformer"
@@ -214,11 +220,13 @@ class Transformer(Node[In, Out]):
     @overload
     def __init__(self, fn: Callable[[In], Iterator[Out | _Signal]], *, flat: bool = ...,
                  parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
-                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+                 workers: int | None = ..., start_method: str | None = ...,
+                 ray_options: Mapping[str, Any] | None = ..., **kwargs: Any) -> None: ...
     @overload
     def __init__(self, fn: Callable[[In], Iterable[Out | _Signal]], *, flat: Literal[True],
                  parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
-                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+                 workers: int | None = ..., start_method: str | None = ...,
+                 ray_options: Mapping[str, Any] | None = ..., **kwargs: Any) -> None: ...
     @overload
     def __init__(self, fn: Callable[[In], Awaitable[Out | _Signal]], *, concurrency: int | None = ...,
                  call_timeout: float | None = ..., parallel: int = ..., ordered: bool | None = ...,
@@ -229,7 +237,8 @@ class Transformer(Node[In, Out]):
     @overload
     def __init__(self, fn: Callable[[In], Out | _Signal], *, flat: Literal[False] = ...,
                  parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
-                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+                 workers: int | None = ..., start_method: str | None = ...,
+                 ray_options: Mapping[str, Any] | None = ..., **kwargs: Any) -> None: ...
     @overload
     def __init__(self, fn: SupportsPlugin, *, parallel: int = ..., ordered: bool | None = ...,
                  **kwargs: Any) -> None: ...
@@ -237,7 +246,8 @@ class Transformer(Node[In, Out]):
     def __init__(self, fn: Any, *, flat: bool = False, parallel: int = 1,
                  ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
                  start_method: str | None = None, batched: bool = False, concurrency: int | None = None,
-                 call_timeout: float | None = None, **kwargs: Any) -> None:
+                 call_timeout: float | None = None, ray_options: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
         #: the checked plug-in when ``fn`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, fn, "transform")
@@ -264,15 +274,17 @@ class Transformer(Node[In, Out]):
             self.stats_law = "free"  # an item in may give any number out
         self.executor: str = "thread"
         self.workers: int | None = None
-        if executor == "process" and (self.is_async or self.batched):
-            raise ValidationError(f"{self.label}: executor='process' takes a plain function (not "
+        if executor in ("process", "ray") and (self.is_async or self.batched):
+            raise ValidationError(f"{self.label}: executor={executor!r} takes a plain function (not "
                                   f"{'an async one' if self.is_async else 'batched=True'})")
         if executor is not None or workers is not None:
-            if self.plugin is not None and executor == "process":
+            if self.plugin is not None and executor in ("process", "ray"):
                 raise ValidationError(f"{self.label}: a compiled plug-in already runs without the GIL and "
-                                      "cannot be sent to worker processes; use parallel= for replicas")
+                                      f"cannot be sent to {executor} workers; use parallel= for replicas")
             self.executor, self.workers, _ = check_executor(
                 self.label, executor, workers, True if ordered is None else ordered, fn)
+        #: options of the Ray actors (``executor="ray"``)
+        self.ray_options = check_ray_options(self.label, self.executor, ray_options)
         #: how process workers start: "spawn" (fresh interpreters) or "fork"
         self.start_method = "spawn"
         if start_method is not None:
@@ -282,14 +294,15 @@ class Transformer(Node[In, Out]):
                                   "loop: set concurrency= instead of parallel=")
         if self.is_async and self.generator:
             raise ValidationError(f"{self.label}: an async generator function is not a Transformer function")
-        if self.executor == "process" and parallel != 1:
+        if self.executor != "thread" and parallel != 1:
             raise ValidationError(f"{self.label}: parallel= runs replicas in threads; with "
-                                  "executor='process' set the number of processes with workers=")
+                                  f"executor={self.executor!r} set the number of "
+                                  f"{'processes' if self.executor == 'process' else 'actors'} with workers=")
         #: ``ordered=`` as given (None: the default of the executor in the end)
         self.ordered_given = ordered
-        # process workers and async calls keep input order by default; thread replicas
-        # emit as they complete
-        default_order = self.executor == "process" or self.is_async
+        # process and Ray workers and async calls keep input order by default; thread
+        # replicas emit as they complete
+        default_order = self.executor != "thread" or self.is_async
         self.parallel, self.ordered = check_replicas(self.label, parallel,
                                                      default_order if ordered is None else ordered)
         #: False when the pipeline's default executor applies
@@ -305,14 +318,18 @@ class Filter(Node[T, T]):
     A predicate that raises (or returns ``Error``) goes through the error policy.
     A compiled filter plug-in (``reflux_core.transform.CFilter``) filters
     chunks of records without the GIL (see :mod:`reflux.logic.plugins`).
-    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`.
+    ``parallel=N`` and ``ordered=`` work as for :class:`Transformer`, and so do
+    ``executor="ray"``, ``workers=`` and ``ray_options=`` (the predicate runs
+    in Ray actors; only the verdicts travel back, the items stay here).
     """
 
     kind = "Filter"
 
     def __init__(self, predicate: Callable[[T], object] | Callable[[list[T]], Any] | SupportsPlugin, *,
                  parallel: int = 1, ordered: bool | None = None, batched: bool = False,
-                 concurrency: int | None = None, call_timeout: float | None = None, **kwargs: Any) -> None:
+                 concurrency: int | None = None, call_timeout: float | None = None, executor: str | None = None,
+                 workers: int | None = None, ray_options: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=default_name(predicate), **kwargs)
         #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, predicate, "filter")
@@ -329,8 +346,16 @@ class Filter(Node[T, T]):
         if self.is_async and parallel != 1:
             raise ValidationError(f"{self.label}: an async predicate runs many calls at once on one event "
                                   "loop: set concurrency= instead of parallel=")
-        self.parallel, self.ordered = check_replicas(self.label, parallel,
-                                                     self.is_async if ordered is None else ordered)
+        self.executor, self.workers, _ = check_executor(self.label, executor, workers, bool(ordered),
+                                                        allowed=("thread", "ray"))
+        if self.executor == "ray" and (self.plugin is not None or parallel != 1 or self.is_async or self.batched):
+            raise ValidationError(f"{self.label}: executor='ray' runs a plain predicate in Ray actors: set their "
+                                  "number with workers= (parallel=, compiled plug-ins, async and batched "
+                                  "predicates run here)")
+        #: options of the Ray actors (``executor="ray"``)
+        self.ray_options = check_ray_options(self.label, self.executor, ray_options)
+        self.parallel, self.ordered = check_replicas(
+            self.label, parallel, (self.executor == "ray" or self.is_async) if ordered is None else ordered)
         #: the predicate (or plug-in) as given
         self.predicate: Any = predicate
 

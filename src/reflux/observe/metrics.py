@@ -12,6 +12,12 @@ counters end in ``_total``::
     reflux_node_items_in_total{pipeline="demo",node="parse",kind="Transformer"} 120000
     reflux_channel_items{pipeline="demo",node="parse",kind="Transformer"} 1024
 
+The Ray actors of a node with ``executor="ray"`` have series of their own,
+labelled also with ``worker`` (its index), ``host`` and ``ray_node_id``::
+
+    reflux_worker_items_total{pipeline="demo",node="score",kind="Transformer",worker="0",
+                              host="10.0.0.5",ray_node_id="4f1c..."} 5120   (on one line)
+
 Rates are left to the monitoring system (``rate(reflux_node_items_in_total[1m])``).
 """
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Union
 
-from .stats import HasStats, NodeSnapshot, PipelineStats
+from .stats import HasStats, NodeSnapshot, PipelineStats, WorkerSnapshot
 
 __all__ = ["CONTENT_TYPE", "MetricsServer", "prometheus_text"]
 
@@ -57,6 +63,22 @@ _NODE_METRICS: list[tuple[str, str, str, Callable[[NodeSnapshot], float | None]]
      lambda s: 1.0 if s.state == "clogged" else 0.0),
     ("reflux_node_up", "gauge", "1 while the node runs, 0 once it ended, failed or clogged.",
      lambda s: 1.0 if s.state in ("running", "blocked") else 0.0),
+]
+
+#: the series of each remote worker (Ray actor) of a node
+_WORKER_METRICS: list[tuple[str, str, str, Callable[[WorkerSnapshot], float]]] = [
+    ("reflux_worker_items_total", "counter", "Items a node's Ray actor finished (failed ones included).",
+     lambda w: w.items),
+    ("reflux_worker_batches_total", "counter", "Batches a node's Ray actor finished.", lambda w: w.batches),
+    ("reflux_worker_busy_seconds_total", "counter", "Seconds a node's Ray actor spent in the node's function.",
+     lambda w: w.busy_seconds),
+    ("reflux_worker_busy_ratio", "gauge", "Fraction of the last second a node's Ray actor spent in the function.",
+     lambda w: w.busy),
+    ("reflux_worker_restarts_total", "counter", "Times a node's Ray actor died and was restarted.",
+     lambda w: w.restarts),
+    ("reflux_worker_lost_batches_total", "counter", "Batches a node's Ray actor held when it died.",
+     lambda w: w.lost),
+    ("reflux_worker_up", "gauge", "1 while a node's Ray actor is alive.", lambda w: 1.0 if w.state == "alive" else 0.0),
 ]
 
 _STATUSES = ("idle", "running", "paused", "completed", "stopped", "failed", "interrupted")
@@ -101,6 +123,16 @@ def prometheus_text(stats: PipelineStats | Iterable[PipelineStats]) -> str:
                 labels = (f'pipeline="{_escape(st.pipeline)}",node="{_escape(node.name)}",'
                           f'kind="{_escape(node.kind)}",level="{_escape(level)}"')
                 lines.append(f"reflux_node_events_total{{{labels}}} {_number(count)}")
+    for name, kind, help_text, wget in _WORKER_METRICS:
+        rows = [(st, node, w) for st in snapshots for node in st.nodes.values() for w in node.workers]
+        if not rows:
+            continue
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for st, node, w in rows:
+            labels = (f'pipeline="{_escape(st.pipeline)}",node="{_escape(node.name)}",kind="{_escape(node.kind)}",'
+                      f'worker="{w.index}",host="{_escape(w.host)}",ray_node_id="{_escape(w.node_id)}"')
+            lines.append(f"{name}{{{labels}}} {_number(wget(w))}")
     lines.append("# HELP reflux_pipeline_elapsed_seconds Seconds since the run started (its length once over).")
     lines.append("# TYPE reflux_pipeline_elapsed_seconds gauge")
     for st in snapshots:

@@ -8,8 +8,10 @@
 shows a table refreshed several times a second: per node the items in and
 out, filtered, errors, the input rate, the busy fraction, the fill of its
 input channel and its state (a clogged or failed node stands out in red),
-then the latest alerts.  It draws on standard error, so standard output
-stays clean for data (``reflux run --json``); when standard error is not a
+under a node with ``executor="ray"`` one row per Ray actor (where it runs,
+items, batches lost, busy fraction, state), then the latest alerts.  It
+draws on standard error, so standard output stays clean for data
+(``reflux run --json``); when standard error is not a
 terminal (a pipe, a file, CI) ``enabled=None`` turns it off by itself.
 
 ``rich`` is a dependency of reflux; nothing here is needed by a pipeline that
@@ -28,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LiveProgress", "render_stats"]
 
+_WORKER_STYLE = {"alive": "green", "starting": "yellow", "restarting": "bold yellow", "dead": "bold red",
+                 "ended": "dim"}
 _STATE_STYLE = {"running": "green", "done": "dim", "failed": "bold red", "clogged": "bold red",
                 "blocked": "yellow", "stuck": "bold red"}
 
@@ -81,6 +85,13 @@ def render_stats(stats: PipelineStats, width: int | None = None) -> RenderableTy
                   _count(s.rate_in), f"{s.busy:.0%}", fill,
                   Text(state, style=_STATE_STYLE.get(s.state, ""))]
         table.add_row(*cells)
+        for w in s.workers:  # the node's Ray actors, one row each
+            row: list[Any] = [Text(f"  └ {w.label}", style="dim")]
+            if show_kind:
+                row.append(Text("Ray actor", style="dim"))
+            row += [_count(w.items), "", "", Text(_count(w.lost), style="red" if w.lost else "dim"), "",
+                    f"{w.busy:.0%}", "", Text(w.state, style=_WORKER_STYLE.get(w.state, ""))]
+            table.add_row(*row)
     extra = [Text(line, style="dim") for line in (stats.wall_time.lines() if stats.wall_time else [])]
     extra += [Text(f"! {a.message}", style="red" if a.kind in ("failed", "clogged") else "yellow")
               for a in stats.alerts[-3:]]

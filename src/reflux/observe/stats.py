@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ClogError, ErrorRecord
-from ..result import Event, NodeStats, RunResult, WallTime
+from ..result import Event, NodeStats, RunResult, WallTime, WorkerStats
 
-__all__ = ["Alert", "HasStats", "NodeSnapshot", "PipelineStats", "final_stats", "snapshot_of"]
+__all__ = ["Alert", "HasStats", "NodeSnapshot", "PipelineStats", "WorkerSnapshot", "final_stats", "snapshot_of"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,48 @@ class Alert:
     time: float = field(default_factory=time.time)
     #: the failure record, for ``"failed"`` and a ``"clogged"`` that stopped the run
     record: ErrorRecord | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class WorkerSnapshot:
+    """One remote worker of a node (a Ray actor) in a :class:`NodeSnapshot`.
+
+    The fields of :class:`~reflux.WorkerStats` (``index``, ``actor``,
+    ``host``, ``node_id``, ``pid``, ``state``, ``items``, ``batches``,
+    ``restarts``, ``lost``), with ``busy_seconds`` (seconds in the node's
+    function) and ``busy``, the fraction of the last second (after the run:
+    of the whole run) it spent there.
+    """
+
+    index: int
+    actor: str = ""
+    host: str = ""
+    node_id: str = ""
+    pid: int = 0
+    state: str = "starting"
+    items: int = 0
+    batches: int = 0
+    busy_seconds: float = 0.0
+    busy: float = 0.0
+    restarts: int = 0
+    lost: int = 0
+
+    @classmethod
+    def of(cls, w: WorkerStats) -> WorkerSnapshot:
+        return cls(index=w.index, actor=w.actor, host=w.host, node_id=w.node_id, pid=w.pid, state=w.state,
+                   items=w.items, batches=w.batches, busy_seconds=w.busy, restarts=w.restarts, lost=w.lost)
+
+    @property
+    def label(self) -> str:
+        """``"actor 0 @ 10.0.0.5"``, as the progress view and tables show it."""
+        return f"actor {self.index}" + (f" @ {self.host}" if self.host else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-able values."""
+        return {"index": self.index, "actor": self.actor, "host": self.host, "node_id": self.node_id,
+                "pid": self.pid, "state": self.state, "items": self.items, "batches": self.batches,
+                "busy_seconds": round(self.busy_seconds, 6), "busy": round(self.busy, 4),
+                "restarts": self.restarts, "lost": self.lost}
 
 
 @dataclass
@@ -62,6 +104,10 @@ class NodeSnapshot:
         it is moving).
     ``events``
         events the node's function emitted (:func:`reflux.emit`), by level.
+    ``workers``
+        one :class:`WorkerSnapshot` per Ray actor of a node with
+        ``executor="ray"`` (where it runs, items, busy fraction, state); empty
+        for other nodes.
     """
 
     name: str
@@ -83,6 +129,7 @@ class NodeSnapshot:
     state: str = "running"
     stalled: float = 0.0
     events: dict[str, int] = field(default_factory=dict)
+    workers: list[WorkerSnapshot] = field(default_factory=list)
 
     _ALIASES = {"in": "received", "out": "emitted"}
     _COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried", "fed_back")
@@ -110,7 +157,7 @@ class NodeSnapshot:
                 "rate_in": round(self.rate_in, 3), "rate_out": round(self.rate_out, 3),
                 "busy": round(self.busy, 4), "queued": self.queued, "capacity": self.capacity,
                 "fill": None if self.fill is None else round(self.fill, 4), "state": self.state,
-                "stalled": round(self.stalled, 3)}
+                "stalled": round(self.stalled, 3), "workers": [w.as_dict() for w in self.workers]}
 
 
 class PipelineStats(Mapping[str, NodeSnapshot]):
@@ -175,6 +222,9 @@ class PipelineStats(Mapping[str, NodeSnapshot]):
             fill = "-" if s.queued is None else f"{s.queued}/{s.capacity}"
             lines.append(f"{s.name[:20]:<20} {s.kind:<12} {s.received:>9} {s.emitted:>9} {s.filtered:>7} "
                          f"{s.errors:>5} {s.rate_in:>9.0f} {s.busy:>5.0%} {fill:>11}  {s.state}")
+            for w in s.workers:
+                lines.append(f"  {w.label[:31]:<31} {w.items:>9} {'':>9} {'':>7} {w.lost:>5} {'':>9} "
+                             f"{w.busy:>5.0%} {'':>11}  {w.state}")
         if self.wall_time is not None:
             lines += self.wall_time.lines()
         for a in self.alerts:
@@ -191,7 +241,7 @@ def snapshot_of(s: NodeStats) -> NodeSnapshot:
     return NodeSnapshot(name=s.name, kind=s.kind, received=s.received, emitted=s.emitted,
                         filtered=s.filtered, errors=s.errors, dropped=s.dropped, retried=s.retried,
                         fed_back=s.fed_back, overflowed=s.overflowed, busy_seconds=float(getattr(s, "busy", 0.0)),
-                        events=dict(s.events))
+                        events=dict(s.events), workers=[WorkerSnapshot.of(w) for w in getattr(s, "workers", ())])
 
 
 def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None = None,
@@ -211,6 +261,8 @@ def final_stats(name: str, result: RunResult, inboxes: Mapping[str, Any] | None 
         snap.rate_in = s.received / elapsed
         snap.rate_out = s.emitted / elapsed
         snap.busy = min(1.0, max(0.0, snap.busy_seconds / elapsed / (replicas or {}).get(n, 1)))
+        for w in snap.workers:
+            w.busy = min(1.0, max(0.0, w.busy_seconds / elapsed))
         box = (inboxes or {}).get(n)
         if box is not None:
             snap.queued, snap.capacity = 0, box.channel.capacity

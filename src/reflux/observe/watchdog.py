@@ -4,7 +4,8 @@ Everything here reads only what the runtime offers (it never imports the run
 layer):
 
 * ``runtime.snapshot()``: ``{node name: NodeStats}`` copies of the counters
-  (including ``busy``, the seconds a node spent in its own logic);
+  (including ``busy``, the seconds a node spent in its own logic, and
+  ``workers``, the counters of a node's Ray actors);
 * the plan's inboxes: each node's input channel (``len()`` and ``capacity``);
 * optionally ``runtime.finished_nodes()`` (names of the nodes that ended),
   ``runtime.failure`` (the first failure) and a failure hook the runtime calls
@@ -101,7 +102,8 @@ class Monitor:
                          + ([t.dead_letter.owner] if t.dead_letter is not None else [])
                          for t in plan.tasks}
         self._lock = threading.Lock()
-        self._history: deque[tuple[float, dict[str, tuple[int, int, float]]]] = deque()
+        #: (time, {node: (received, emitted, busy, busy of each remote worker)})
+        self._history: deque[tuple[float, dict[str, tuple[int, int, float, tuple[float, ...]]]]] = deque()
         # watchdog state: node -> (progress counter, monotonic time it last moved or its input was not full)
         self._track: dict[str, tuple[int, float]] = {}
         self._stalled: dict[str, float] = {}
@@ -299,7 +301,7 @@ class Monitor:
         ``len()`` per channel; fine to call every 100 ms)."""
         now = time.monotonic()
         raw: dict[str, NodeStats] = self.runtime.snapshot()
-        cur = {n: (s.received, s.emitted, s.busy) for n, s in raw.items()}
+        cur = {n: (s.received, s.emitted, s.busy, tuple(w.busy for w in s.workers)) for n, s in raw.items()}
         with self._lock:
             hist = self._history
             if not hist or now - hist[-1][0] >= _MIN_SAMPLE_GAP:
@@ -320,11 +322,14 @@ class Monitor:
         held = held_of() if held_of is not None else frozenset()
         nodes: dict[str, NodeSnapshot] = {}
         for name, s in raw.items():
-            b_in, b_out, b_busy = base.get(name, (0, 0, 0.0))
+            b_in, b_out, b_busy, b_workers = base.get(name, (0, 0, 0.0, ()))
             snap = snapshot_of(s)
             snap.rate_in = (s.received - b_in) / dt
             snap.rate_out = (s.emitted - b_out) / dt
             snap.busy = min(1.0, max(0.0, (s.busy - b_busy) / dt / self._replicas.get(name, 1)))
+            for i, w in enumerate(snap.workers):
+                before = b_workers[i] if i < len(b_workers) else 0.0
+                w.busy = min(1.0, max(0.0, (w.busy_seconds - before) / dt))
             box = self._inbox.get(name)
             if box is not None:
                 try:

@@ -31,8 +31,10 @@ def fusable(task: Task) -> bool:
         return False  # a record edge: records go through a RecordChannel, never fused
     if getattr(node, "parallel", 1) != 1 or not getattr(node, "fuse", True):
         return False
+    if getattr(node, "executor", "thread") != "thread":
+        return False  # its work runs elsewhere (process or Ray workers): a unit of its own
     if isinstance(node, Transformer):
-        return not node.flat and getattr(node, "executor", "thread") == "thread"
+        return not node.flat
     return isinstance(node, (Filter, Extractor, Loader))
 
 

@@ -1,8 +1,10 @@
-"""Where a node's logic runs: in this process, or (``executor="process"``) in worker processes.
+"""Where a node's logic runs: in this process, on an event loop (``async def`` functions), in
+worker processes (``executor="process"``), or in Ray actors (``executor="ray"``).
 
 The logic layer says what a node does with a batch; this is the one place
 that picks, per node, the logic that does it here or the one that ships the
-batch to process workers (:mod:`reflux.run.process`).
+batch to process workers (:mod:`reflux.run.process`) or to Ray actors
+(:mod:`reflux.run.ray`).
 """
 from __future__ import annotations
 
@@ -23,13 +25,18 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
               preforked: list[Any] | None = None) -> NodeLogic:
     """The logic of ``node`` for one run: :func:`reflux.logic.make_logic`, or for a
     Transformer with ``executor="process"`` the logic that runs its function in
-    worker processes (``preforked``: the workers forked for it when the run started)."""
+    worker processes (``preforked``: the workers forked for it when the run started),
+    or for a Transformer or Filter with ``executor="ray"`` the logic that runs it in Ray actors."""
     if getattr(node, "is_async", False):
         from .aio import AsyncLogic  # only when asked for (it imports asyncio)
         return AsyncLogic(node, ctx)
-    if isinstance(node, Transformer) and node.executor == "process":
+    executor = getattr(node, "executor", "thread")
+    if isinstance(node, Transformer) and executor == "process":
         from .process.logic import ProcessTransformerLogic  # only when asked for (start-up time)
         return ProcessTransformerLogic(node, ctx, preforked=preforked)
+    if executor == "ray":
+        from .ray.logic import RayFilterLogic, RayTransformerLogic  # imports Ray: only when asked for
+        return RayFilterLogic(node, ctx) if node.kind == "Filter" else RayTransformerLogic(node, ctx)
     return make_logic(node, ctx, n_ports, port_names, ports=ports, default_port=default_port)
 
 
