@@ -25,9 +25,12 @@ REFLUX = [
     "ListSink", "FileSink", "CallbackSink",
     # the pipeline, its results and stats
     "Pipeline", "Flow", "RunResult", "NodeStats", "PipelineStats", "NodeSnapshot", "Alert", "ErrorPolicy",
+    # checkpoints
+    "Checkpoint", "CheckpointReport",
     # errors
     "RefluxError", "ValidationError", "NotCallableError", "NodeError", "ClogError", "RoutingError",
-    "TransformError", "PipelineInterrupted", "AccountingError", "ErrorRecord",
+    "TransformError", "PipelineInterrupted", "AccountingError", "CheckpointError", "SourceRecordError",
+    "ErrorRecord",
     # compiled plug-ins, process workers, progress and metrics (loaded on first use)
     "CPluginHandle", "PluginABIError", "RecordError", "c_plugin", "pump_for",
     "ProcessWorkerError", "RemoteError", "LiveProgress", "render_stats", "MetricsServer", "prometheus_text",
@@ -80,7 +83,8 @@ def test_import_reflux_loads_neither_numpy_nor_the_optional_layers() -> None:
     """``import reflux`` stays cheap: numpy, rich, the HTTP server and process workers load on first use."""
     code = ("import sys, reflux\n"
             "heavy = {'numpy', 'rich', 'http.server', 'reflux.run.process.launch', 'reflux.observe.metrics',\n"
-            "         'reflux.observe.progress', 'reflux.describe.plugins', 'reflux.logic.plugins'}\n"
+            "         'reflux.observe.progress', 'reflux.describe.plugins', 'reflux.logic.plugins',\n"
+            "         'sqlite3', 'reflux.connectors', 'reflux.checkpoint.store', 'reflux.run.barrier'}\n"
             "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
             "reflux.c_plugin, reflux.MetricsServer\n"
             "assert {'numpy', 'http.server'} <= set(sys.modules)\n")

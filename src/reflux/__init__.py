@@ -32,6 +32,7 @@ from reflux_core.channel import (
     SPSCChannel,
 )
 
+from .checkpoint.config import Checkpoint
 from .describe.base import Flow, Node
 from .describe.nodes import (
     Accumulator,
@@ -47,6 +48,7 @@ from .describe.nodes import (
 from .describe.sinks import CallbackSink, FileSink, ListSink
 from .errors import (
     AccountingError,
+    CheckpointError,
     ClogError,
     ErrorRecord,
     NodeError,
@@ -54,13 +56,14 @@ from .errors import (
     PipelineInterrupted,
     RefluxError,
     RoutingError,
+    SourceRecordError,
     TransformError,
     ValidationError,
 )
 from .observe.stats import Alert, NodeSnapshot, PipelineStats
 from .pipeline import Pipeline
 from .policies import ErrorPolicy
-from .result import NodeStats, RunResult
+from .result import CheckpointReport, NodeStats, RunResult
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
@@ -102,6 +105,9 @@ __all__ = [
     "NodeSnapshot",
     "Alert",
     "ErrorPolicy",
+    # checkpoints
+    "Checkpoint",
+    "CheckpointReport",
     # errors
     "RefluxError",
     "ValidationError",
@@ -112,6 +118,8 @@ __all__ = [
     "TransformError",
     "PipelineInterrupted",
     "AccountingError",
+    "CheckpointError",
+    "SourceRecordError",
     "ErrorRecord",
     # loaded on first use (they import numpy, rich, http.server or subprocess)
     "CPluginHandle",

@@ -1,0 +1,163 @@
+"""Recording a checkpoint across the sinks, and finding where a run resumes.
+
+A checkpoint is recorded at a barrier, when the pipeline is drained and held
+(:mod:`reflux.run.barrier`).  The order makes the *decision* one atomic write:
+
+1. at-least-once sinks: ``flush()``; database sinks after the first commit;
+2. file sinks *prepare* (flush or sync their files; say which renames are due);
+3. the decision: the first database sink (``checkpoint_role = "transaction"``)
+   commits its rows together with the checkpoint (the snapshot bytes) in one
+   transaction; without a database sink, the checkpoint file's write is the
+   decision;
+4. the checkpoint file records it (without a database sink this was step 3);
+5. file sinks *commit*: rename their finished files into place.
+
+A crash before 3 leaves the previous checkpoint in force (and a restart cuts
+the file sinks back to it); a crash after 3 leaves this one, whose renames a
+restart redoes.  So the deciding database sink and the file sinks are
+exactly-once.  Sinks of step 1 may see items again: at-least-once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import CheckpointError
+from .config import Checkpoint
+from .protocol import role_of
+from .snapshot import Snapshot
+from .store import CheckpointStore
+
+__all__ = ["Checkpointer"]
+
+logger = logging.getLogger("reflux")
+
+
+class Checkpointer:
+    """Records a pipeline's checkpoints and resumes it (see the module docs).
+
+    ``sinks`` are the pipeline's Loaders as ``(name, function)``, in pipeline order.
+    """
+
+    def __init__(self, config: Checkpoint, pipeline: str, sinks: Sequence[tuple[str, Any]]) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.store = CheckpointStore(config.path, durable=config.durable)
+        transactional = [(n, fn) for n, fn in sinks if role_of(fn) == "transaction"]
+        #: the sink whose commit decides a checkpoint (the first database sink), if any
+        self.decider: tuple[str, Any] | None = transactional[0] if transactional else None
+        #: further database sinks: committed before the decision (at-least-once)
+        self.early: list[tuple[str, Any]] = transactional[1:]
+        self.files = [(n, fn) for n, fn in sinks if role_of(fn) == "files"]
+        self.flushers = [(n, fn) for n, fn in sinks
+                         if role_of(fn) is None and callable(getattr(fn, "flush", None))]
+        self.run_id = ""
+        #: the checkpoint the run resumed from
+        self.resumed: Snapshot | None = None
+        #: number of the last checkpoint recorded (or resumed from)
+        self.last = 0
+        #: checkpoints recorded by this run
+        self.taken = 0
+        self._items_base = 0
+        self._attached: list[tuple[str, Any]] = []
+
+    # ------------------------------------------------------------------ before the run
+
+    def resume(self) -> Snapshot | None:
+        """Open the checkpoint file, attach the sinks and find the checkpoint to resume
+        from (``None``: start from the beginning).  File sinks finish what it promised."""
+        self.store.open()
+        self.run_id = self.store.run_id(self.pipeline)
+        stored = self.store.latest(self.pipeline)
+        for name, sink in ([self.decider] if self.decider else []) + self.early + self.files:
+            self._call(name, sink.checkpoint_attach, self.run_id, name, self.config.durable)
+            self._attached.append((name, sink))
+        snap: Snapshot | None = None
+        if self.decider is not None:
+            name, sink = self.decider
+            marker = self._call(name, sink.checkpoint_recover)
+            if marker is None and stored is not None:
+                raise CheckpointError(
+                    f"Loader '{name}': the checkpoint file {self.config.path!r} records checkpoint "
+                    f"#{stored[0]} of pipeline '{self.pipeline}', but the sink's database holds no checkpoint "
+                    f"of this run: it is not the database the run wrote to, or it was changed. Delete the "
+                    f"checkpoint file to start over", node=name)
+            if marker is not None:
+                if stored is not None and marker[0] < stored[0]:
+                    raise CheckpointError(
+                        f"Loader '{name}': the sink's database holds checkpoint #{marker[0]} of this run, "
+                        f"older than #{stored[0]} in the checkpoint file {self.config.path!r}: the database "
+                        f"was restored from an older copy. Delete the checkpoint file to start over",
+                        node=name)
+                snap = Snapshot.decode(marker[1], self.pipeline)
+                if stored is None or stored[0] != marker[0]:
+                    # the run crashed between the decision and the file's write: catch up
+                    self.store.save(self.pipeline, snap.id, snap.taken, snap.items, snap.final, marker[1])
+        elif stored is not None:
+            snap = Snapshot.decode(stored[1], self.pipeline)
+        for name, sink in self.files:
+            self._call(name, sink.checkpoint_recover, None if snap is None else snap.sinks.get(name))
+        self.resumed = snap
+        self.last = 0 if snap is None else snap.id
+        self._items_base = 0 if snap is None else snap.items
+        return snap
+
+    # ------------------------------------------------------------------ at a barrier
+
+    def record(self, sources: dict[str, Any], nodes: dict[str, Any], pulled: int, final: bool) -> Snapshot:
+        """Record checkpoint ``last + 1`` (the pipeline is drained and held); ``pulled``:
+        items the Extractors pulled in this run so far."""
+        k = self.last + 1
+        for name, sink in self.flushers:
+            self._call(name, sink.flush)
+        for name, sink in self.early:
+            self._call(name, sink.checkpoint_commit, k, None)
+        prepared = {name: self._call(name, sink.checkpoint_prepare, k, final) for name, sink in self.files}
+        snap = Snapshot(id=k, taken=time.time(), items=self._items_base + pulled, sources=sources,
+                        nodes=nodes, sinks=prepared, final=final)
+        blob = snap.encode(f"Pipeline '{self.pipeline}'")
+        if self.decider is not None:
+            name, sink = self.decider
+            self._call(name, sink.checkpoint_commit, k, blob)
+        try:
+            self.store.save(self.pipeline, k, snap.taken, snap.items, final, blob)
+        except Exception as exc:  # the file went away, the disk is full
+            raise CheckpointError(f"Pipeline '{self.pipeline}': checkpoint #{k} could not be written to "
+                                  f"{self.config.path!r}: {type(exc).__name__}: {exc}", node=self.pipeline) from exc
+        for name, sink in self.files:
+            self._call(name, sink.checkpoint_commit, k, prepared[name])
+        self.last = k
+        self.taken += 1
+        logger.debug("Pipeline '%s': checkpoint #%d recorded (%d items)", self.pipeline, k, snap.items)
+        return snap
+
+    # ------------------------------------------------------------------ after the run
+
+    def detach(self, rollback: bool) -> None:
+        """Let the sinks go (rolling back what no checkpoint committed if ``rollback``) and
+        close the checkpoint file.  Every sink is detached even if one fails; the first
+        failure is raised after."""
+        first: BaseException | None = None
+        for name, sink in self._attached:
+            try:
+                self._call(name, sink.checkpoint_detach, rollback)
+            except BaseException as exc:  # report after the others are detached
+                if first is None:
+                    first = exc
+        self._attached = []
+        self.store.close()
+        if first is not None:
+            raise first
+
+    def _call(self, name: str, fn: Any, *args: Any) -> Any:
+        """Call a sink's checkpoint method; a failure names the Loader."""
+        try:
+            return fn(*args)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # the sink's database or files
+            what = getattr(fn, "__name__", "checkpoint")
+            raise CheckpointError(f"Loader '{name}': {what} failed: {type(exc).__name__}: {exc}",
+                                  node=name) from exc
