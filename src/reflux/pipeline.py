@@ -476,7 +476,7 @@ class Pipeline(Graph):
             path=checkpointer.config.path, resumed_from=None if snap is None else snap.id,
             resumed_items=0 if snap is None else snap.items, resumed_final=snap is not None and snap.final,
             taken=checkpointer.taken, last=checkpointer.last or None,
-            skipped=0 if gate is None else gate.skipped)
+            skipped=0 if gate is None else gate.skipped, seconds=0.0 if gate is None else gate.held_seconds)
         if error is not None and self._error is None:
             if not isinstance(error, CheckpointError):
                 wrapped = CheckpointError(f"Pipeline '{self.name}': the last checkpoint failed: "

@@ -192,6 +192,8 @@ class CheckpointReport:
     last: int | None = None
     #: barriers skipped because the sources did not pause or the pipeline did not drain in time
     skipped: int = 0
+    #: seconds the sources were held by barriers (draining, then recording), over the run
+    seconds: float = 0.0
 
     def line(self) -> str:
         """One line for reports: what was resumed and recorded."""
@@ -204,6 +206,8 @@ class CheckpointReport:
         text += f"; {self.taken} checkpoint{'' if self.taken == 1 else 's'} recorded"
         if self.last is not None:
             text += f", last #{self.last}"
+        if self.seconds:
+            text += f" (sources held {self.seconds:.3f}s in all)"
         if self.skipped:
             text += f"; {self.skipped} skipped (no barrier in time)"
         return text
@@ -212,7 +216,7 @@ class CheckpointReport:
         """Everything as plain JSON-able values."""
         return {"path": self.path, "resumed_from": self.resumed_from, "resumed_items": self.resumed_items,
                 "resumed_final": self.resumed_final, "taken": self.taken, "last": self.last,
-                "skipped": self.skipped}
+                "skipped": self.skipped, "seconds": round(self.seconds, 6)}
 
 
 @dataclass

@@ -155,9 +155,9 @@ class Checkpointer:
         """Call a sink's checkpoint method; a failure names the Loader."""
         try:
             return fn(*args)
-        except CheckpointError:
+        except (CheckpointError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # the sink's database or files
+        except BaseException as exc:  # the sink's database or files (TransactionAborted is a BaseException)
             what = getattr(fn, "__name__", "checkpoint")
             raise CheckpointError(f"Loader '{name}': {what} failed: {type(exc).__name__}: {exc}",
                                   node=name) from exc

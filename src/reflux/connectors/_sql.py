@@ -6,11 +6,15 @@ checkpoints they commit every ``commit_every`` rows and at the end of the run;
 under checkpoints (``checkpoint_role = "transaction"``) they commit only when a
 checkpoint does, together with a row of the checkpoint table
 (``reflux_checkpoints``: run id, sink name, checkpoint number, the snapshot),
-so rows and checkpoint exist together or not at all.  The rows of the open
-transaction are kept in memory until it commits: when a write fails (a lost
-connection, a locked database) the transaction is rolled back and, at the
-next call (the Loader's ``retries=``, with its ``backoff``), the sink
-reconnects if it must and writes them again before the batch.
+so rows and checkpoint exist together or not at all.  A batch that fails is
+not in the transaction, so the Loader's error policy handles it like any
+failed batch (``retries=``, then ``on_error``):
+
+* PostgreSQL aborts the whole transaction on any error, and a connection may
+  be lost: the rows of the open transaction are kept in memory until it
+  commits, and after a failure the next call rolls back (reconnecting if it
+  must) and writes them again before its batch;
+* SQLite writes each batch under a savepoint and rolls back only the batch.
 
 **Items** become rows like this: a dict by column name (``columns=``, by
 default the first item's keys); a tuple or list as it is (in the table's
@@ -29,7 +33,16 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["SqlSink", "quote_ident", "resumable_query"]
+__all__ = ["SqlSink", "TransactionAborted", "quote_ident", "resumable_query"]
+
+
+class TransactionAborted(BaseException):
+    """The database aborted a transaction holding rows of batches the sink had already
+    taken, and the sink cannot write them again: a row refused at the end of a
+    PostgreSQL ``COPY`` (which cannot be told from the others), or an SQLite
+    transaction rolled back by the database itself (a full disk, an I/O error).
+    Not an :class:`Exception` on purpose: it fails the run whatever the node's
+    ``on_error`` (under checkpoints a restart resumes from the last one)."""
 
 
 def quote_ident(name: str) -> str:
@@ -79,6 +92,9 @@ class SqlSink:
 
     batched = True
     checkpoint_role = "transaction"
+    #: keep the rows of the open transaction to write them again after a failure
+    #: (else a subclass isolates each batch: :meth:`_insert_batch`)
+    replays = True
 
     def __init__(self, table: str, *, columns: Sequence[str] | None, create: str | None, commit_every: int,
                  checkpoint_table: str) -> None:
@@ -140,14 +156,19 @@ class SqlSink:
 
     def __call__(self, batch: list[Any]) -> None:
         rows = self._rows(batch)
-        if self._broken or self._conn is None:
-            self._recover_connection()
-        try:
-            self._insert(rows)
-        except BaseException:
-            self._broken = True  # the transaction is lost: rolled back and written again next call
-            raise
-        self._uncommitted.append(rows)
+        if not self.replays:
+            if self._conn is None:
+                self._open_connection()
+            self._insert_batch(rows)
+        else:
+            if self._broken or self._conn is None:
+                self._recover_connection()
+            try:
+                self._insert(rows)
+            except BaseException:
+                self._broken = True  # the transaction is lost: rolled back and written again next call
+                raise
+            self._uncommitted.append(rows)
         self._n_uncommitted += len(rows)
         self.loaded += len(rows)
         if not self._attached and self._n_uncommitted >= self.commit_every:
@@ -242,6 +263,10 @@ class SqlSink:
         raise NotImplementedError
 
     def _insert(self, rows: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _insert_batch(self, rows: list[Any]) -> None:
+        """Insert a batch so that a failure leaves the transaction as it was (``replays = False``)."""
         raise NotImplementedError
 
     def _commit(self) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..describe.nodes import Extractor, Loader
-from ._sql import SqlSink, quote_ident, resumable_query
+from ._sql import SqlSink, TransactionAborted, quote_ident, resumable_query
 
 __all__ = ["SqliteSink", "SqliteSource", "read_sqlite", "write_sqlite"]
 
@@ -112,6 +112,7 @@ class SqliteSink(SqlSink):
     """Inserts rows into ``table`` of the SQLite ``database`` (see :func:`write_sqlite`)."""
 
     reflux_name = "write_sqlite"
+    replays = False  # each batch under a savepoint instead
 
     def __init__(self, database: str | os.PathLike[str], table: str, *, columns: Sequence[str] | None = None,
                  create: str | None = None, statement: str | None = None, commit_every: int = 10_000,
@@ -144,13 +145,26 @@ class SqliteSink(SqlSink):
             self._conn.execute("BEGIN")
             self._in_tx = True
 
-    def _insert(self, rows: list[Any]) -> None:
+    def _insert_batch(self, rows: list[Any]) -> None:
         if not rows:
             return
         if self._sql is None:
             self._sql = self.statement or self._insert_sql(len(rows[0]))
         self._begin()
-        self._conn.executemany(self._sql, rows)
+        conn = self._conn
+        conn.execute("SAVEPOINT reflux_batch")
+        try:
+            conn.executemany(self._sql, rows)
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK TO reflux_batch")
+                conn.execute("RELEASE reflux_batch")
+            except sqlite3.Error as exc:  # SQLite rolled the whole transaction back itself
+                self._in_tx = False
+                raise TransactionAborted(f"{self.table}: the database rolled back the transaction with "
+                                         f"the rows of earlier batches: {exc}") from exc
+            raise
+        conn.execute("RELEASE reflux_batch")
 
     def _insert_sql(self, width: int) -> str:
         marks = ", ".join("?" * (len(self.columns) if self.columns else width))

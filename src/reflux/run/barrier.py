@@ -100,6 +100,9 @@ class BarrierGate:
         self.taken = 0
         self.skipped = 0
         self.failed = False
+        #: seconds the sources were held by barriers (from a barrier's start to its end)
+        self.held_seconds = 0.0
+        self._started = 0.0
 
     # ------------------------------------------------------------------ is one due?
 
@@ -120,7 +123,8 @@ class BarrierGate:
             if not self.pending:
                 self.pending = True
                 self.arrived.clear()
-                self.deadline = time.monotonic() + self.timeout
+                self._started = time.monotonic()
+                self.deadline = self._started + self.timeout
 
     # ------------------------------------------------------------------ the sources' hooks
 
@@ -276,6 +280,8 @@ class BarrierGate:
         self.taken += 1
 
     def _end_locked(self) -> None:
+        if self.pending:
+            self.held_seconds += time.monotonic() - self._started
         self.pending = False
         self.arrived.clear()
         self._cond.notify_all()
