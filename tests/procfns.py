@@ -145,3 +145,20 @@ def sleepy(x: float) -> float:
 
 def pid(x: Any) -> int:
     return os.getpid()
+
+
+class Tally:
+    """Counts its items: a function with checkpoint hooks (state() and restore())."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, x: int) -> int:
+        self.n += 1
+        return x
+
+    def state(self) -> int:
+        return self.n
+
+    def restore(self, state: int) -> None:
+        self.n = state

@@ -300,8 +300,12 @@ class Pipeline(Graph):
         snap = checkpointer.resume()
         check_nodes(self._nodes, snap, f"Pipeline '{self.name}'")
         if snap is not None:
-            logger.info("Pipeline '%s': resuming after checkpoint #%d (%d items pulled before it)",
-                        self.name, snap.id, snap.items)
+            logger.info("Pipeline '%s': resuming after checkpoint #%d of %s (%d items pulled before it%s)",
+                        self.name, snap.id, self._checkpoint.path, snap.items,
+                        "; that run had completed" if snap.final else "")
+        else:
+            logger.info("Pipeline '%s': no checkpoint in %s yet: starting from the beginning",
+                        self.name, self._checkpoint.path)
         return snap
 
     def stop(self, drain: bool = True) -> None:
