@@ -333,20 +333,20 @@ def test_stop_records_a_checkpoint_and_the_next_run_goes_on(tmp_path: Any) -> No
 
 def test_abandoning_a_run_rolls_back_to_the_last_checkpoint(tmp_path: Any) -> None:
     db = str(tmp_path / "out.db")
-    started = threading.Event()
+    runs: list[Pipeline] = []
 
     def mark(x: int) -> tuple[int]:
-        if x == 2_500:
-            started.set()
+        if x == 2_550:
+            runs[0].stop(drain=False)  # half way between two checkpoints
         return (x,)
 
     def build(src: Any) -> Pipeline:
         return Pipeline(Extractor(src, name="src", batch_size=100) >> Transformer(mark, name="row") >> sink(db),
                         name="abandon", checkpoint=ck(tmp_path, every=1_000))
 
-    p = build(numbers).start()
-    assert started.wait(30)
-    p.stop(drain=False)
+    p = build(numbers)
+    runs.append(p)
+    p.start()
     r = p.join(30)
     assert r.status == "stopped" and r.checkpoint.last is not None
     committed = table_ids(db)
