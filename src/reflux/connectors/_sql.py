@@ -172,7 +172,15 @@ class SqlSink:
         self._n_uncommitted += len(rows)
         self.loaded += len(rows)
         if not self._attached and self._n_uncommitted >= self.commit_every:
-            self._commit_all()
+            try:
+                self._commit_all()
+            except Exception as exc:
+                if not self.replays:
+                    raise TransactionAborted(f"{self.table}: the commit failed: {type(exc).__name__}: "
+                                             f"{exc}") from exc
+                # the batch is taken: its rows are kept, and the next call (or the end of the
+                # run) reconnects, writes them again and commits
+                self._broken = True
 
     def close(self) -> None:
         """The run ends: without checkpoints commit and disconnect; under checkpoints the

@@ -215,7 +215,9 @@ class FileSource:
 
     def _csv_reader(self, f: IO[bytes]) -> Iterator[Any]:
         if self.header:
-            return csv.DictReader(self._lines(f), **self.csv_options)
+            reader = csv.DictReader(self._lines(f), **self.csv_options)
+            _ = reader.fieldnames  # reads the header now: a record's line numbers count after it
+            return reader
         return csv.reader(self._lines(f), **self.csv_options)
 
     def _read_csv(self, max_items: int) -> list[Any]:
@@ -263,12 +265,11 @@ class FileSource:
         f = self._current()
         assert f is not None
         if self.format == "csv":
-            self._rows = self._csv_reader(f)
-            if self.header:
-                _ = self._rows.fieldnames  # type: ignore[attr-defined]  # reads the header
-        f.seek(state["offset"])
-        self.offset = state["offset"]
-        self.line = state["line"]
+            self._rows = self._csv_reader(f)  # reads the header (from the start of the file)
+        if state["offset"] > self.offset:
+            f.seek(state["offset"])
+            self.offset = state["offset"]
+            self.line = state["line"]
 
 
 class _TextSink(RollingFileSink):

@@ -96,8 +96,10 @@ class PostgresSource:
         cur, self._cur = self._cur, None
         conn, self._conn = self._conn, None
         try:
-            if cur is not None and not cur.closed and conn is not None and not conn.broken:
+            if cur is not None and not cur.closed:
                 cur.close()
+        except psycopg.Error:  # its connection is gone: nothing to close on the server
+            pass
         finally:
             if conn is not None:
                 conn.close()
@@ -108,13 +110,15 @@ class PostgresSource:
         sql, params = resumable_query(self.query, self.params, self.key, self.after, self.count, "format")
         cur = self._conn.cursor(name=f"reflux_{next(_cursor_names)}",
                                 row_factory=dict_row if self.as_dict else psycopg.rows.tuple_row)
-        cur.execute(sql, params)
         if self.key is not None:
-            names = [d.name for d in cur.description or ()]
+            probe = self._conn.execute(f"SELECT * FROM ({self.query.strip().rstrip(';')}) AS reflux_q LIMIT 0",
+                                       self.params)
+            names = [d.name for d in probe.description or ()]
             if self.key not in names:
                 raise ValueError(f"PostgresSource: key {self.key!r} is not a column of the query's result "
                                  f"({', '.join(names)})")
             self._key_at = names.index(self.key)
+        cur.execute(sql, params)
         return cur
 
     def read_batch(self, max_items: int) -> list[Any]:
@@ -209,6 +213,7 @@ class PostgresSink(SqlSink):
         try:
             cm.__exit__(None, None, None)
         except psycopg.OperationalError:
+            self._broken = True
             raise  # the connection: retried (the transaction is written again)
         except psycopg.Error as exc:
             self._broken = True
@@ -261,9 +266,7 @@ class PostgresSink(SqlSink):
 
 
 def _node_args(node: dict[str, Any]) -> dict[str, Any]:
-    """The node's arguments, with the retry defaults unless an error policy was given."""
-    if any(k in node for k in ("retries", "backoff")):
-        return node
+    """The node's arguments, over the retry defaults."""
     return {**RETRY_DEFAULTS, **node}
 
 

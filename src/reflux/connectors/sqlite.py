@@ -73,14 +73,17 @@ class SqliteSource:
 
     def _start(self) -> sqlite3.Cursor:
         assert self._conn is not None
+        if self.key is not None:
+            probe = self._conn.execute(f"SELECT * FROM ({self.query.strip().rstrip(';')}) AS reflux_q LIMIT 0",
+                                       self.params)
+            names = [d[0] for d in probe.description or ()]
+            if self.key not in names:
+                raise ValueError(f"SqliteSource: key {self.key!r} is not a column of the query's result "
+                                 f"({', '.join(names)})")
+            self._key_at = names.index(self.key)
         sql, params = resumable_query(self.query, self.params, self.key, self.after, self.count, "qmark")
         cur = self._conn.execute(sql, params)
         self._names = [d[0] for d in cur.description or ()]
-        if self.key is not None:
-            if self.key not in self._names:
-                raise ValueError(f"SqliteSource: key {self.key!r} is not a column of the query's result "
-                                 f"({', '.join(self._names)})")
-            self._key_at = self._names.index(self.key)
         return cur
 
     def read_batch(self, max_items: int) -> list[Any]:
