@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
                     if fn is None:
                         t = timed(kind, plains[kind], paths, expect, conninfo)
                     else:
-                        t = timed(kind, lambda p, o, _kind=kind, **k: fn(_kind, p, o, **k), paths, expect,
+                        t = timed(kind, lambda p, o, _kind=kind, _fn=fn, **k: _fn(_kind, p, o, **k), paths, expect,
                                   conninfo, **kw)
                     times.setdefault((kind, label), []).append(t)
         load_after = os.getloadavg()

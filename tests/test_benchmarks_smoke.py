@@ -49,3 +49,11 @@ def test_cython_transform_benchmark_quick_run(tmp_path):
     for row in ("python per item", "numpy in a Transformer", "cython parallel=1", "cython parallel=2",
                 "record pump x2", "== targets"):
         assert row in stdout, f"{row!r} missing:\n{stdout}"
+
+
+def test_connectors_benchmark_quick_run(tmp_path):
+    """The connector benchmark checks what every row wrote; Parquet and PostgreSQL rows are
+    skipped with a note where pyarrow, psycopg or a server are missing."""
+    stdout = run_quick("connectors", tmp_path)
+    for row in ("== sqlite", "plain script", "reflux + checkpoints every 10,000", "== targets"):
+        assert row in stdout, f"{row!r} missing:\n{stdout}"

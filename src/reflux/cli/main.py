@@ -308,6 +308,7 @@ def _set_checkpoint(pipeline: Pipeline, path: str | None, every: int | None) -> 
                        EXIT_USAGE)
     try:
         if current is None:
+            assert path is not None
             pipeline.checkpoint = Checkpoint(path) if every is None else Checkpoint(path, every=every)
         else:
             changes: dict[str, Any] = {}

@@ -172,11 +172,10 @@ class ExtractorLogic(NodeLogic):
         how, value = position
         src = self.node.source
         if how == "state":
-            restore = user_hook(src, "restore")
-            if restore is None:
+            if user_hook(src, "restore") is None:
                 raise TypeError(f"{self.node.label}: the checkpoint holds the state of a source with "
                                 f"state()/restore() hooks, and this source has no restore()")
-            restore(value)
+            src.restore(value)
             return
         n = int(value)
         self.skipped = n
