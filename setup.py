@@ -2,6 +2,9 @@
 
 Build modes, chosen by environment variables at build time:
 
+  (none)                    the release build: optimised, without debug
+                            information (-g0, and the linker strips any that
+                            remains on Linux), so wheels stay small
   REFLUX_DEBUG=1            asserts on, -O0 -g, Cython bounds checks, SPSC misuse
                             checks on every call
   REFLUX_SANITIZE=address   AddressSanitizer (set LD_PRELOAD=$(gcc -print-file-name=libasan.so)
@@ -38,7 +41,11 @@ elif BARRIER not in ("", "auto"):
     sys.exit(f"REFLUX_BARRIER must be 'fence' or unset, got {BARRIER!r}")
 
 
-MODE_TAG = f"debug={int(DEBUG)} sanitize={SANITIZE or '-'} park={PARK or 'auto'} barrier={BARRIER or 'auto'}"
+#: release builds carry no debug information (see BuildExt.build_extensions)
+STRIP = not DEBUG and not SANITIZE
+
+MODE_TAG = (f"debug={int(DEBUG)} sanitize={SANITIZE or '-'} park={PARK or 'auto'} barrier={BARRIER or 'auto'} "
+            f"strip={int(STRIP)}")
 
 
 class BuildExt(build_ext):
@@ -71,6 +78,12 @@ class BuildExt(build_ext):
             else:
                 if DEBUG:
                     ext.extra_compile_args += ["-O0", "-g", "-UNDEBUG"]
+                if STRIP:
+                    # release: no debug information (Python's own CFLAGS often carry -g,
+                    # which would make the extensions about four times larger)
+                    ext.extra_compile_args += ["-g0"]
+                    if sys.platform.startswith("linux"):
+                        ext.extra_link_args += ["-Wl,--strip-debug"]
                 if SANITIZE:
                     flags = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"]
                     ext.extra_compile_args += flags

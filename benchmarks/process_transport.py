@@ -2,15 +2,19 @@
 
 Run from the repository root::
 
-    python -m benchmarks.process_transport [--items N] [--batch B] [--repeat R] [--quick]
+    python -m benchmarks.process_transport [--items N] [--batch B] [--repeat R] [--quick] [--json FILE]
 
-One producer process sends ``--items`` small ints to one consumer process, in
-lists of ``--batch`` (what reflux's process workers move: chunks of items),
-through:
+Part 1, the wire: one producer process sends ``--items`` small ints to one
+consumer process, in lists of ``--batch`` (what reflux's process workers
+move: chunks of items), through:
 
-``pipe+writev``  reflux's framing (:mod:`reflux.run.process.child`): pickle protocol
-                 5 with out-of-band buffers, ``os.writev`` / ``os.readv`` on an
-                 OS pipe (1 MiB pipe buffer asked for)
+``pipe+writev``  reflux's native transport (:mod:`reflux.run.process.child`): pickle
+                 protocol 5 with out-of-band buffers, ``os.writev`` / ``os.readv``
+                 on an OS pipe (1 MiB pipe buffer asked for)
+``portable``     reflux's portable transport (Windows, macOS): the same framing
+                 over a ``multiprocessing.connection`` pipe, header and pickle
+                 in one ``send_bytes``, each buffer in one more, read with
+                 ``recv_bytes_into``
 ``mp.Pipe``      ``multiprocessing.Pipe()``: ``send_bytes`` / ``recv_bytes`` of
                  the same pickles
 ``mp.Queue``     ``multiprocessing.Queue`` of the lists (its feeder thread pickles)
@@ -25,7 +29,14 @@ through:
 and the same for numpy arrays (``--arrays`` arrays of ``--array-kb`` KiB),
 where out-of-band buffers matter.  Timed from a start signal (both processes
 already running) until the consumer has everything; the consumer checks the
-count and sum.  Prints the median of ``--repeat`` runs.  Nothing here is a test.
+count and sum.
+
+Part 2, a pipeline: ``Extractor >> Transformer(fn, executor="process",
+workers=2) >> Loader`` with each transport (``REFLUX_PROCESS_TRANSPORT``), for
+the ints (``fn`` adds one) and the arrays (``fn`` doubles them), worker
+start-up included; the Loader's results are checked.
+
+Prints the median of ``--repeat`` runs and the ratios.  Nothing here is a test.
 """
 from __future__ import annotations
 
@@ -41,7 +52,12 @@ from typing import Any
 
 import numpy as np
 
-from reflux.run.process import child as wire
+from benchmarks import import_core
+
+import_core("channel")  # the compiled core first (see benchmarks.import_core)
+from reflux import Extractor, Loader, Pipeline, Transformer  # noqa: E402
+from reflux.run.process import child as wire  # noqa: E402
+from reflux.run.process.transport import TRANSPORT_ENV, _native_available  # noqa: E402
 
 PIPE_SIZE = 1 << 20
 RING = 8 << 20
@@ -83,6 +99,29 @@ def _pipe_consumer(fd: int, kind: str, results: Any) -> None:
     count, total = 0, 0.0
     while True:
         msg = wire.read_msg(fd)
+        if msg is None:
+            break
+        c, t = _tally(kind, msg)
+        count += c
+        total += t
+    results.put((count, total, time.perf_counter()))
+
+
+# ---------------------------------------------------------------- reflux's portable transport
+
+def _conn_producer(conn: Any, kind: str, n: int, batch: int, go: Any) -> None:
+    go.wait()
+    for msg in _payloads(kind, n, batch):
+        wire.send_conn(conn, wire.encode(msg))
+    wire.send_conn(conn, wire.encode(None))
+    conn.close()
+
+
+def _conn_consumer(conn: Any, kind: str, results: Any) -> None:
+    count, total = 0, 0.0
+    while True:
+        data, bufs = wire.recv_conn_raw(conn)
+        msg = pickle.loads(data, buffers=bufs)
         if msg is None:
             break
         c, t = _tally(kind, msg)
@@ -267,6 +306,11 @@ def run_one(ctx: Any, method: str, kind: str, n: int, batch: int) -> float:
         prod = ctx.Process(target=_pipe_producer, args=(w, kind, n, batch, go))
         cons = ctx.Process(target=_pipe_consumer, args=(r, kind, results))
         cleanup += [lambda: os.close(r), lambda: os.close(w)]
+    elif method == "portable":
+        rc, wc = ctx.Pipe(duplex=False)
+        prod = ctx.Process(target=_conn_producer, args=(wc, kind, n, batch, go))
+        cons = ctx.Process(target=_conn_consumer, args=(rc, kind, results))
+        cleanup += [rc.close, wc.close]
     elif method == "mp.Pipe":
         rc, wc = ctx.Pipe(duplex=False)
         prod = ctx.Process(target=_mpp_producer, args=(wc, kind, n, batch, go))
@@ -300,6 +344,54 @@ def run_one(ctx: Any, method: str, kind: str, n: int, batch: int) -> float:
     return t1 - t0
 
 
+def _load() -> float:
+    """The 1-minute load average (-1 where the OS does not tell it)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return -1.0
+
+
+# ---------------------------------------------------------------- part 2: a pipeline
+
+def add_one(x: int) -> int:
+    """The ints' function in the pipeline runs (the workers import it from here)."""
+    return x + 1
+
+
+def doubled(a: Any) -> Any:
+    """The arrays' function in the pipeline runs."""
+    return a * 2
+
+
+def run_pipeline(transport: str, kind: str, n: int, batch: int) -> float:
+    """Seconds for one pipeline run with process workers over ``transport``, start-up included."""
+    old = os.environ.get(TRANSPORT_ENV)
+    os.environ[TRANSPORT_ENV] = transport  # read when the node opens
+    try:
+        if kind == "ints":
+            items: Any = range(n)
+            node = Transformer(add_one, executor="process", workers=2, name="t")
+        else:
+            a = np.ones(batch * 128, dtype=np.float64)
+            items = [a] * n
+            node = Transformer(doubled, executor="process", workers=2, name="t")
+        t0 = time.perf_counter()
+        result = Pipeline(Extractor(items, batch_size=256 if kind == "ints" else 4) >> node
+                          >> Loader.to_list(name="out")).run(timeout=600)
+        secs = time.perf_counter() - t0
+    finally:
+        if old is None:
+            os.environ.pop(TRANSPORT_ENV, None)
+        else:
+            os.environ[TRANSPORT_ENV] = old
+    out = result.results["out"]
+    if len(out) != n or (kind == "ints" and sum(out) != n * (n + 1) // 2) \
+            or (kind == "arrays" and float(out[-1][0]) != 2.0):
+        raise AssertionError(f"pipeline over {transport}: wrong results")
+    return secs
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--items", type=int, default=1_000_000)
@@ -308,26 +400,54 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--array-kb", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", metavar="FILE", help="also write the medians and ratios as JSON")
     a = p.parse_args(argv)
     if a.quick:
         a.items, a.arrays, a.repeat = 20_000, 50, 1
-    # fork: the raw pipe fds are inherited (this script has no other threads when it forks)
-    ctx = multiprocessing.get_context("fork")
-    methods = ["pipe+writev", "mp.Pipe", "mp.Queue", "shm ring"]
-    print(f"machine: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start")
-    for kind, n, batch, unit in (("ints", a.items, a.batch, "items"),
-                                 ("arrays", a.arrays, a.array_kb, "arrays")):
+    # fork: the raw pipe fds are inherited (this script has no other threads when it forks);
+    # where there is no fork (Windows), spawn, and no raw-pipe method
+    have_fork = "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if have_fork else "spawn")
+    methods = ["pipe+writev"] if have_fork and hasattr(os, "writev") else []
+    methods += ["portable", "mp.Pipe", "mp.Queue", "shm ring"]
+    transports = ["native", "portable"] if _native_available() else ["portable"]
+    load0 = _load()
+    print(f"machine: {os.cpu_count()} cores; load average {load0:.2f} at the start")
+    report: dict[str, Any] = {"load_start": load0, "wire": {}, "pipeline": {}}
+    cases = (("ints", a.items, a.batch, "items"), ("arrays", a.arrays, a.array_kb, "arrays"))
+    for kind, n, batch, unit in cases:
         what = (f"{n:,} small ints in lists of {batch}" if kind == "ints"
                 else f"{n:,} numpy arrays of {batch} KiB, one per message")
-        print(f"\n== {what}, producer process -> consumer process (median of {a.repeat})")
-        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12} {'MB/s':>8}  vs pipe+writev")
+        print(f"\n== wire: {what}, producer process -> consumer process (median of {a.repeat})")
+        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12} {'MB/s':>8}  vs {methods[0]}")
         base = None
         for m in methods:
             secs = statistics.median(run_one(ctx, m, kind, n, batch) for _ in range(a.repeat))
             rate = n / secs
             mb = (n * batch * 1024 / secs / 1e6) if kind == "arrays" else 0.0
             base = base or secs
+            report["wire"][f"{kind}/{m}"] = {"seconds": secs, "ratio": base / secs}
             print(f"{m:<14} {secs:8.3f} {rate:12,.0f} {mb:8.0f}  {base / secs:5.2f}x")
+    for kind, n, batch, unit in cases:
+        what = (f"{n:,} ints, each plus one" if kind == "ints" else f"{n:,} numpy arrays of {batch} KiB, doubled")
+        print(f"\n== pipeline: {what}, Transformer(executor='process', workers=2), "
+              f"start-up included (median of {a.repeat})")
+        print(f"{'transport':<14} {'seconds':>8} {unit + '/s':>12}  vs {transports[0]}")
+        times: dict[str, list[float]] = {t: [] for t in transports}
+        for _ in range(a.repeat):  # interleaved, so a change of load hits both alike
+            for t in times:
+                times[t].append(run_pipeline(t, kind, n, batch))
+        base = statistics.median(times[transports[0]])
+        for t, runs in times.items():
+            secs = statistics.median(runs)
+            report["pipeline"][f"{kind}/{t}"] = {"seconds": secs, "ratio": base / secs}
+            print(f"{t:<14} {secs:8.3f} {n / secs:12,.0f}  {base / secs:5.2f}x")
+    report["load_end"] = _load()
+    print(f"\nload average {report['load_end']:.2f} at the end")
+    if a.json:
+        import json
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
 
 
 if __name__ == "__main__":

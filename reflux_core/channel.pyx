@@ -23,6 +23,7 @@ WaitOnAddress on Windows, a condition variable elsewhere), in slices of at most
 
 import queue as _queue
 from collections import namedtuple as _namedtuple
+from types import GenericAlias as _GenericAlias
 
 cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
@@ -932,6 +933,11 @@ cdef class Channel:
         state = "closed" if _is_closed(self._kind, self._ring) else "open"
         return (f"<{type(self).__name__} capacity={self.capacity} "
                 f"len={_len(self._kind, self._ring)} {state}>")
+
+    @classmethod
+    def __class_getitem__(cls, item):
+        """``SPSCChannel[int]``: a channel of ints, for annotations (a generic alias)."""
+        return _GenericAlias(cls, item)
 
     def __reduce__(self):
         raise TypeError(

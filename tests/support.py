@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (conftest.py puts this folder on sys.path)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -57,6 +58,11 @@ def forever() -> Iterator[int]:
     while True:
         yield i
         i += 1
+
+
+#: tests that deliver SIGINT to a process (Popen.send_signal / os.kill): POSIX only,
+#: since Windows has no SIGINT to send (a console's Ctrl-C event is another mechanism)
+needs_posix_signals = pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to a process (POSIX signals)")
 
 
 def square(x: int) -> int:

@@ -51,6 +51,27 @@ def test_cython_transform_benchmark_quick_run(tmp_path):
         assert row in stdout, f"{row!r} missing:\n{stdout}"
 
 
+def test_process_transport_benchmark_quick_run(tmp_path):
+    """Both transports of process workers, on the wire and in a pipeline, side by side."""
+    import json
+
+    out_json = tmp_path / "process_transport.json"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.process_transport", "--quick", "--json", str(out_json)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    for title in ("== wire: 20,000 small ints", "== wire: 50 numpy arrays", "== pipeline: 20,000 ints",
+                  "== pipeline: 50 numpy arrays"):
+        assert title in proc.stdout, f"{title!r} missing:\n{proc.stdout}"
+    report = json.loads(out_json.read_text())
+    transports = ["native", "portable"] if os.name == "posix" else ["portable"]
+    assert set(report["pipeline"]) == {f"{k}/{t}" for k in ("ints", "arrays") for t in transports}
+    assert {"ints/portable", "arrays/portable", "ints/mp.Pipe"} <= set(report["wire"])
+
+
 def test_connectors_benchmark_quick_run(tmp_path):
     """The connector benchmark checks what every row wrote; Parquet and PostgreSQL rows are
     skipped with a note where pyarrow, psycopg or a server are missing."""

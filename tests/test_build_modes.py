@@ -39,12 +39,17 @@ def test_channel_suite_passes_in_build_mode(mode, tmp_path):
     env = {**os.environ, **env_vars}
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", f"{src}[test]"],
                    check=True, env=env, timeout=900)
-    info = subprocess.run([str(py), "-c", "import reflux_core, json; print(json.dumps(reflux_core.build_info()))"],
+    info = subprocess.run([str(py), "-c", "import reflux_core, reflux_core.channel as c, json; "
+                           "print(json.dumps([reflux_core.build_info(), c.__file__]))"],
                           check=True, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     import json
-    built = json.loads(info.stdout)
+    built, channel_file = json.loads(info.stdout)
     for key, value in expected.items():
         assert built[key] == value, built
+    if channel_file.endswith(".so"):  # ELF (Linux): the debug build keeps its debug information, the others not
+        with open(channel_file, "rb") as f:
+            has_debug_info = b".debug_info" in f.read()
+        assert has_debug_info == (mode == "debug"), (mode, channel_file)
     tests = [t for t in CHANNEL_TESTS if (src / t).exists()]
     assert tests, "no channel tests found"
     pytest_bin = env_dir / ("Scripts" if os.name == "nt" else "bin") / "pytest"

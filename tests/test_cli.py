@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+from support import needs_posix_signals
+
 from reflux.cli.demo import EVENT_KINDS, WINDOW, build_demo, plain_loop
 from reflux.cli.demo import generate_events as _generate_events
 
@@ -266,6 +268,7 @@ def test_demo_shows_every_node_type(tmp_path: Path) -> None:
     result.check_accounting()
 
 
+@needs_posix_signals
 def test_ctrl_c_during_reflux_run_exits_130(tmp_path: Path) -> None:
     import signal
 
@@ -345,6 +348,38 @@ def test_the_parser_refuses_what_is_not_a_chunk_of_events() -> None:
     with pytest.raises(ValueError, match="consecutive events"):
         parse_lines(["0,buy,3", "2,buy,3"])
     assert len(parse_lines([])) == 0
+
+
+# --------------------------------------------------------------------------- --version, --help
+
+
+def test_version_prints_the_installed_version(tmp_path: Path) -> None:
+    from importlib import metadata
+    proc = subprocess.run([sys.executable, "-m", "reflux", "--version"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[:2] == ["reflux", metadata.version("pyreflux")], proc.stdout
+    assert f"Python {sys.version.split()[0]}" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["graph", "--help"], ["demo", "--help"]])
+def test_help_is_plain_text(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: reflux")
+    assert "``" not in out and ":class:" not in out and ":func:" not in out, out
+    if args == ["--help"]:
+        assert "reflux run FILE.py[:NAME]" in out and "NAME is a Pipeline object" in out.replace("\n    ", " ")
+        assert "--version" in out
+
+
+def test_plain_text_drops_rest_markup() -> None:
+    from reflux.cli.main import plain_text
+    assert plain_text("``x`` and :class:`~reflux.Pipeline` or :func:`reflux.c_plugin`") == \
+        "x and Pipeline or reflux.c_plugin"
 
 
 CHECKPOINTED = textwrap.dedent('''

@@ -34,9 +34,10 @@ here = os.path.realpath(os.getcwd())
 assert os.path.realpath(hotpath.__file__).startswith(here), hotpath.__file__
 assert not os.path.realpath(reflux_core.__file__).startswith(here), reflux_core.__file__
 
-# the example script itself runs
+# the example scripts themselves run (record_edges.py checks its own results)
 import runpy
 runpy.run_path("run_example.py", run_name="__main__")
+runpy.run_path("record_edges.py", run_name="__main__")
 
 rng = np.random.default_rng(1)
 readings = np.zeros(20_000, dtype=hotpath.READING)
@@ -108,9 +109,9 @@ def test_readme_shows_the_example_files_verbatim():
     if not README.exists():
         pytest.skip("README.md is not next to the tests")
     text = README.read_text(encoding="utf-8")
-    for name in ("hotpath.pyx", "setup.py", "run_example.py"):
+    for name in ("hotpath.pyx", "setup.py", "pyproject.toml", "run_example.py", "record_edges.py"):
         body = (EXAMPLE / name).read_text(encoding="utf-8")
-        blocks = re.findall(r"^```(?:cython|py|python)\n(.*?)^```$", text, re.M | re.S)
+        blocks = re.findall(r"^```(?:cython|py|python|toml)\n(.*?)^```$", text, re.M | re.S)
         assert body in blocks, f"README.md does not show examples/cython_transformer/{name} verbatim"
 
 

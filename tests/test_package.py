@@ -1,11 +1,13 @@
 """Packaging of reflux_core / reflux: headers, .pxd files, ABI version, build info, re-exports."""
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.metadata
 import importlib.resources
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -106,3 +108,24 @@ def test_compiled_modules_are_extensions():
 
     for mod in (rc, transform, _stress, _testplugins, _batch, _sched, _demo):
         assert os.path.splitext(mod.__file__)[1] in (".so", ".pyd"), mod.__file__
+
+
+def test_an_unbuilt_source_folder_says_what_to_do(tmp_path):
+    """Python started in a checkout finds its reflux_core/ sources first: the import
+    fails with a message saying so and what to do, not a bare 'No module named ...'."""
+    fake = tmp_path / "reflux_core"
+    fake.mkdir()
+    shutil.copy2(reflux_core.__file__, fake / "__init__.py")  # the installed package's own check
+    (fake / "channel.pyx").write_text("# the sources, never compiled here\n")
+    proc = subprocess.run([sys.executable, "-c", "import reflux"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: reflux_core is being imported from its source folder")
+    assert str(fake) in last and "Run it from another folder" in last and "pip install -e ." in last
+    assert "No module named" not in proc.stderr
+    # built in place (an editable install): no complaint from the check
+    (fake / ("channel" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-c", "import reflux_core; print(reflux_core.ABI_VERSION)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(reflux_core.ABI_VERSION), proc.stderr

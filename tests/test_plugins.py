@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import pytest
-from support import start, wait_until
+from support import needs_posix_signals, start, wait_until
 
 import reflux_core
 from reflux import Extractor, Filter, Loader, Messenger, NodeError, Pipeline, Transformer
@@ -571,6 +571,7 @@ def test_transformer_plugin_runs_while_the_main_thread_holds_the_gil():
     assert result.status == "completed" and plugin.progress() == n
 
 
+@needs_posix_signals
 def test_ctrl_c_reaches_a_pump_run_from_the_main_thread(tmp_path):
     """run() takes the GIL about once per slice to run signal handlers, so
     Ctrl-C interrupts a pump waiting on an input that never ends."""

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from support import wait_until
+from support import needs_posix_signals, wait_until
 from test_plugins import GilHold
 
 from reflux import Extractor, Filter, Loader, NodeError, Pipeline, Transformer
@@ -355,6 +355,7 @@ CTRL_C = textwrap.dedent("""
 """)
 
 
+@needs_posix_signals
 def test_ctrl_c_with_record_pumps_stops_cleanly(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(CTRL_C)

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from support import wait_until
+from support import needs_posix_signals, wait_until
 
 from reflux import Extractor, Filter, Loader, NodeError, Pipeline, Transformer
 
@@ -212,6 +212,7 @@ def _ctrl_c_trial(script: str) -> float:
     return elapsed
 
 
+@needs_posix_signals
 def test_ctrl_c_ends_a_run_of_slow_calls_within_a_second(tmp_path: object) -> None:
     script = os.path.join(str(tmp_path), "ctrl_c.py")
     with open(script, "w", encoding="utf-8") as f:

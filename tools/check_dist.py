@@ -19,6 +19,7 @@ import fnmatch
 import hashlib
 import io
 import re
+import struct
 import sys
 import tarfile
 import zipfile
@@ -63,10 +64,42 @@ def expected_package_files(source: Path) -> tuple[set[str], list[str]]:
     want |= {"reflux/py.typed", "reflux_core/py.typed"}
     want |= {f"reflux_core/{p.name}" for p in (source / "reflux_core").glob("*.py")}
     want |= {f"reflux_core/{p.name}" for p in (source / "reflux_core").glob("*.pxd")}
+    want |= {f"reflux_core/{p.name}" for p in (source / "reflux_core").glob("*.pyi")}
     want |= {f"reflux_core/{p.relative_to(source / 'reflux_core').as_posix()}"
              for p in (source / "reflux_core" / "include").rglob("*.h")}
     modules = sorted(p.stem for p in (source / "reflux_core").glob("*.pyx"))
     return want, modules
+
+
+def elf_section_names(data: bytes) -> list[str] | None:
+    """The section names of an ELF shared object, or ``None`` if ``data`` is not ELF."""
+    if data[:4] != b"\x7fELF":
+        return None
+    is64, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(order + "Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", data, 0x3A)
+    else:
+        shoff, = struct.unpack_from(order + "I", data, 0x20)
+        shentsize, shnum, shstrndx = struct.unpack_from(order + "HHH", data, 0x2E)
+
+    def section(i: int) -> tuple[int, int, int]:  # (name offset, file offset, size)
+        base = shoff + i * shentsize
+        if is64:
+            name, = struct.unpack_from(order + "I", data, base)
+            offset, size = struct.unpack_from(order + "QQ", data, base + 0x18)
+        else:
+            name, = struct.unpack_from(order + "I", data, base)
+            offset, size = struct.unpack_from(order + "II", data, base + 0x10)
+        return name, offset, size
+
+    _, str_off, str_size = section(shstrndx)
+    table = data[str_off:str_off + str_size]
+    names = []
+    for i in range(shnum):
+        start = section(i)[0]
+        names.append(table[start:table.index(b"\0", start)].decode("ascii", "replace"))
+    return names
 
 
 def check_wheel(path: Path, source: Path, project: dict, readme: str, rep: Report) -> None:
@@ -78,7 +111,7 @@ def check_wheel(path: Path, source: Path, project: dict, readme: str, rep: Repor
         want, modules = expected_package_files(source)
 
         missing = sorted(want - set(names))
-        rep.check(not missing, f"holds every module, .pxd, header and py.typed ({len(want)} files)",
+        rep.check(not missing, f"holds every module, .pxd, .pyi stub, header and py.typed ({len(want)} files)",
                   f"missing {missing}")
         rep.check("reflux_core/channel.pxd" in names and "reflux_core/__init__.pxd" in names,
                   "public .pxd files: reflux_core/__init__.pxd, reflux_core/channel.pxd")
@@ -93,6 +126,19 @@ def check_wheel(path: Path, source: Path, project: dict, readme: str, rep: Repor
         bad = {n: p for n, p in bad.items() if p}
         rep.check(not bad, "no generated .c, .pyx, objects, caches, tests or build leftovers",
                   f"{bad}")
+        # release builds carry no debug information (setup.py: -g0, the linker strips the rest)
+        ext_sizes, with_debug = 0, {}
+        for n in names:
+            if re.fullmatch(r"reflux_core/[^/]+\.(so|pyd)", n):
+                data = zf.read(n)
+                ext_sizes += len(data)
+                sections = elf_section_names(data)
+                debug = [s for s in sections or [] if s.startswith((".debug_", ".zdebug_"))]
+                if debug:
+                    with_debug[n] = debug
+        rep.check(not with_debug, f"extensions stripped of debug information "
+                  f"({ext_sizes / 1e6:.2f} MB unpacked; wheel {path.stat().st_size / 1e6:.2f} MB)",
+                  f"debug sections in {with_debug}")
         tops = sorted({n.split("/")[0] for n in names})
         allowed = {"reflux", "reflux_core", dist_info, f"{name}.libs"}
         rep.check(set(tops) <= allowed, f"top-level entries are only {sorted(allowed - {name + '.libs'})}",
@@ -178,10 +224,9 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
         rep.check(len(names) == len(members), f"every file under {prefix}")
         want = {"pyproject.toml", "setup.py", "README.md", "MANIFEST.in", "PKG-INFO",
                 *project.get("license-files", ["LICENSE"])}
-        for folder, patterns in (("reflux_core", ["*.pyx", "*.pxd", "*.py", "py.typed", "*.h"]),
+        for folder, patterns in (("reflux_core", ["*.pyx", "*.pxd", "*.pyi", "*.py", "py.typed", "*.h"]),
                                  ("src/reflux", ["*.py", "py.typed"]),
                                  ("tests", ["*.py"]),
-                                 ("docs", ["*.md"]),
                                  ("benchmarks", ["*.py", "*.c"]),
                                  ("examples", ["*.py", "*.pyx", "*.toml"]),
                                  ("tools", ["*.py", "*.sh"])):
@@ -191,7 +236,7 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
                         and not matches(rel, SDIST_FORBIDDEN):
                     want.add(rel)
         missing = sorted(want - set(names))
-        rep.check(not missing, f"holds the sources, .pyx/.pxd, headers, tests, docs, benchmarks, README, "
+        rep.check(not missing, f"holds the sources, .pyx/.pxd, headers, tests, benchmarks, README, "
                   f"licenses ({len(want)} files)", f"missing {missing}")
         bad = {n: matches(n, SDIST_FORBIDDEN) for n in names}
         bad = {n: p for n, p in bad.items() if p}

@@ -17,7 +17,8 @@
 #   2. `auditwheel repair` makes it a manylinux wheel; `auditwheel show` names the tag
 #   3. tools/check_dist.py: the wheel holds the .py modules, public .pxd files,
 #      headers and one extension per .pyx, and no .c, .pyx, objects or build
-#      leftovers; the sdist holds the sources, tests, docs, benchmarks, README and
+#      leftovers, and its extensions carry no debug information (stripped release
+#      build); the sdist holds the sources, tests, benchmarks, README and
 #      licenses and no generated C or objects; the metadata of both is complete
 #      (name, version, license, classifiers, URLs, readme, dependencies)
 #   4. a fresh venv whose PATH holds only its own bin/ (no cc, gcc, clang),

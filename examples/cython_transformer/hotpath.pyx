@@ -3,11 +3,14 @@
 
 Calibrate (record lane): a CTransform over sensor readings, run by reflux
     without the GIL once per chunk of records.
+Above (record lane): a CFilter keeping the calibrated readings at or above a
+    temperature.
 blur3x3 (object lane): a plain function over a numpy image tile that
     releases the GIL for its loops, so Transformer replicas run in parallel.
 """
 from libc.math cimport isnan
-from reflux_core.transform cimport CTransform, reflux_status
+from libc.stdint cimport uint8_t
+from reflux_core.transform cimport CFilter, CTransform, reflux_status
 
 READING = [("sensor", "<i4"), ("raw", "<f8")]
 CELSIUS = [("sensor", "<i4"), ("celsius", "<f8")]
@@ -52,6 +55,24 @@ cdef class Calibrate(CTransform):
             b[m].celsius = self.gain * a[i].raw + self.offset
             m += 1
         return m
+
+
+cdef class Above(CFilter):
+    """Keeps the calibrated readings whose temperature is at least ``threshold``."""
+    cdef double threshold
+
+    def __init__(self, double threshold):
+        super().__init__(CELSIUS, CELSIUS)
+        self.threshold = threshold
+
+    cdef Py_ssize_t keep(self, const char* src, Py_ssize_t n, uint8_t* keep,
+                         reflux_status* status) noexcept nogil:
+        cdef const celsius* a = <const celsius*>src
+        cdef Py_ssize_t i, kept = 0
+        for i in range(n):
+            keep[i] = a[i].celsius >= self.threshold
+            kept += keep[i]
+        return kept
 
 
 def blur3x3(const float[:, ::1] tile):

@@ -1,9 +1,15 @@
-"""Build the example against the installed reflux_core: python setup.py build_ext --inplace"""
+"""Build the example against the installed reflux_core: pip install --no-build-isolation ."""
 import os
+import sys
 
-import reflux_core
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+
+try:
+    import reflux_core
+except ImportError as exc:
+    sys.exit(f"hotpath is built against the installed reflux_core ({exc}): run "
+             f"pip install --no-build-isolation . in the environment where reflux is installed")
 
 # where Cython finds `cimport reflux_core.transform` (the folder holding the
 # installed package; needed when it is not a plain sys.path entry, e.g. editable)

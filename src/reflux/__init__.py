@@ -18,6 +18,7 @@ which are re-exported here too.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from reflux_core.channel import (
@@ -67,6 +68,11 @@ from .result import CheckpointReport, NodeStats, RunResult
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
+
+# A library logs and never prints: without this, Python's last-resort handler would
+# write reflux's warnings and errors (a node failure the application caught) to
+# standard error although the application configured no logging.
+logging.getLogger("reflux").addHandler(logging.NullHandler())
 
 __all__ = [
     # channels (compiled core)

@@ -95,7 +95,8 @@ def plain_loop(items: int, out_path: Path, seed: int = 7) -> list[str]:
     parse, keep known kinds, score, weigh purchases 3x, total each window, write
     JSON lines to ``out_path``.  Returns the lines (in window order)."""
     lines: list[str] = []
-    window, events = 0, []
+    window = 0
+    events: list[dict[str, Any]] = []
     with open(out_path, "w", encoding="utf-8") as f:
         for line in generate_events(items, seed):
             event = parse_event(line)

@@ -1,4 +1,4 @@
-"""The ``reflux`` command (also ``python -m reflux``).
+"""The ``reflux`` command (also ``python -m reflux``): run, watch and draw pipelines.
 
 ``reflux demo``
     runs the built-in analytics pipeline on generated data (no set-up, no
@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
@@ -158,6 +159,10 @@ def _console(force_terminal: bool | None = None) -> Console:
     return Console(stderr=True, force_terminal=force_terminal)
 
 
+#: the reflux logger's (level, propagate) before the command's handler was added, by handler
+_saved_logging: dict[logging.Handler, tuple[int, bool]] = {}
+
+
 def _setup_logging(console: Console | None) -> logging.Handler:
     """The command's own log output on standard error (library code only logs)."""
     handler: logging.Handler
@@ -168,7 +173,7 @@ def _setup_logging(console: Console | None) -> logging.Handler:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("reflux: %(levelname)s: %(message)s"))
     log = logging.getLogger("reflux")
-    handler._reflux_saved = (log.level, log.propagate)  # type: ignore[attr-defined]
+    _saved_logging[handler] = (log.level, log.propagate)
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -178,7 +183,9 @@ def _setup_logging(console: Console | None) -> logging.Handler:
 def _teardown_logging(handler: logging.Handler) -> None:
     log = logging.getLogger("reflux")
     log.removeHandler(handler)
-    log.level, log.propagate = handler._reflux_saved  # type: ignore[attr-defined]
+    level, propagate = _saved_logging.pop(handler)
+    log.setLevel(level)
+    log.propagate = propagate
 
 
 def _report(pipeline: Pipeline, result: RunResult | None) -> str:
@@ -348,9 +355,32 @@ def _port(text: str) -> int:
     return n
 
 
+def plain_text(doc: str) -> str:
+    """A docstring as a terminal shows it: reST literals and roles become plain words
+    (````x```` -> ``x``; ``:class:`~reflux.Pipeline``` -> ``Pipeline``)."""
+    doc = re.sub(r":[a-z]+:`~[\w.]*?([\w]+)`", r"\1", doc)
+    doc = re.sub(r":[a-z]+:`([^`]+)`", r"\1", doc)
+    return re.sub(r"``([^`]+)``", r"\1", doc)
+
+
+def version_text() -> str:
+    """What ``reflux --version`` prints: the distribution's version, Python's, and where reflux is."""
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        version = metadata.version("pyreflux")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown (not installed)"
+    where = Path(__file__).resolve().parent.parent
+    return f"reflux {version} (Python {sys.version.split()[0]}, {where})"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reflux", description=__doc__,
+    parser = argparse.ArgumentParser(prog="reflux", description=plain_text(__doc__ or ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text().replace("%", "%%"),
+                        help="print the version of reflux and of Python, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def watch_options(p: argparse.ArgumentParser) -> None:

@@ -7,12 +7,19 @@ node does with a batch and :mod:`reflux.run` when it does it.
 
 ``a >> b`` builds a :class:`Flow`, a fragment of a graph that a
 :class:`~reflux.Pipeline` takes whole.
+
+Nodes and flows are generic in what they take in and send on
+(``Transformer[int, str]`` takes ints and sends strings; ``Any`` when not
+said), so a type checker sees what flows along ``>>``: wiring a
+``Transformer[int, str]`` into a ``Loader[int]`` is a type error.  The type
+parameters are for checkers only; nothing is checked at run time.
 """
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Union, overload
 
 from reflux_core.channel import MAX_CAPACITY as _MAX_CHANNEL_CAPACITY
 
@@ -20,7 +27,23 @@ from ..errors import NotCallableError, ValidationError
 from ..policies import ErrorPolicy
 from ..result import NodeStats
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "MAX_CAPACITY", "check_capacity", "Flow", "Node", "NodeLike", "Part", "check_edge"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_CAPACITY", "MAX_CAPACITY", "check_capacity", "Flow", "In", "Node",
+           "NodeLike", "Out", "Part", "T", "check_edge"]
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+else:
+    def TypeVar(name: str, *constraints: Any, default: Any = None, **kwargs: Any) -> Any:
+        """typing.TypeVar without ``default=`` (PEP 696), which only type checkers read."""
+        return typing.TypeVar(name, *constraints, **kwargs)
+
+#: what a node takes in (``Any`` when not said)
+In = TypeVar("In", contravariant=True, default=Any)
+#: what a node sends on (``Any`` when not said)
+Out = TypeVar("Out", covariant=True, default=Any)
+#: the items of a node that passes them on unchanged (Filter, Balancer, ...)
+T = TypeVar("T", default=Any)
+_X = TypeVar("_X")
 
 #: default capacity of a node's input channel (slots, rounded up to a power of two)
 DEFAULT_CAPACITY = 1024
@@ -138,8 +161,11 @@ def check_positive_int(owner: str, label: str, value: Any, allow_none: bool = Tr
 NodeLike = Union["Node", "Flow", Sequence["Node"]]
 
 
-class Node:
+class Node(Generic[In, Out]):
     """Base class of every node: a name, its input capacity, batch size and error policy.
+
+    ``Node[In, Out]`` takes items of type ``In`` and sends items of type ``Out``
+    (for type checkers; see the module docs).
 
     Keyword arguments shared by every node:
 
@@ -204,10 +230,15 @@ class Node:
 
     # -- chaining shorthand: a >> b >> c, a >> [b, c], [a, b] >> c
 
-    def __rshift__(self, other: NodeLike) -> Flow:
+    @overload
+    def __rshift__(self, other: Node[Out, _X] | Flow[Out, _X]) -> Flow[In, _X]: ...
+    @overload
+    def __rshift__(self, other: Sequence[Node[Out, Any] | Flow[Out, Any]]) -> Flow[In, Any]: ...
+
+    def __rshift__(self, other: Part) -> Flow[Any, Any]:
         return Flow.of(self) >> other
 
-    def __rrshift__(self, other: NodeLike) -> Flow:
+    def __rrshift__(self, other: Sequence[Node[Any, In] | Flow[Any, In]]) -> Flow[Any, Out]:
         return Flow.of(other) >> self
 
     # -- counters
@@ -236,13 +267,14 @@ def check_edge(src: Node, dst: Node) -> None:
         raise ValidationError(f"{dst.label} is a source: it cannot receive items from {src.label}")
 
 
-class Flow:
+class Flow(Generic[In, Out]):
     """A fragment of a pipeline graph built with ``>>``: nodes, edges, and the
     nodes at its start (``heads``) and end (``tails``).
 
     ``a >> b`` connects a's tails to b's heads; a list stands for its members
     side by side, so ``a >> [b, c]`` fans out and ``[b, c] >> d`` fans in.
-    Pass flows to :class:`Pipeline` (or :meth:`Pipeline.add`).
+    Pass flows to :class:`Pipeline` (or :meth:`Pipeline.add`).  ``Flow[In, Out]``:
+    its heads take ``In``, its tails send ``Out`` (for type checkers).
     """
 
     __slots__ = ("edges", "heads", "nodes", "tails")
@@ -255,7 +287,7 @@ class Flow:
         self.tails = tails
 
     @classmethod
-    def of(cls, part: Part) -> Flow:
+    def of(cls, part: Part) -> Flow[Any, Any]:
         """A flow made of a node, a flow, or a list/tuple of them (side by side)."""
         if isinstance(part, Flow):
             return part
@@ -278,7 +310,12 @@ class Flow:
         raise ValidationError(f"cannot wire {type(part).__name__} {part!r:.60}: expected a node, "
                               "a flow, or a list of them")
 
-    def __rshift__(self, other: Part) -> Flow:
+    @overload
+    def __rshift__(self, other: Node[Out, _X] | Flow[Out, _X]) -> Flow[In, _X]: ...
+    @overload
+    def __rshift__(self, other: Sequence[Node[Out, Any] | Flow[Out, Any]]) -> Flow[In, Any]: ...
+
+    def __rshift__(self, other: Part) -> Flow[Any, Any]:
         right = Flow.of(other)
         edges = list(self.edges)
         for t in self.tails:
@@ -292,7 +329,7 @@ class Flow:
         _merge_unique(nodes, right.nodes)
         return Flow(nodes, edges, list(self.heads), list(right.tails))
 
-    def __rrshift__(self, other: Part) -> Flow:
+    def __rrshift__(self, other: Sequence[Node[Any, In] | Flow[Any, In]]) -> Flow[Any, Out]:
         return Flow.of(other) >> self
 
     def __repr__(self) -> str:

@@ -55,11 +55,8 @@ def check_executor(owner: str, executor: str | None, workers: int | None,
             raise ValidationError(f"{owner}: workers must be a positive integer, got {workers!r}")
     if not isinstance(ordered, bool):
         raise ValidationError(f"{owner}: ordered must be True or False, got {ordered!r}")
-    if executor == "process":
-        if os.name != "posix":
-            raise ValidationError(f"{owner}: executor='process' is not available on {sys.platform} yet")
-        if fn is not None:
-            check_picklable(owner, fn)
+    if executor == "process" and fn is not None:
+        check_picklable(owner, fn)
     return executor, workers, ordered
 
 

@@ -5,18 +5,35 @@
 :class:`Accumulator` and :class:`Loader` (sink).  Each class checks its
 arguments when it is built (errors name the node) and holds them; what a node
 does with a batch is in :mod:`reflux.logic`, one module per kind.
+
+Each node type is generic in its items (see :mod:`reflux.describe.base`): the
+types come from the function a node is given (``Transformer(str)`` of a
+``def f(x: int) -> str`` is a ``Transformer[int, str]``), or are written out
+(``Loader[int](print)``); left out, they are ``Any``.
 """
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sized
-from typing import Any, ClassVar
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sized,
+)
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, overload
 
 from reflux_core.channel import Channel, RecordChannel
 
 from ..errors import NotCallableError, ValidationError
 from .base import (
+    In,
     Node,
+    Out,
+    T,
     check_callable,
     check_positive_int,
     check_replicas,
@@ -27,6 +44,16 @@ from .base import (
 )
 from .executors import check_executor, check_start_method
 from .sinks import CallbackSink, FileSink, ListSink
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from typing_extensions import Never
+
+    from ..signals import Error, NeedsMoreWork
+
+    #: what a node function may return besides an output: feedback and failures
+    _Signal = NeedsMoreWork | Error
 
 __all__ = [
     "Extractor",
@@ -41,9 +68,17 @@ __all__ = [
 ]
 
 
+class SupportsPlugin(Protocol):
+    """A compiled record plug-in: a ``reflux_core.transform`` CTransform, CFilter or CKey,
+    or any object offering a C plug-in's capsule."""
+
+    @property
+    def __reflux_plugin__(self) -> object: ...
+
+
 # --------------------------------------------------------------------------- Extractor
 
-class Extractor(Node):
+class Extractor(Node["Never", Out]):
     """Source of a pipeline: reads items from ``source`` and sends them on.
 
     ``source`` may be:
@@ -80,6 +115,23 @@ class Extractor(Node):
     kind = "Extractor"
     is_source = True
     _NO_SENTINEL: ClassVar[object] = object()
+
+    @overload
+    def __init__(self: Extractor[npt.NDArray[np.void]], source: RecordChannel, *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Channel[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], Generator[Out, Any, Any]], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], AsyncGenerator[Out, Any]], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Iterable[Out] | AsyncIterable[Out], *, sentinel: Any = ...,
+                 **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: Callable[[], Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
 
     def __init__(self, source: Any, *, sentinel: Any = _NO_SENTINEL, **kwargs: Any) -> None:
         default = (default_name(source) if callable(source) and not isinstance(source, Iterable)
@@ -118,7 +170,7 @@ class Extractor(Node):
 
 # --------------------------------------------------------------------------- Transformer
 
-class Transformer(Node):
+class Transformer(Node[In, Out]):
     """Applies ``fn`` to each item.
 
     * a plain return value is the output (Transformed);
@@ -154,7 +206,26 @@ class Transformer(Node):
 
     kind = "Transformer"
 
-    def __init__(self, fn: Callable[[Any], Any], *, flat: bool = False, parallel: int = 1,
+    # the types: a generator function (annotated to return a Generator or an Iterator)
+    # yields the outputs; with flat=True the function returns iterables of them; else it
+    # returns one (NeedsMoreWork and Error are not outputs)
+    @overload
+    def __init__(self, fn: Callable[[In], Iterator[Out | _Signal]], *, flat: bool = ...,
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Iterable[Out | _Signal]], *, flat: Literal[True],
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: Callable[[In], Out | _Signal], *, flat: Literal[False] = ...,
+                 parallel: int = ..., ordered: bool | None = ..., executor: str | None = ...,
+                 workers: int | None = ..., start_method: str | None = ..., **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, fn: SupportsPlugin, *, parallel: int = ..., ordered: bool | None = ...,
+                 **kwargs: Any) -> None: ...
+
+    def __init__(self, fn: Any, *, flat: bool = False, parallel: int = 1,
                  ordered: bool | None = None, executor: str | None = None, workers: int | None = None,
                  start_method: str | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
@@ -166,9 +237,12 @@ class Transformer(Node):
             raise ValidationError(f"{self.label}: flat=True does not apply to a transform plug-in")
         else:
             chunk_batches(self)
-        self.fn = fn
+        #: the function (or plug-in) as given
+        self.fn: Any = fn
         self.generator = is_generator_callable(fn)
         self.flat = bool(flat) or self.generator
+        if self.flat:
+            self.stats_law = "free"  # an item in may give any number out
         self.executor: str = "thread"
         self.workers: int | None = None
         if executor is not None or workers is not None:
@@ -193,14 +267,10 @@ class Transformer(Node):
         #: False when the pipeline's default executor applies
         self.executor_chosen = executor is not None
 
-    @property  # type: ignore[override]
-    def stats_law(self) -> str:
-        return "free" if self.flat else "one"
-
 
 # --------------------------------------------------------------------------- Filter
 
-class Filter(Node):
+class Filter(Node[T, T]):
     """Passes the items for which ``predicate(item)`` is true; counts the others
     as ``filtered``.  Never sends an empty batch downstream.
 
@@ -212,8 +282,8 @@ class Filter(Node):
 
     kind = "Filter"
 
-    def __init__(self, predicate: Callable[[Any], Any], *, parallel: int = 1, ordered: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(self, predicate: Callable[[T], object] | SupportsPlugin, *, parallel: int = 1,
+                 ordered: bool = False, **kwargs: Any) -> None:
         super().__init__(_default=default_name(predicate), **kwargs)
         #: the checked plug-in when ``predicate`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, predicate, "filter")
@@ -222,12 +292,13 @@ class Filter(Node):
         else:
             chunk_batches(self)
         self.parallel, self.ordered = check_replicas(self.label, parallel, ordered)
-        self.predicate = predicate
+        #: the predicate (or plug-in) as given
+        self.predicate: Any = predicate
 
 
 # --------------------------------------------------------------------------- routing nodes
 
-class Balancer(Node):
+class Balancer(Node[T, T]):
     """Sends items to its receivers in turn (round-robin), one item each.
 
     Receivers are the nodes it is connected to, in the order connected; a
@@ -241,7 +312,7 @@ class Balancer(Node):
         super().__init__(**kwargs)
 
 
-class Broadcast(Node):
+class Broadcast(Node[T, T]):
     """Sends every item to every receiver.
 
     Receivers share the same object; pass ``copy`` (e.g. ``copy.deepcopy``)
@@ -251,7 +322,7 @@ class Broadcast(Node):
     kind = "Broadcast"
     routes = True
 
-    def __init__(self, *, copy: Callable[[Any], Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, copy: Callable[[T], T] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if copy is not None:
             check_callable(self.label, copy, "copy")
@@ -260,7 +331,7 @@ class Broadcast(Node):
     stats_law = "fanout"
 
 
-class Funnel(Node):
+class Funnel(Node[T, T]):
     """Merges any number of inputs into one output.
 
     Every input feeds one shared channel, so an item on any input is
@@ -274,7 +345,7 @@ class Funnel(Node):
         super().__init__(**kwargs)
 
 
-class Messenger(Node):
+class Messenger(Node[T, T]):
     """Routes each item to the receiver named by ``key(item)``.
 
     The key is looked up in ``routes`` (a mapping of key to a node or a
@@ -293,8 +364,9 @@ class Messenger(Node):
     kind = "Messenger"
     routes = True
 
-    def __init__(self, key: Callable[[Any], Any], *, routes: Mapping[Any, Node | str] | None = None,
-                 default: Node | str | None = None, **kwargs: Any) -> None:
+    def __init__(self, key: Callable[[T], Any] | SupportsPlugin, *,
+                 routes: Mapping[Any, Node[T, Any] | str] | None = None,
+                 default: Node[T, Any] | str | None = None, **kwargs: Any) -> None:
         super().__init__(_default=default_name(key), **kwargs)
         #: the checked plug-in when ``key`` is a compiled one (reflux.describe.plugins)
         self.plugin = plugin_for(self.label, key, "key")
@@ -311,14 +383,15 @@ class Messenger(Node):
                     f"{self.label}: route {k!r} must lead to a node or a node's name, got {target!r:.60}")
         if default is not None and not isinstance(default, (Node, str)):
             raise ValidationError(f"{self.label}: default must be a node or a node's name, got {default!r:.60}")
-        self.key = key
+        #: the key function (or plug-in) as given
+        self.key: Any = key
         self.route_table: dict[Any, Node | str] = dict(routes or {})
         self.default = default
 
 
 # --------------------------------------------------------------------------- Accumulator
 
-class Accumulator(Node):
+class Accumulator(Node[T, "list[T]"]):
     """Groups items into lists: of ``count`` items, and/or of what arrived
     within ``window`` seconds of a group's first item; whichever comes first.
 
@@ -343,7 +416,7 @@ class Accumulator(Node):
 
 # --------------------------------------------------------------------------- Loader
 
-class Loader(Node):
+class Loader(Node[T, "Never"]):
     """End of a pipeline: calls ``fn`` on each item (or, with ``batch=True``, on
     each list of items) to store, send or drop it.
 
@@ -361,25 +434,26 @@ class Loader(Node):
     kind = "Loader"
     is_sink = True
 
-    def __init__(self, fn: Callable[[Any], Any], *, batch: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, fn: Callable[[T], Any] | Callable[[list[T]], Any], *, batch: bool | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(_default=default_name(fn), **kwargs)
         check_callable(self.label, fn)
-        self.fn = fn
+        self.fn: Any = fn
         self.batch = bool(getattr(fn, "batched", False)) if batch is None else bool(batch)
 
     @classmethod
-    def to_list(cls, target: list[Any] | None = None, **kwargs: Any) -> Loader:
+    def to_list(cls, target: list[T] | None = None, **kwargs: Any) -> Loader[T]:
         """A Loader appending every item to ``target`` (a new list by default); reports the list."""
         return cls(ListSink(target), **kwargs)
 
     @classmethod
     def to_file(cls, path: Any, *, mode: str = "w", encoding: str = "utf-8",
-                format: Callable[[Any], str] = str, **kwargs: Any) -> Loader:
+                format: Callable[[T], str] = str, **kwargs: Any) -> Loader[T]:
         """A Loader writing each item as one line of the text file ``path``; reports lines written."""
         return cls(FileSink(path, mode=mode, encoding=encoding, format=format), **kwargs)
 
     @classmethod
-    def to_callback(cls, fn: Callable[[Any], Any], **kwargs: Any) -> Loader:
+    def to_callback(cls, fn: Callable[[T], Any], **kwargs: Any) -> Loader[T]:
         """A Loader calling ``fn(item)`` for each item; reports how many items it took."""
         check_callable(f"Loader '{kwargs.get('name') or default_name(fn) or 'loader'}'", fn)
         return cls(CallbackSink(fn), **kwargs)

@@ -33,7 +33,8 @@ class Inbox:
     """
 
     owner: str
-    channel: Channel | RecordChannel
+    #: a Channel, or a RecordChannel when ``records`` (``Any``: users branch on ``records``)
+    channel: Any
     producers: int
     records: bool = False
 
@@ -162,7 +163,8 @@ def _record_edges(graph: Graph, edges: list[tuple[Node, Node]], producers: dict[
     def eligible(n: Node) -> bool:
         plugin = getattr(n, "plugin", None)
         return (n.kind in ("Transformer", "Filter") and record_dtypes(n) is not None
-                and plugin.kind in ("transform", "filter") and not getattr(n, "flat", False)
+                and plugin is not None and plugin.kind in ("transform", "filter")
+                and not getattr(n, "flat", False)
                 and not getattr(n, "ordered", False) and getattr(n, "executor", "thread") == "thread")
 
     outs: dict[int, list[Node]] = {}

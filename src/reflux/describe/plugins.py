@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from reflux_core import transform as _core
+import reflux_core.transform as _core
 
 from ..errors import ValidationError
 

@@ -182,7 +182,7 @@ def direct_call(fn: Any) -> Callable[[Any], Any]:
             if type(call) is types.FunctionType:
                 return types.MethodType(call, fn)
             break
-    return fn
+    return fn  # type: ignore[no-any-return]  # a callable object (checked when the node was built)
 
 
 def user_hook(obj: Any, name: str) -> Callable[[], Any] | None:

@@ -65,9 +65,9 @@ def graph_edges(pipeline: Graph) -> list[tuple[Node, Node, str, bool]]:
             label = ", ".join(keys)
         out.append((a, b, label, False))
     for node in pipeline.nodes:
-        target = dead.get(id(node))
-        if target is not None:
-            out.append((node, target, "dead letters", True))
+        sink = dead.get(id(node))
+        if sink is not None:
+            out.append((node, sink, "dead letters", True))
     return out
 
 

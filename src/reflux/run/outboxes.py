@@ -68,7 +68,7 @@ class PoolOutbox(InboxOutbox):
         self.unit = unit
         self.stats = stats
         #: dead-letter records pushed, by the node that made them (a fused chain shares the output)
-        self.dead_sent: dict[str, int] = {}
+        self.dead_counts: dict[str, int] = {}
         self.blocking = False  # a source thread's outbox waits for room instead
         #: the units to wake when a full receiver has room again
         self.waiters = [unit]
@@ -161,7 +161,7 @@ class PoolOutbox(InboxOutbox):
     def _count(self, buf: list[Any], n: int, port: int) -> None:
         """Count dead-letter records about to leave the buffer, by their node."""
         if port < 0:
-            sent = self.dead_sent
+            sent = self.dead_counts
             for r in buf[:n]:
                 sent[r.node] = sent.get(r.node, 0) + 1
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..describe.base import Node
+from ..describe.nodes import Transformer
 from ..describe.plan import Task
 from ..logic import make_logic
 from ..logic.base import NodeContext, NodeLogic
@@ -23,7 +24,7 @@ def logic_for(node: Node, ctx: NodeContext, n_ports: int = 1, port_names: Sequen
     """The logic of ``node`` for one run: :func:`reflux.logic.make_logic`, or for a
     Transformer with ``executor="process"`` the logic that runs its function in
     worker processes (``preforked``: the workers forked for it when the run started)."""
-    if getattr(node, "executor", "thread") == "process":
+    if isinstance(node, Transformer) and node.executor == "process":
         from .process.logic import ProcessTransformerLogic  # only when asked for (start-up time)
         return ProcessTransformerLogic(node, ctx, preforked=preforked)
     return make_logic(node, ctx, n_ports, port_names, ports=ports, default_port=default_port)

@@ -542,7 +542,8 @@ class PoolRuntime(RuntimeBase):
                 name = u.tasks[i].name
                 if abandoned:
                     u.stats[i].dropped += logic.abandon()
-                    u.stats[i].dropped += u.outs[i].discard() if hasattr(u.outs[i], "discard") else 0
+                    discard = getattr(u.outs[i], "discard", None)  # outboxes that buffer
+                    u.stats[i].dropped += discard() if discard is not None else 0
                 if u.tasks[i].node.is_sink:
                     try:
                         self._results[name] = logic.result()
@@ -695,7 +696,7 @@ class PoolRuntime(RuntimeBase):
                 for name, n in zip(u.tail.port_names, box_out.sent_per_port):
                     add((u.tail.name, name), n)
                 if box_out.dead_box is not None:
-                    for node_name, n in box_out.dead_sent.items():
+                    for node_name, n in box_out.dead_counts.items():
                         add((node_name, box_out.dead_box.owner), n)
         for t in self.plan.tasks:
             for name in t.port_names:

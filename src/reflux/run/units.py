@@ -97,7 +97,7 @@ class Unit:
             for s in self.stats:
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
                     setattr(s, f, 0)
-        self.ctxs = [RunContext(rt, s) for s in self.stats]  # type: ignore[arg-type]
+        self.ctxs = [RunContext(rt, s) for s in self.stats]
         self.logics: list[NodeLogic] = []
         self.final = PoolOutbox(rt, self, self.tail, self.stats[-1])
         self.outs: list[Outbox] = [ForwardOutbox(self, i, t.batch_size) for i, t in enumerate(tasks[:-1])]
@@ -315,7 +315,9 @@ class Unit:
         pump = logic.pump
         node = self.head.node
         plugin = node.plugin  # type: ignore[attr-defined]
-        record = np.frombuffer(pump.error_record(), dtype=plugin.in_dtype).copy()[0]
+        raw = pump.error_record()
+        assert raw is not None  # the pump reported a failed record
+        record = np.frombuffer(raw, dtype=plugin.in_dtype).copy()[0]
         code = pump.error_code
         exc = RecordError(f"{node.label}: plug-in {plugin.name!r} failed on a record with error code "
                           f"{code}: {record!r:.120}", code=code, index=-1, record=record, node=node.label)

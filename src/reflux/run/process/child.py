@@ -1,21 +1,31 @@
 """Worker process of ``Transformer(fn, executor="process")``, and the framing both sides use.
 
 This module uses the standard library only.  The parent (:mod:`reflux.run.process`)
-imports it for :func:`encode`, :func:`write_all` and :func:`read_msg`; a worker
-process runs this very file by path (``python -c BOOT rfd wfd``, see
-:data:`BOOT`), so a worker does not import the ``reflux`` package (nor numpy,
-asyncio...) unless the user's function needs it.
+imports it for :func:`encode` and the readers and writers below; a worker
+process runs this very file by path (``python -c BOOT PATH rfd wfd``, or
+``python -c BOOT PATH --portable rh wh``, see :data:`BOOT`), so a worker does
+not import the ``reflux`` package (nor numpy, asyncio...) unless the user's
+function needs it.
 
-Wire format (both directions, over plain OS pipes)::
+Message format (both directions)::
 
     header   <Q pickle length> <I number of out-of-band buffers> <Q length of each buffer>...
     pickle   pickle protocol 5 of one tuple (the message)
     buffers  the out-of-band buffers (e.g. numpy array data), raw, in order
 
-A message is written with ``os.writev`` (one system call when it fits the
-pipe) and read with ``os.readv`` straight into freshly allocated
-``bytearray`` objects, so array data is never copied into the pickle stream
-and arrives writable.
+Two transports carry it (:mod:`reflux.run.process.transport` picks one):
+
+native (Linux)
+    plain OS pipe file descriptors: a message is written with ``os.writev``
+    (one system call when it fits the pipe) and read with ``os.readv``
+    straight into freshly allocated ``bytearray`` objects.
+portable (Windows, macOS; anywhere with ``REFLUX_PROCESS_TRANSPORT=portable``)
+    :mod:`multiprocessing.connection` pipe connections (named pipes on
+    Windows): the header and pickle go as one ``send_bytes`` message, each
+    buffer as one more, read with ``recv_bytes_into`` into fresh ``bytearray``
+    objects.
+
+Either way array data is never copied into the pickle stream and arrives writable.
 
 Messages (the first element of the tuple is the kind):
 
@@ -47,7 +57,11 @@ _LEN = struct.Struct("<Q")
 #: most iovecs handed to one writev (Linux IOV_MAX is 1024)
 _IOV_MAX = 512
 
-#: the code a worker interpreter runs (``sys.argv[1:]`` are the two pipe fds)
+#: the flag before the two handles of a portable worker's connections on its command line
+PORTABLE_FLAG = "--portable"
+
+#: the code a worker interpreter runs (``sys.argv[1]`` is this file, then the two pipe
+#: fds, or PORTABLE_FLAG and the two connection handles)
 BOOT = ("import runpy, sys; "
         "runpy.run_path(sys.argv[1], run_name='__reflux_worker__')")
 
@@ -137,6 +151,65 @@ def read_msg(fd: int) -> Any:
     return pickle.loads(data, buffers=bufs)
 
 
+def send_conn(conn: Any, parts: list[Any]) -> None:
+    """Send the parts of one message (from :func:`encode`) over a
+    :class:`multiprocessing.connection.Connection`: header and pickle as one
+    message, then each out-of-band buffer as one (``OSError`` if the other side is gone)."""
+    conn.send_bytes(parts[0] + parts[1])
+    for raw in parts[2:]:
+        conn.send_bytes(raw)
+
+
+def recv_conn_raw(conn: Any) -> tuple[memoryview, list[bytearray]]:
+    """Read one message sent by :func:`send_conn` without unpickling it: ``(pickle, buffers)``.
+
+    ``EOFError`` when the other side closed its end.
+    """
+    first = conn.recv_bytes()
+    plen, nbuf = _HEAD.unpack_from(first)
+    start = _HEAD.size + _LEN.size * nbuf
+    bufs = [bytearray(_LEN.unpack_from(first, _HEAD.size + k * _LEN.size)[0]) for k in range(nbuf)]
+    for buf in bufs:
+        conn.recv_bytes_into(buf)
+    return memoryview(first)[start:start + plen], bufs
+
+
+def open_connections(rh: int, wh: int) -> tuple[Any, Any]:
+    """The worker's connections from the handles (file descriptors on POSIX, pipe
+    handles on Windows) the parent passed on its command line: ``(reader, writer)``."""
+    import multiprocessing.connection as mpc
+    if sys.platform == "win32":
+        cls = mpc.PipeConnection  # type: ignore[attr-defined]
+    else:
+        cls = mpc.Connection
+    return cls(rh, writable=False), cls(wh, readable=False)
+
+
+class _Endpoint:
+    """The worker's side of its transport: the parent's messages in, results out."""
+
+    def __init__(self, argv: list[str]) -> None:
+        if len(argv) >= 3 and argv[-3] == PORTABLE_FLAG:
+            self.reader, self.writer = open_connections(int(argv[-2]), int(argv[-1]))
+            self.rfd = self.wfd = -1
+        else:
+            self.reader = self.writer = None
+            self.rfd, self.wfd = int(argv[-2]), int(argv[-1])
+
+    def recv_raw(self) -> tuple[Any, list[bytearray]]:
+        """One message, not unpickled (``EOFError`` or ``OSError`` at the end of input)."""
+        if self.reader is not None:
+            return recv_conn_raw(self.reader)
+        return read_raw(self.rfd)
+
+    def send(self, parts: list[Any]) -> None:
+        """One message, encoded (``OSError`` when the parent is gone)."""
+        if self.writer is not None:
+            send_conn(self.writer, parts)
+        else:
+            write_all(self.wfd, parts)
+
+
 # ============================================================== the worker
 
 def pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -152,8 +225,9 @@ def pack_exception(exc: BaseException) -> tuple[bytes | None, str, str, str]:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__
         message = "<unprintable>"
+    data: bytes | None
     try:
-        data: bytes | None = pickle.dumps(exc, protocol=5)
+        data = pickle.dumps(exc, protocol=5)
         pickle.loads(data)
     except Exception:  # noqa: BLE001 - anything that does not round-trip
         data = None
@@ -186,6 +260,7 @@ def run_chunk(fn: Callable[[Any], Any], items: list[Any], opts: dict[str, Any]
     retried = 0
     signals = False
     append = values.append
+    r: Any  # a result, a list of them (flat), or the exception of a failed call
     for i, item in enumerate(items):
         try:
             r = list(fn(item)) if flat else fn(item)
@@ -231,7 +306,7 @@ def run_chunk(fn: Callable[[Any], Any], items: list[Any], opts: dict[str, Any]
     return values, errors, retried, signals
 
 
-def _send_done(wfd: int, seq: int, values: list[Any], errors: list[tuple[Any, ...]],
+def _send_done(end: _Endpoint, seq: int, values: list[Any], errors: list[tuple[Any, ...]],
                retried: int, busy: float, signals: bool) -> None:
     """Send a chunk's results; values that cannot be pickled become per-item errors."""
     try:
@@ -251,10 +326,10 @@ def _send_done(wfd: int, seq: int, values: list[Any], errors: list[tuple[Any, ..
                 errors.append((i, *pack_exception(err), 1))
         errors.sort(key=lambda e: e[0])
         parts = encode((DONE, seq, values, errors, retried, busy, signals))
-    write_all(wfd, parts)
+    end.send(parts)
 
 
-def _reader(rfd: int, inbox: deque[Any], wake: threading.Semaphore, parent: int) -> None:
+def _reader(end: _Endpoint, inbox: deque[Any], wake: threading.Semaphore, parent: int) -> None:
     """Reader thread: drain the input pipe as fast as it fills, so the parent never
     blocks on a full pipe while this worker blocks on a full result pipe.
 
@@ -263,7 +338,7 @@ def _reader(rfd: int, inbox: deque[Any], wake: threading.Semaphore, parent: int)
     """
     try:
         while True:
-            inbox.append(read_raw(rfd))
+            inbox.append(end.recv_raw())
             wake.release()
     except (EOFError, OSError):
         pass
@@ -283,16 +358,18 @@ def _hook(fn: Any, name: str) -> Callable[[], Any] | None:
 
 
 def main(argv: list[str]) -> int:
-    """Worker entry point: ``argv[-2:]`` are the input and output pipe fds."""
+    """Worker entry point: ``argv[-2:]`` are the input and output pipe fds, or (after
+    :data:`PORTABLE_FLAG`) the handles of the input and output connections."""
     import signal
-    rfd, wfd = int(argv[-2]), int(argv[-1])
+    end = _Endpoint(argv)
     # Ctrl-C goes to the parent, which stops its workers; a terminal sends
     # SIGINT to the whole process group, so ignore it here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     pid = os.getpid()
     parent = os.getppid()
     try:
-        _, prep, fn_pickle, opts = read_msg(rfd)
+        data, bufs = end.recv_raw()
+        _, prep, fn_pickle, opts = pickle.loads(data, buffers=bufs)
     except (EOFError, OSError):
         return 0
     try:
@@ -314,14 +391,14 @@ def main(argv: list[str]) -> int:
             hook()
     except BaseException:  # noqa: BLE001 - reported to the parent
         try:
-            write_all(wfd, encode((FAILED_START, pid, traceback.format_exc())))
+            end.send(encode((FAILED_START, pid, traceback.format_exc())))
         except OSError:
             pass
         return 1
-    write_all(wfd, encode((READY, pid)))
+    end.send(encode((READY, pid)))
     inbox: deque[Any] = deque()
     wake = threading.Semaphore(0)
-    reader = threading.Thread(target=_reader, args=(rfd, inbox, wake, parent), daemon=True,
+    reader = threading.Thread(target=_reader, args=(end, inbox, wake, parent), daemon=True,
                               name="reflux-worker-reader")
     reader.start()
     perf = time.perf_counter
@@ -335,8 +412,8 @@ def main(argv: list[str]) -> int:
             _, seq, items = pickle.loads(data, buffers=bufs)
             t0 = perf()
             values, errors, retried, signals = run_chunk(fn, items, opts)
-            _send_done(wfd, seq, values, errors, retried, perf() - t0, signals)
-    except (BrokenPipeError, EOFError):  # the parent is gone
+            _send_done(end, seq, values, errors, retried, perf() - t0, signals)
+    except (OSError, EOFError):  # the parent is gone (a broken pipe)
         return 0
     tb = None
     hook = _hook(fn, "close")
@@ -346,7 +423,7 @@ def main(argv: list[str]) -> int:
         except BaseException:  # noqa: BLE001 - reported to the parent
             tb = traceback.format_exc()
     try:
-        write_all(wfd, encode((CLOSED, pid, tb)))
+        end.send(encode((CLOSED, pid, tb)))
     except OSError:
         pass
     return 0

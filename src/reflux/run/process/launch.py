@@ -107,7 +107,7 @@ def grow_pipe(fd: int) -> None:
     """Ask for a larger pipe buffer (fewer wake-ups for big chunks); best effort."""
     try:
         import fcntl
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined]
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[attr-defined,unused-ignore]  # Linux only
     except (ImportError, AttributeError, OSError):
         pass
 

@@ -21,9 +21,11 @@ How it works
   :data:`CHUNK_SECONDS` of work), sends each chunk to the least busy
   worker and emits whatever results are back.  It blocks (in ``poll``, the
   GIL released) only while ``workers * PREFETCH`` chunks are in flight.
-* Items travel as pickle protocol 5 with out-of-band buffers over OS pipes
-  (``os.writev``/``os.readv``): numpy array data is not copied into the
-  pickle stream and arrives writable (see :mod:`reflux.run.process.child`).
+* Items travel as pickle protocol 5 with out-of-band buffers, over plain OS
+  pipes (``os.writev``/``os.readv``) on Linux, over
+  :mod:`multiprocessing.connection` pipes elsewhere (see
+  :mod:`reflux.run.process.transport`): numpy array data is not copied into
+  the pickle stream and arrives writable (see :mod:`reflux.run.process.child`).
 * Results are emitted in input order (``ordered=True``, the default) or as
   they complete (``ordered=False``).  While chunks are in flight,
   ``next_deadline()`` asks the runtime to call ``tick()`` every 0.5-10 ms, so
@@ -35,8 +37,8 @@ How it works
   the policy) and is replaced.
 * For a runtime whose threads must not block, the logic also offers
   :meth:`~ProcessTransformerLogic.busy` (``process()`` would block),
-  :meth:`~ProcessTransformerLogic.wait_handles` (fds readable when results
-  are back) and :meth:`~ProcessTransformerLogic.drain_step` (a non-blocking
+  :meth:`~ProcessTransformerLogic.wait_handles` (what
+  :func:`multiprocessing.connection.wait` takes, ready when results are back) and :meth:`~ProcessTransformerLogic.drain_step` (a non-blocking
   step of ``finish()``).
 * The workers end with the node: on a normal end they finish their input,
   run the function's ``close()`` and exit; on an abort (a failure, ``stop
@@ -47,15 +49,14 @@ from __future__ import annotations
 
 import math
 import multiprocessing.spawn
-import os
 import pickle
-import select
 import subprocess
 import time
 from collections import deque
 from typing import Any
 
 from ...describe.executors import check_picklable
+from ...describe.nodes import Transformer
 from ...logic.base import NodeContext, NodeLogic, Outbox
 from ...signals import Error, NeedsMoreWork, Signal
 from . import child as wire
@@ -67,6 +68,7 @@ from .launch import (
     spawn_worker,
     untrack,
 )
+from .transport import Link, PipeLink, Waiter, chosen_transport, make_waiter, spawn_portable_worker
 
 __all__ = ["ProcessTransformerLogic"]
 
@@ -85,13 +87,15 @@ EXIT_GRACE = 5.0
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    __slots__ = ("popen", "pid", "wfd", "rfd", "inflight", "ready", "closed", "index")
+    __slots__ = ("popen", "pid", "link", "key", "inflight", "ready", "closed", "index")
 
-    def __init__(self, popen: Any, wfd: int, rfd: int, index: int) -> None:
+    def __init__(self, popen: Any, link: Link, index: int) -> None:
         self.popen = popen
-        self.pid = popen.pid
-        self.wfd = wfd
-        self.rfd = rfd
+        self.pid: int = popen.pid
+        #: the parent's ends of the worker's pipes (see :mod:`reflux.run.process.transport`)
+        self.link = link
+        #: what the waiter waits on for this worker's results (fixed while it lives)
+        self.key: Any = link.waitable
         #: chunks sent and not answered yet, oldest first (the worker answers in order)
         self.inflight: deque[_Chunk] = deque()
         self.ready = False
@@ -127,7 +131,9 @@ def _attach_traceback(exc: BaseException, tb: str, pid: int) -> BaseException:
 class ProcessTransformerLogic(NodeLogic):
     """The logic of a Transformer with ``executor="process"`` (see the module docs)."""
 
-    def __init__(self, node: Any, ctx: NodeContext, preforked: list[Any] | None = None) -> None:
+    node: Transformer
+
+    def __init__(self, node: Transformer, ctx: NodeContext, preforked: list[Any] | None = None) -> None:
         super().__init__(node, ctx)
         #: workers forked for this node when the run started (start_method="fork"), to adopt at open
         self._preforked = preforked
@@ -138,8 +144,11 @@ class ProcessTransformerLogic(NodeLogic):
         #: items fed back with NeedsMoreWork, not sent yet
         self.pending: deque[Any] = deque()
         self.workers: list[_Worker] = []
-        self._by_fd: dict[int, _Worker] = {}
-        self._poller = select.poll()
+        #: the transport of spawned workers, and what waits for their results (set by open())
+        self._transport = "native"
+        self._waiter: Waiter | None = None
+        #: live workers by their link's waitable (a result pipe's fd or connection)
+        self._by_key: dict[Any, _Worker] = {}
         #: chunks sent and not emitted yet, by sequence number
         self._chunks: dict[int, _Chunk] = {}
         #: finished chunks waiting to be emitted (unordered: arrival order)
@@ -167,32 +176,43 @@ class ProcessTransformerLogic(NodeLogic):
         opts = {"flat": self.flat, "retries": pol.retries, "backoff": pol.backoff,
                 "backoff_factor": pol.backoff_factor, "max_backoff": pol.max_backoff}
         self._fn_pickle, self._opts = fn_pickle, opts
+        try:
+            self._transport = chosen_transport()
+        except ValueError as exc:
+            raise ProcessWorkerError(f"{node.label}: {exc}") from None
+        self._waiter = make_waiter(self._transport)
         pre, self._preforked = self._preforked, None
         if pre:
             # start_method="fork": adopt the workers forked when the run started; they
             # share this interpreter's state, so they need no preparation
             self._fork_setup = wire.encode((wire.SETUP, None, fn_pickle, opts))
             for i, (proc, to_w, from_r) in enumerate(pre):
-                self._send_setup(self._adopt(_Worker(proc, to_w, from_r, i)))
+                self._send_setup(self._adopt(_Worker(proc, PipeLink(to_w, from_r), i)))
             return
         # one worker now; the others when there is work for them (see _pick), so a
         # short run starts (and ends) one interpreter, not ``workers`` of them
         self._send_setup(self._spawn(0))
 
     def _adopt(self, w: _Worker) -> _Worker:
-        """Track a started worker: its slot, and its result pipe in the poller."""
+        """Track a started worker: its slot, and its result pipe in the waiter."""
+        assert self._waiter is not None
         if w.index < len(self.workers):
             self.workers[w.index] = w
         else:
             self.workers.append(w)
-        self._by_fd[w.rfd] = w
-        self._poller.register(w.rfd, select.POLLIN)
+        self._by_key[w.key] = w
+        self._waiter.register(w.key)
         return w
 
     def _spawn(self, index: int) -> _Worker:
-        """Start one worker interpreter with a pipe each way."""
-        popen, wfd, rfd = spawn_worker()
-        return self._adopt(_Worker(popen, wfd, rfd, index))
+        """Start one worker interpreter with a pipe each way (over the chosen transport)."""
+        link: Link
+        if self._transport == "portable":
+            popen, link = spawn_portable_worker()
+        else:
+            popen, wfd, rfd = spawn_worker()
+            link = PipeLink(wfd, rfd)
+        return self._adopt(_Worker(popen, link, index))
 
     def _send_setup(self, w: _Worker) -> None:
         if isinstance(w.popen, ForkedProcess):
@@ -206,7 +226,7 @@ class ProcessTransformerLogic(NodeLogic):
             setup = self._setup
         assert setup is not None
         try:
-            wire.write_all(w.wfd, setup)
+            w.link.send(setup)
         except OSError:
             pass  # it died already: its pipe's end tells us when we read
 
@@ -242,15 +262,17 @@ class ProcessTransformerLogic(NodeLogic):
 
     def _forget(self, w: _Worker) -> None:
         """Close the parent's ends of a worker's pipes and stop tracking it."""
-        if w.rfd in self._by_fd:
-            del self._by_fd[w.rfd]
-            self._poller.unregister(w.rfd)
-            os.close(w.rfd)
-        if w.wfd >= 0:
-            os.close(w.wfd)
-            w.wfd = -1
+        self._unwatch(w)
+        w.link.close()
         w.closed = True
         untrack(w.popen)
+
+    def _unwatch(self, w: _Worker) -> None:
+        """Stop waiting for a worker's messages (idempotent)."""
+        if self._by_key.get(w.key) is w:
+            del self._by_key[w.key]
+            assert self._waiter is not None
+            self._waiter.unregister(w.key)
 
     # ------------------------------------------------------------------ sending
 
@@ -294,7 +316,7 @@ class ProcessTransformerLogic(NodeLogic):
         w = self._pick()
         w.inflight.append(chunk)
         try:
-            wire.write_all(w.wfd, parts)
+            w.link.send(parts)
         except OSError:  # it died: reading its pipe's end fails what it held
             pass
         if len(self._chunks) == 1:  # the only chunk in flight: look for it soon
@@ -332,18 +354,20 @@ class ProcessTransformerLogic(NodeLogic):
         Returns whether anything arrived.
         """
         got = False
-        ms = max(0, int(timeout * 1000 + 0.999)) if timeout > 0 else 0
+        waiter = self._waiter
+        if waiter is None:  # never opened
+            return False
         for _ in range(64):  # bounded: the caller gets to emit and to check for an abort
-            events = self._poller.poll(ms)
-            if not events:
+            ready = waiter.wait(timeout)
+            if not ready:
                 break
-            ms = 0
-            for fd, _ev in events:
-                w = self._by_fd.get(fd)
+            timeout = 0
+            for key in ready:
+                w = self._by_key.get(key)
                 if w is None:
                     continue
                 try:
-                    data, bufs = wire.read_raw(fd)
+                    data, bufs = w.link.recv_raw()
                 except (EOFError, OSError):
                     self._crashed(w)
                     got = True
@@ -509,10 +533,12 @@ class ProcessTransformerLogic(NodeLogic):
         """``True`` while every in-flight slot is taken: ``process()`` would block now."""
         return len(self._chunks) >= self.max_chunks
 
-    def wait_handles(self) -> list[int]:
-        """File descriptors that become readable when a worker has sent something;
-        a runtime may poll them to know when :meth:`tick` / :meth:`drain_step` has work."""
-        return list(self._by_fd)
+    def wait_handles(self) -> list[Any]:
+        """What becomes ready when a worker has sent something: the result pipes' file
+        descriptors (native transport) or connections (portable), all of which
+        :func:`multiprocessing.connection.wait` accepts; a runtime may wait on them to
+        know when :meth:`tick` / :meth:`drain_step` has work."""
+        return list(self._by_key)
 
     def drain_step(self, out: Outbox) -> bool:
         """One non-blocking step of :meth:`finish`: emit what is back, send fed-back items
@@ -558,7 +584,7 @@ class ProcessTransformerLogic(NodeLogic):
         """End every worker (idempotent): close its input; on a graceful end wait for its
         CLOSED message and exit, else (or after EXIT_GRACE) terminate it."""
         self._stopped = True
-        workers = [w for w in self.workers if w.popen.returncode is None or w.rfd in self._by_fd]
+        workers = [w for w in self.workers if w.popen.returncode is None or self._by_key.get(w.key) is w]
         if not workers:
             return
         if not graceful:
@@ -566,29 +592,26 @@ class ProcessTransformerLogic(NodeLogic):
                 if w.popen.poll() is None:
                     w.popen.terminate()
         for w in workers:  # end of input: the worker finishes and exits
-            if w.wfd >= 0:
-                os.close(w.wfd)
-                w.wfd = -1
+            w.link.close_input()
         deadline = time.monotonic() + (EXIT_GRACE if graceful else 1.0)
-        if graceful:
+        if graceful and self._waiter is not None:
             while any(not w.closed for w in workers) and time.monotonic() < deadline:
-                if not self._by_fd:
+                if not self._by_key:
                     break
-                events = self._poller.poll(int(WAIT_SLICE * 1000))
-                for fd, _ev in events:
-                    w = self._by_fd.get(fd)
-                    if w is None:
+                for key in self._waiter.wait(WAIT_SLICE):
+                    sender = self._by_key.get(key)
+                    if sender is None:
                         continue
                     try:
-                        msg = wire.read_msg(fd)
+                        data, bufs = sender.link.recv_raw()
+                        msg = pickle.loads(data, buffers=bufs)
                     except (EOFError, OSError):
-                        w.closed = True
-                        self._poller.unregister(fd)
-                        del self._by_fd[fd]
-                        os.close(fd)
+                        sender.closed = True
+                        self._unwatch(sender)
+                        sender.link.close()
                         continue
                     if msg[0] == wire.CLOSED:
-                        self._on_message(w, msg)
+                        self._on_message(sender, msg)
         for w in workers:
             try:
                 w.popen.wait(max(0.0, deadline - time.monotonic()))
