@@ -294,7 +294,7 @@ class Pipeline(Graph):
 
         assert self._checkpoint is not None
         check_nodes(self._nodes, None, f"Pipeline '{self.name}'")
-        sinks = [(t.name, t.node.fn) for t in plan.tasks if isinstance(t.node, Loader)]  # type: ignore[attr-defined]
+        sinks = [(t.name, t.node.fn) for t in plan.tasks if isinstance(t.node, Loader)]
         checkpointer = Checkpointer(self._checkpoint, self.name, sinks)
         self._checkpointer = checkpointer
         snap = checkpointer.resume()

@@ -317,7 +317,7 @@ class RollingFileSink:
             self._index = 0
             self._drop_temps(keep=())
             return
-        self._rename([tuple(m) for m in prepared["pending"]])  # type: ignore[misc]
+        self._rename([(tmp, final) for tmp, final in prepared["pending"]])
         self.finished = []
         self._index = prepared["index"]
         current = prepared["current"]
@@ -346,8 +346,8 @@ class RollingFileSink:
         return {"index": self._index, "current": current, "pending": list(self._pending)}
 
     def checkpoint_commit(self, checkpoint: int, prepared: Any) -> None:
-        moves = [tuple(m) for m in prepared["pending"]]
-        self._rename(moves)  # type: ignore[arg-type]
+        moves = [(tmp, final) for tmp, final in prepared["pending"]]
+        self._rename(moves)
         done = set(moves)
         self._pending = [m for m in self._pending if m not in done]
 

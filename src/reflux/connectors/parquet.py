@@ -24,6 +24,10 @@ with the file size in mind (``Checkpoint(every=...)``).
 """
 from __future__ import annotations
 
+# pyarrow is an optional dependency: a type check without it installed (or, for pyarrow, which
+# ships no type information) treats it as Any
+# mypy: disable-error-code="import-not-found,import-untyped"
+
 import os
 from typing import IO, Any
 

@@ -43,6 +43,10 @@ its own (``executemany``) and a refused batch goes through the error policy.
 """
 from __future__ import annotations
 
+# psycopg is an optional dependency: a type check without it installed (or, for pyarrow, which
+# ships no type information) treats it as Any
+# mypy: disable-error-code="import-not-found,import-untyped"
+
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -127,7 +131,7 @@ class PostgresSource:
         try:
             if self._cur is None:
                 self._cur = self._start()
-            rows = self._cur.fetchmany(max_items)
+            rows: list[Any] = self._cur.fetchmany(max_items)
         except BaseException:
             try:
                 self.close()

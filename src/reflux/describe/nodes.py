@@ -22,6 +22,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
     Sized,
 )
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, overload
@@ -76,6 +77,13 @@ class SupportsPlugin(Protocol):
     def __reflux_plugin__(self) -> object: ...
 
 
+class BatchReader(Protocol[Out]):
+    """A source that hands over items in batches (the sources of :mod:`reflux.connectors`);
+    see :class:`Extractor`."""
+
+    def read_batch(self, max_items: int, /) -> Sequence[Out]: ...
+
+
 # --------------------------------------------------------------------------- Extractor
 
 class Extractor(Node["Never", Out]):
@@ -119,6 +127,8 @@ class Extractor(Node["Never", Out]):
     @overload
     def __init__(self: Extractor[npt.NDArray[np.void]], source: RecordChannel, *, sentinel: Any = ...,
                  **kwargs: Any) -> None: ...
+    @overload
+    def __init__(self, source: BatchReader[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
     @overload
     def __init__(self, source: Channel[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
     @overload
