@@ -106,3 +106,24 @@ def test_under_checkpoints_each_checkpoint_finishes_a_numbered_file(tmp_path: An
     ids = [i for n in names for i in pq.read_table(tmp_path / n).column("id").to_pylist()]
     assert ids == list(range(3_000))
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".inprogress")]
+
+
+def test_a_compiled_plugins_record_chunks_go_to_parquet_column_by_column(tmp_path: Any) -> None:
+    """Chunks of records from a Cython plug-in (no Python per record) into Parquet, and under
+    checkpoints (plug-ins are then joined by object channels)."""
+    from reflux_core._testplugins import RECORD, NewtonSqrt
+    data = np.zeros(10_000, dtype=RECORD)
+    data["id"] = np.arange(10_000)
+    data["x"] = np.arange(10_000, dtype=np.float64)
+    chunks = [data[i:i + 1_000] for i in range(0, 10_000, 1_000)]
+    for ck in (None, Checkpoint(str(tmp_path / "c"), every=3, seconds=None)):
+        folder = tmp_path / ("ck" if ck else "plain")
+        folder.mkdir()
+        Pipeline(Extractor(chunks) >> Transformer(NewtonSqrt(16), name="sqrt")
+                 >> Transformer(NewtonSqrt(16), name="again")
+                 >> write_parquet(str(folder / "roots.parquet"), name="s"), checkpoint=ck).run()
+        names = sorted(os.listdir(folder))
+        assert names == (["roots.parquet"] if ck is None else [f"roots-{i:05d}.parquet" for i in range(len(names))])
+        table = pa.concat_tables([pq.read_table(folder / n) for n in names])
+        assert table.column("id").to_pylist() == list(range(10_000))
+        assert table.schema.field("x").type == pa.float64()
