@@ -13,7 +13,7 @@ WORKDIR/run.ckpt and writes:
 ``window``    every record, grouped by an Accumulator (7 items or 20 ms), as rows
               ``(id, first id of its group, group size)`` of table ``rows`` of WORKDIR/out.db.
 
-A Transformer sleeps 3 ms every 25 items so that a run lasts long enough to be
+A Transformer sleeps 3 ms every 15 items so that a run lasts long enough to be
 killed anywhere.  On success it prints the run's checkpoint report as JSON.
 """
 from __future__ import annotations
@@ -30,14 +30,14 @@ from reflux.connectors.sqlite import write_sqlite
 
 
 class Pace:
-    """Passes items on, sleeping 3 ms every 25 of them."""
+    """Passes items on, sleeping 3 ms every 15 of them."""
 
     def __init__(self) -> None:
         self.n = 0
 
     def __call__(self, item: Any) -> Any:
         self.n += 1
-        if self.n % 25 == 0:
+        if self.n % 15 == 0:
             time.sleep(0.003)
         return item
 

@@ -56,7 +56,7 @@ def crash_and_finish(scenario: str, work: str, rng: random.Random, conninfo: str
     kills = 0
     for _ in range(rng.randint(1, 3)):
         proc = start(scenario, work, conninfo)
-        time.sleep(rng.uniform(0.05, 1.0))
+        time.sleep(rng.uniform(0.05, 1.2))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

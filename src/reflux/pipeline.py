@@ -258,8 +258,10 @@ class Pipeline(Graph):
             if self._checkpointer is not None:
                 from .run.barrier import BarrierGate
                 ck = self._checkpointer.config
-                runtime.gate = BarrierGate(runtime, record=self._checkpointer.record, every=ck.every,
-                                           seconds=ck.seconds, timeout=ck.timeout, resume=resume_from)
+                gate = BarrierGate(runtime, record=self._checkpointer.record, every=ck.every,
+                                   seconds=ck.seconds, timeout=ck.timeout, resume=resume_from)
+                self._checkpointer.on_error = gate.fail  # a commit beside the pipeline failed
+                runtime.gate = gate
             logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
             self._runtime = runtime  # before its threads run: a node may call stop() at once
             runtime.start()

@@ -16,12 +16,24 @@ A crash before 3 leaves the previous checkpoint in force (and a restart cuts
 the file sinks back to it); a crash after 3 leaves this one, whose renames a
 restart redoes.  So the deciding database sink and the file sinks are
 exactly-once.  Sinks of step 1 may see items again: at-least-once.
+
+**The commit runs beside the pipeline.**  Only what must see the drained
+pipeline runs while it is held: the flushes, the file sinks' *prepare*, the
+snapshot, and a *cut* of each database sink's transaction (its rows so far are
+what the checkpoint commits; rows that arrive later wait for the commit, in
+memory or in the call, see :meth:`~reflux.connectors._sql.SqlSink.checkpoint_cut`).
+Steps 1 (database sinks), 3, 4 and 5 then run in a thread of their own while
+the sources go on, so the pipeline does not wait for a database to flush its
+log.  The next checkpoint (and the end of the run) first waits for them; a
+failure there fails the run.  A database sink without ``checkpoint_cut``
+commits while the pipeline is held.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import CheckpointError
@@ -56,12 +68,22 @@ class Checkpointer:
         self.run_id = ""
         #: the checkpoint the run resumed from
         self.resumed: Snapshot | None = None
-        #: number of the last checkpoint recorded (or resumed from)
+        #: number of the last checkpoint decided (or resumed from)
         self.last = 0
+        #: number given to the last checkpoint taken (its commit may still run)
+        self._numbered = 0
         #: checkpoints recorded by this run
         self.taken = 0
         self._items_base = 0
         self._attached: list[tuple[str, Any]] = []
+        #: called (from the commit thread) with the exception when a commit fails
+        self.on_error: Callable[[BaseException], None] | None = None
+        #: the commit of the last checkpoint, running beside the pipeline
+        self._committing: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        tx = ([self.decider] if self.decider else []) + self.early
+        #: whether the database sinks can commit beside the pipeline (they all have checkpoint_cut)
+        self.background = all(callable(getattr(fn, "checkpoint_cut", None)) for _, fn in tx)
 
     # ------------------------------------------------------------------ before the run
 
@@ -100,29 +122,56 @@ class Checkpointer:
         for name, sink in self.files:
             self._call(name, sink.checkpoint_recover, None if snap is None else snap.sinks.get(name))
         self.resumed = snap
-        self.last = 0 if snap is None else snap.id
+        self.last = self._numbered = 0 if snap is None else snap.id
         self._items_base = 0 if snap is None else snap.items
         return snap
 
     # ------------------------------------------------------------------ at a barrier
 
     def record(self, sources: dict[str, Any], nodes: dict[str, Any], pulled: int, final: bool) -> Snapshot:
-        """Record checkpoint ``last + 1`` (the pipeline is drained and held); ``pulled``:
-        items the Extractors pulled in this run so far."""
-        k = self.last + 1
+        """Take checkpoint ``last + 1`` (the pipeline is drained and held; ``pulled``:
+        items the Extractors pulled in this run so far) and start its commit, beside the
+        pipeline when the sinks allow (see the module docs); ``final``: the run is over,
+        commit now."""
+        self.wait()
+        k = self._numbered + 1
         for name, sink in self.flushers:
             self._call(name, sink.flush)
-        for name, sink in self.early:
-            self._call(name, sink.checkpoint_commit, k, None)
         prepared = {name: self._call(name, sink.checkpoint_prepare, k, final) for name, sink in self.files}
         snap = Snapshot(id=k, taken=time.time(), items=self._items_base + pulled, sources=sources,
                         nodes=nodes, sinks=prepared, final=final)
         blob = snap.encode(f"Pipeline '{self.pipeline}'")
+        self._numbered = k
+        tx = ([self.decider] if self.decider else []) + self.early
+        if self.background:
+            for name, sink in tx:
+                self._call(name, sink.checkpoint_cut, k)
+        if final or not self.background:
+            self._decide(k, snap, blob, prepared)
+            return snap
+        self._committing = threading.Thread(target=self._commit_beside, args=(k, snap, blob, prepared),
+                                            name=f"reflux:{self.pipeline}:checkpoint-{k}", daemon=True)
+        self._committing.start()
+        return snap
+
+    def _commit_beside(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
+        try:
+            self._decide(k, snap, blob, prepared)
+        except BaseException as exc:  # reported to the run (which fails) and to the next wait()
+            self._failure = exc
+            hook = self.on_error
+            if hook is not None:
+                hook(exc)
+
+    def _decide(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
+        """Steps 1 (database sinks), 3, 4, 5 of the module docs."""
+        for name, sink in self.early:
+            self._call(name, sink.checkpoint_commit, k, None)
         if self.decider is not None:
             name, sink = self.decider
             self._call(name, sink.checkpoint_commit, k, blob)
         try:
-            self.store.save(self.pipeline, k, snap.taken, snap.items, final, blob)
+            self.store.save(self.pipeline, k, snap.taken, snap.items, snap.final, blob)
         except Exception as exc:  # the file went away, the disk is full
             raise CheckpointError(f"Pipeline '{self.pipeline}': checkpoint #{k} could not be written to "
                                   f"{self.config.path!r}: {type(exc).__name__}: {exc}", node=self.pipeline) from exc
@@ -131,7 +180,15 @@ class Checkpointer:
         self.last = k
         self.taken += 1
         logger.debug("Pipeline '%s': checkpoint #%d recorded (%d items)", self.pipeline, k, snap.items)
-        return snap
+
+    def wait(self) -> None:
+        """Wait for the commit running beside the pipeline; raise its failure."""
+        thread = self._committing
+        if thread is not None:
+            thread.join()
+            self._committing = None
+        if self._failure is not None:
+            raise self._failure
 
     # ------------------------------------------------------------------ after the run
 
@@ -140,6 +197,10 @@ class Checkpointer:
         close the checkpoint file.  Every sink is detached even if one fails; the first
         failure is raised after."""
         first: BaseException | None = None
+        try:
+            self.wait()
+        except BaseException as exc:  # reported to the run already; still let the sinks go
+            first = exc if not rollback else None
         for name, sink in self._attached:
             try:
                 self._call(name, sink.checkpoint_detach, rollback)

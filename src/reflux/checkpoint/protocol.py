@@ -64,9 +64,15 @@ class TransactionalSink(Protocol):
         """Before the run: the last checkpoint committed with this sink for this run id
         (its number and snapshot bytes), or ``None``."""
 
+    def checkpoint_cut(self, checkpoint: int) -> None:
+        """(Optional) The pipeline is held at a barrier: what was written so far is what
+        :meth:`checkpoint_commit` will commit, from another thread, while the pipeline goes
+        on; writes that come in between must wait for it.  A sink without this method
+        commits while the pipeline is held."""
+
     def checkpoint_commit(self, checkpoint: int, state: bytes | None) -> None:
-        """Commit everything written so far; with ``state``, record the checkpoint in the
-        same transaction."""
+        """Commit everything written before the barrier; with ``state``, record the
+        checkpoint in the same transaction."""
 
     def checkpoint_detach(self, rollback: bool) -> None:
         """After the run: roll back what was not committed (``rollback``) and let go."""

@@ -28,6 +28,7 @@ import glob
 import gzip
 import io
 import os
+import threading
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -150,6 +151,9 @@ class RollingFileSink:
         self._items = 0  # in the file in progress
         self._bytes = 0
         self._pending: list[tuple[str, str]] = []  # finished files waiting for a checkpoint: (temp, final)
+        #: protects _pending and finished: the Loader's calls add to them while a checkpoint's
+        #: commit thread renames what an earlier checkpoint prepared
+        self._lock = threading.Lock()
         self._attached = False
         self._durable = False
 
@@ -265,7 +269,8 @@ class RollingFileSink:
         self._tmp = None
         self._index += 1
         if self._attached:
-            self._pending.append(done)
+            with self._lock:
+                self._pending.append(done)
         else:
             self._rename([done])
 
@@ -273,7 +278,8 @@ class RollingFileSink:
         for tmp, final in moves:
             if os.path.exists(tmp):
                 os.replace(tmp, final)
-            self.finished.append(final)
+            with self._lock:
+                self.finished.append(final)
         if moves and self._durable:
             fd = os.open(self.folder, os.O_RDONLY)
             try:
@@ -343,13 +349,16 @@ class RollingFileSink:
             current = (self._tmp, size, self._items, self._bytes)
         if self._raw is not None and self._out is None:
             self._open_member()  # the next batch starts a new gzip member
-        return {"index": self._index, "current": current, "pending": list(self._pending)}
+        with self._lock:
+            pending = list(self._pending)
+        return {"index": self._index, "current": current, "pending": pending}
 
     def checkpoint_commit(self, checkpoint: int, prepared: Any) -> None:
         moves = [(tmp, final) for tmp, final in prepared["pending"]]
         self._rename(moves)
         done = set(moves)
-        self._pending = [m for m in self._pending if m not in done]
+        with self._lock:
+            self._pending = [m for m in self._pending if m not in done]
 
     def checkpoint_detach(self, rollback: bool) -> None:
         if self._raw is not None:

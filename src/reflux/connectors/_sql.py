@@ -16,6 +16,15 @@ failed batch (``retries=``, then ``on_error``):
   must) and writes them again before its batch;
 * SQLite writes each batch under a savepoint and rolls back only the batch.
 
+**Under checkpoints the commit runs beside the pipeline** (see
+:mod:`reflux.checkpoint.commit`): at a barrier :meth:`SqlSink.checkpoint_cut`
+marks the rows written so far as the transaction the checkpoint commits, and
+until a thread of the checkpoint has committed it, the rows of the next
+batches wait: in memory when the sink would only learn of a refused row at the
+commit anyway (PostgreSQL ``COPY``), else in the call, which returns once it has
+written its batch after the commit (so a refused batch still goes to the error
+policy of the call that brought it).
+
 **Items** become rows like this: a dict by column name (``columns=``, by
 default the first item's keys); a tuple or list as it is (in the table's
 column order unless ``columns=`` names them); a numpy structured array (a
@@ -30,6 +39,7 @@ read, which assumes the query returns its rows in a stable order.
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -95,6 +105,8 @@ class SqlSink:
     #: keep the rows of the open transaction to write them again after a failure
     #: (else a subclass isolates each batch: :meth:`_insert_batch`)
     replays = True
+    #: while a checkpoint commits, keep the rows of new batches in memory (else the call waits)
+    defers = False
 
     def __init__(self, table: str, *, columns: Sequence[str] | None, create: str | None, commit_every: int,
                  checkpoint_table: str) -> None:
@@ -118,6 +130,15 @@ class SqlSink:
         self._attached = False
         self._run_id = ""
         self._key = ""
+        # _lock protects _cut and _later: the Loader's calls and a checkpoint's commit thread
+        # (the connection itself is used by one of them at a time: the calls leave it alone
+        # while _cut is set); _cond wakes calls waiting for the commit
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        #: a checkpoint's transaction was cut and is not committed yet
+        self._cut = False
+        #: rows of batches taken while _cut is set (``defers``), written after the commit
+        self._later: list[list[Any]] = []
 
     # ------------------------------------------------------------------ rows
 
@@ -156,6 +177,15 @@ class SqlSink:
 
     def __call__(self, batch: list[Any]) -> None:
         rows = self._rows(batch)
+        if self._cut:  # set only while the pipeline is held: a stale False cannot be read here
+            with self._cond:
+                if self._cut and self.defers:
+                    self._later.append(rows)
+                    self._n_uncommitted += len(rows)
+                    self.loaded += len(rows)
+                    return
+                while self._cut:
+                    self._cond.wait()
         if not self.replays:
             if self._conn is None:
                 self._open_connection()
@@ -239,14 +269,46 @@ class SqlSink:
         self._marker_setup()
         return self._read_marker(self._run_id, self._key)
 
+    def checkpoint_cut(self, checkpoint: int) -> None:
+        """The pipeline is held at a barrier: the rows written so far are the transaction
+        that :meth:`checkpoint_commit` commits; later rows wait for it."""
+        with self._lock:
+            self._cut = True
+
     def checkpoint_commit(self, checkpoint: int, state: bytes | None) -> None:
-        if self._conn is None or self._broken:
-            self._recover_connection()
-        if state is not None:
-            self._write_marker(self._run_id, self._key, checkpoint, state)
-        self._commit_all()
+        try:
+            if self._conn is None or self._broken:
+                self._recover_connection()
+            if state is not None:
+                self._write_marker(self._run_id, self._key, checkpoint, state)
+            self._commit_all()
+            self._write_later()
+        finally:
+            with self._cond:
+                self._cut = False
+                self._cond.notify_all()
+
+    def _write_later(self) -> None:
+        """After the commit: write the rows that waited in memory (``defers``), until none is left."""
+        while True:
+            with self._lock:
+                later, self._later = self._later, []
+                if not later:
+                    self._cut = False  # from here on the calls write themselves
+                    self._cond.notify_all()
+                    return
+            for rows in later:
+                self._uncommitted.append(rows)  # kept first: the next call writes them again if this fails
+                if not self._broken:
+                    try:
+                        self._insert(rows)
+                    except Exception:  # the connection: the next call recovers and writes them again
+                        self._broken = True
 
     def checkpoint_detach(self, rollback: bool) -> None:
+        with self._cond:
+            self._cut = False
+            self._cond.notify_all()
         self._attached = False
         if self._conn is None:
             return

@@ -177,6 +177,9 @@ class PostgresSink(SqlSink):
         self.connect_timeout = connect_timeout
         self._sql: str | None = None
         self._copying: Any = None  # the COPY in progress: (cursor, its context manager, the Copy)
+        # a COPY learns of a refused row at its end anyway: rows arriving while a checkpoint
+        # commits wait in memory instead of in the call
+        self.defers = method == "copy" and statement is None
 
     def _connect(self) -> psycopg.Connection[Any]:
         self._copying = None

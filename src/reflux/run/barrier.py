@@ -17,9 +17,12 @@ runs.  A barrier is a *quiescent* stop of the world:
 4. **Hold and record.** The last step to leave a drained pipeline holds the
    pool (no step may start: :meth:`BarrierGate.enter` waits) and, in its
    thread, takes the sources' positions and the nodes' states
-   (:func:`reflux.checkpoint.state.capture`) and has the sinks commit them
-   (``record``: :meth:`reflux.checkpoint.commit.Checkpointer.record`).
-5. **Go on.** The pool is released and the sources are woken.
+   (:func:`reflux.checkpoint.state.capture`) and hands them to ``record``
+   (:meth:`reflux.checkpoint.commit.Checkpointer.record`), which prepares the
+   sinks and starts their commit.
+5. **Go on.** The pool is released and the sources are woken; the databases
+   commit the checkpoint in a thread of its own meanwhile (rows that arrive
+   before it is done wait for it in their sink).
 
 Why stop the world rather than pass barrier markers along the channels
 (Chandy-Lamport, as Flink does): a drained pipeline holds no item between
@@ -251,9 +254,7 @@ class BarrierGate:
             self._record(final=False)
             self.taken += 1
         except BaseException as exc:  # the sinks' commit failed: the run fails, restart resumes
-            self.failed = True
-            node = getattr(exc, "node", None) or self.rt.plan.name
-            self.rt._fail(ErrorRecord.from_exception(node, None, exc))
+            self.fail(exc)
         finally:
             with self._lock:
                 self.held = False
@@ -272,6 +273,13 @@ class BarrierGate:
         self._mark = pulled
         if self.seconds is not None:
             self._next_at = time.monotonic() + self.seconds
+
+    def fail(self, exc: BaseException) -> None:
+        """Recording a checkpoint failed (here, or in the thread committing it beside the
+        pipeline): no more barriers, and the run fails naming the sink."""
+        self.failed = True
+        node = getattr(exc, "node", None) or self.rt.plan.name
+        self.rt._fail(ErrorRecord.from_exception(node, None, exc))
 
     def final(self, completed: bool) -> None:
         """After the run (every unit has ended; the sinks deferred their last commit):
