@@ -66,3 +66,29 @@ def ray_cluster() -> Iterator[Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server of the test session (see pgserver.py): its connection string.
+    Skips where no server binary (or no psycopg) is installed."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'pyreflux[postgres]')")
+    from pgserver import PostgresServer, find_bindir
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    with PostgresServer(bindir) as server:
+        yield server.conninfo
+
+
+@pytest.fixture
+def pg(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server: its connection string."""
+    import uuid
+
+    import psycopg
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.replace("dbname=postgres", f"dbname={name}")
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -155,3 +155,19 @@ def emits(x: int) -> int:
     if x % 10 == 0:
         emit("warning", "tenth", x=x, obj=threading.Lock())  # a field that cannot be pickled travels as repr
     return x
+
+class Tally:
+    """Counts its items: a function with checkpoint hooks (state() and restore())."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, x: int) -> int:
+        self.n += 1
+        return x
+
+    def state(self) -> int:
+        return self.n
+
+    def restore(self, state: int) -> None:
+        self.n = state

@@ -70,3 +70,11 @@ def test_process_transport_benchmark_quick_run(tmp_path):
     transports = ["native", "portable"] if os.name == "posix" else ["portable"]
     assert set(report["pipeline"]) == {f"{k}/{t}" for k in ("ints", "arrays") for t in transports}
     assert {"ints/portable", "arrays/portable", "ints/mp.Pipe"} <= set(report["wire"])
+
+
+def test_connectors_benchmark_quick_run(tmp_path):
+    """The connector benchmark checks what every row wrote; Parquet and PostgreSQL rows are
+    skipped with a note where pyarrow, psycopg or a server are missing."""
+    stdout = run_quick("connectors", tmp_path)
+    for row in ("== sqlite", "plain script", "reflux + checkpoints every 10,000", "== targets"):
+        assert row in stdout, f"{row!r} missing:\n{stdout}"

@@ -386,3 +386,46 @@ def test_plain_text_drops_rest_markup() -> None:
     from reflux.cli.main import plain_text
     assert plain_text("``x`` and :class:`~reflux.Pipeline` or :func:`reflux.c_plugin`") == \
         "x and Pipeline or reflux.c_plugin"
+
+
+CHECKPOINTED = textwrap.dedent('''
+    import os, sys
+    from reflux import Extractor, Pipeline, Transformer
+    from reflux.connectors.sqlite import write_sqlite
+
+    def work(x):
+        if x == 2_345 and os.environ.get("CRASH"):
+            raise RuntimeError("the machine went down")
+        return (x,)
+
+    pipeline = Pipeline(Extractor(range(5_000), name="numbers") >> Transformer(work, name="work")
+                        >> write_sqlite(os.path.join(os.path.dirname(__file__), "out.db"), "t",
+                                        create="CREATE TABLE IF NOT EXISTS t (x INTEGER)", name="db"),
+                        name="cli-checkpoints")
+''')
+
+
+def test_run_with_a_checkpoint_reports_what_it_resumed(tmp_path: Path) -> None:
+    import os
+    import sqlite3
+    script = tmp_path / "ck.py"
+    script.write_text(CHECKPOINTED)
+    ckpt = str(tmp_path / "run.ckpt")
+    env = dict(os.environ, CRASH="1")
+    first = subprocess.run([sys.executable, "-m", "reflux", "run", str(script), "--checkpoint", ckpt,
+                            "--checkpoint-every", "1000"], capture_output=True, text=True, timeout=HANG,
+                           cwd=tmp_path, env=env)
+    assert first.returncode == EXIT_FAILED, first.stderr
+    assert "no checkpoint in" in first.stderr and "starting from the beginning" in first.stderr
+    second = _cli("run", str(script), "--checkpoint", ckpt, "--checkpoint-every", "1000", cwd=tmp_path)
+    assert second.returncode == EXIT_OK, second.stderr
+    assert re.search(r"resuming after checkpoint #\d+ of .*run\.ckpt \(\d+ items pulled before it\)", second.stderr)
+    assert re.search(r"checkpoint .*run\.ckpt: resumed after checkpoint #\d+ \(\d+ items pulled before it\); "
+                     r"\d+ checkpoints? recorded, last #\d+", second.stdout), second.stdout
+    third = _cli("run", str(script), "--checkpoint", ckpt, "--json", cwd=tmp_path)
+    data = json.loads(third.stdout)
+    assert data["checkpoint"]["resumed_final"] is True and data["extracted"] == 0
+    with sqlite3.connect(tmp_path / "out.db") as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT x) FROM t").fetchone() == (5_000, 5_000)
+    usage = _cli("run", str(script), "--checkpoint-every", "5", cwd=tmp_path)
+    assert usage.returncode == 2 and "--checkpoint-every needs --checkpoint PATH" in usage.stderr

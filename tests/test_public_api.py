@@ -28,9 +28,12 @@ REFLUX = [
     "NodeSnapshot", "WorkerSnapshot", "Alert", "ErrorPolicy",
     # what a node's function may call while it runs
     "Event", "emit", "stopping",
+    # checkpoints
+    "Checkpoint", "CheckpointReport",
     # errors
     "RefluxError", "ValidationError", "NotCallableError", "NodeError", "ClogError", "RoutingError",
-    "TransformError", "PipelineInterrupted", "AccountingError", "ErrorRecord",
+    "TransformError", "PipelineInterrupted", "AccountingError", "CheckpointError", "SourceRecordError",
+    "ErrorRecord",
     # compiled plug-ins, process and Ray workers, progress and metrics (loaded on first use)
     "CPluginHandle", "PluginABIError", "RecordError", "c_plugin", "pump_for",
     "ProcessWorkerError", "RemoteError", "RayWorkerError", "LiveProgress", "render_stats", "MetricsServer",
@@ -86,7 +89,8 @@ def test_import_reflux_loads_neither_numpy_nor_the_optional_layers() -> None:
     code = ("import sys, reflux\n"
             "heavy = {'numpy', 'rich', 'http.server', 'reflux.run.process.launch', 'reflux.observe.metrics',\n"
             "         'reflux.observe.progress', 'reflux.describe.plugins', 'reflux.logic.plugins', 'ray',\n"
-            "         'reflux.run.ray.connect'}\n"
+            "         'reflux.run.ray.connect', 'sqlite3', 'reflux.connectors', 'reflux.checkpoint.store',\n"
+            "         'reflux.run.barrier'}\n"
             "assert not heavy & set(sys.modules), sorted(heavy & set(sys.modules))\n"
             "reflux.c_plugin, reflux.MetricsServer, reflux.RayWorkerError\n"
             "assert {'numpy', 'http.server', 'reflux.run.ray.connect'} <= set(sys.modules)\n"

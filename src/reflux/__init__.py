@@ -33,6 +33,7 @@ from reflux_core.channel import (
     SPSCChannel,
 )
 
+from .checkpoint.config import Checkpoint
 from .describe.base import Flow, Node
 from .describe.nodes import (
     Accumulator,
@@ -48,6 +49,7 @@ from .describe.nodes import (
 from .describe.sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
 from .errors import (
     AccountingError,
+    CheckpointError,
     ClogError,
     ErrorRecord,
     NodeError,
@@ -55,6 +57,7 @@ from .errors import (
     PipelineInterrupted,
     RefluxError,
     RoutingError,
+    SourceRecordError,
     TransformError,
     ValidationError,
 )
@@ -62,7 +65,7 @@ from .logic.effects import emit, stopping
 from .observe.stats import Alert, NodeSnapshot, PipelineStats, WorkerSnapshot
 from .pipeline import Pipeline
 from .policies import ErrorPolicy
-from .result import Event, NodeStats, Results, RunResult, WallTime, WorkerStats
+from .result import CheckpointReport, Event, NodeStats, Results, RunResult, WallTime, WorkerStats
 from .signals import Error, NeedsMoreWork
 
 __version__ = "0.1.0"
@@ -119,6 +122,9 @@ __all__ = [
     "WorkerSnapshot",
     "Alert",
     "ErrorPolicy",
+    # checkpoints
+    "Checkpoint",
+    "CheckpointReport",
     # errors
     "RefluxError",
     "ValidationError",
@@ -129,6 +135,8 @@ __all__ = [
     "TransformError",
     "PipelineInterrupted",
     "AccountingError",
+    "CheckpointError",
+    "SourceRecordError",
     "ErrorRecord",
     # loaded on first use (they import numpy, rich, http.server or subprocess; never Ray)
     "CPluginHandle",

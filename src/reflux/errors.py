@@ -24,6 +24,8 @@ __all__ = [
     "TransformError",
     "PipelineInterrupted",
     "AccountingError",
+    "CheckpointError",
+    "SourceRecordError",
     "ErrorRecord",
     "safe_repr",
     "safe_str",
@@ -101,6 +103,31 @@ class ClogError(NodeError):
     Raised by :meth:`Pipeline.run` / :meth:`Pipeline.join`; :attr:`result`
     holds the partial result.
     """
+
+
+class CheckpointError(NodeError):
+    """A checkpoint could not be recorded or resumed from.
+
+    Raised when a run starts (the checkpoint file and a sink's database disagree,
+    a checkpoint names a node the pipeline lacks, a source cannot resume) and when
+    a barrier fails to commit (the run then fails: restart it to resume from the
+    last checkpoint).  :attr:`node` names the node concerned (the pipeline's name
+    when no node is); :attr:`result` holds the partial result when a run had started.
+    """
+
+
+class SourceRecordError(RefluxError, ValueError):
+    """Raised by a batch reader (a source of :mod:`reflux.connectors`) for one bad
+    record it has stepped over, for example a line that is not valid JSON.
+
+    The Extractor applies its error policy to the record (:attr:`item`, the raw
+    record) and reads on: the record is not retried, since the reader has already
+    moved past it.
+    """
+
+    def __init__(self, message: str, item: Any = None) -> None:
+        super().__init__(message)
+        self.item = item
 
 
 class PipelineInterrupted(KeyboardInterrupt):

@@ -9,24 +9,36 @@ view).  Nothing below imports it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint.config import Checkpoint, as_checkpoint
 from .describe.base import DEFAULT_BATCH_SIZE, DEFAULT_CAPACITY, Node, Part
 from .describe.executors import check_ray_init
 from .describe.graph import Graph
 from .describe.nodes import Extractor, Loader
 from .describe.plan import Plan, compile_plan
-from .errors import ClogError, ErrorRecord, NodeError, PipelineInterrupted, ValidationError, safe_repr, safe_str
+from .errors import (
+    CheckpointError,
+    ClogError,
+    ErrorRecord,
+    NodeError,
+    PipelineInterrupted,
+    ValidationError,
+    safe_repr,
+    safe_str,
+)
 from .observe.stats import Alert, PipelineStats, final_stats
 from .observe.watchdog import ON_CLOG, Monitor
 from .result import RunResult
 from .run.pool import PoolRuntime
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint.commit import Checkpointer
     from .observe.metrics import MetricsServer
 
 __all__ = ["Pipeline"]
@@ -40,7 +52,7 @@ class Pipeline(Graph):
     ``Pipeline(*parts, name="pipeline", capacity=1024, batch_size=256,
     dead_letter=None, max_error_records=1000, join_timeout=10.0, workers=None, fuse=True,
     runtime="pool", executor=None, clog_timeout=60.0, on_clog="warn", on_alert=None,
-    record_edges=True, max_events=1000, ray_init=None)``
+    record_edges=True, max_events=1000, ray_init=None, checkpoint=None)``
 
     ``parts``
         nodes and flows (``a >> b``) to add.
@@ -99,6 +111,12 @@ class Pipeline(Graph):
         ``executor="ray"`` and this process is not connected to Ray yet
         (default: ``ray.init()``, which joins the cluster ``RAY_ADDRESS``
         names or starts a local Ray); an existing session is used as it is.
+    ``checkpoint``
+        a file name or a :class:`~reflux.Checkpoint`: record checkpoints there
+        (each source's position, each stateful node's state, once the sinks
+        committed everything before them), and resume after the last one when
+        the pipeline runs again.  See :mod:`reflux.checkpoint`.  A checkpointed
+        pipeline joins plug-ins with object channels (as ``record_edges=False``).
     """
 
     #: seconds between checks of stop / pause flags while waiting
@@ -112,7 +130,8 @@ class Pipeline(Graph):
                  workers: int | None = None, fuse: bool = True, runtime: str = "pool",
                  executor: str | None = None, clog_timeout: float | None = 60.0, on_clog: str = "warn",
                  on_alert: Callable[[Alert], Any] | None = None, record_edges: bool = True,
-                 max_events: int = 1000, ray_init: Mapping[str, Any] | None = None) -> None:
+                 max_events: int = 1000, ray_init: Mapping[str, Any] | None = None,
+                 checkpoint: str | os.PathLike[str] | Checkpoint | None = None) -> None:
         if isinstance(max_error_records, bool) or not isinstance(max_error_records, int) or max_error_records < 0:
             raise ValidationError(
                 f"Pipeline '{name}': max_error_records must be an integer >= 0, got {max_error_records!r}")
@@ -136,6 +155,8 @@ class Pipeline(Graph):
             raise ValidationError(f"Pipeline '{name}': on_alert must be callable, got {on_alert!r:.60}")
         #: keyword arguments for ray.init() (see above)
         self.ray_init = check_ray_init(f"Pipeline '{name}'", ray_init)
+        self._checkpoint = as_checkpoint(checkpoint, f"Pipeline '{name}'")
+        self._checkpointer: Checkpointer | None = None
         self.workers = workers
         self.runtime = runtime
         self.clog_timeout: float | None = None if clog_timeout is None else float(clog_timeout)
@@ -177,8 +198,20 @@ class Pipeline(Graph):
         """Validate, then build the plan: one bounded channel per node input
         (SPSC when one node feeds it, MPMC when several do), one task per node,
         and record channels between plug-in nodes that feed only each other
-        (see :func:`~reflux.describe.plan.compile_plan`)."""
-        return compile_plan(self)
+        (see :func:`~reflux.describe.plan.compile_plan`; not when the pipeline
+        records checkpoints)."""
+        return compile_plan(self, record_edges=False if self._checkpoint is not None else None)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """Where the pipeline records checkpoints (``None``: it does not); settable
+        between runs with a file name or a :class:`~reflux.Checkpoint`."""
+        return self._checkpoint
+
+    @checkpoint.setter
+    def checkpoint(self, value: str | os.PathLike[str] | Checkpoint | None) -> None:
+        self._check_mutable()
+        self._checkpoint = as_checkpoint(value, f"Pipeline '{self.name}'")
 
     # ------------------------------------------------------------------ running
 
@@ -227,7 +260,9 @@ class Pipeline(Graph):
         forked: dict[str, list[Any]] = {}
         runtime: PoolRuntime | None = None
         started = False
+        self._checkpointer = None
         try:
+            resume_from = self._open_checkpoints(plan) if self._checkpoint is not None else None
             if to_fork:
                 from .run.process.launch import prefork
                 prefork(to_fork, forked)  # before any thread of the run exists (see there)
@@ -239,6 +274,13 @@ class Pipeline(Graph):
                                     on_clog=self.on_clog, on_alert=self.on_alert, paused=lambda: self.paused)
             runtime.on_failure = self._monitor.on_failure
             runtime.on_tick = self._monitor.tick
+            if self._checkpointer is not None:
+                from .run.barrier import BarrierGate
+                ck = self._checkpointer.config
+                gate = BarrierGate(runtime, record=self._checkpointer.record, every=ck.every,
+                                   seconds=ck.seconds, timeout=ck.timeout, resume=resume_from)
+                self._checkpointer.on_error = gate.fail  # a commit beside the pipeline failed
+                runtime.gate = gate
             logger.debug("Pipeline '%s': starting %d nodes", self.name, len(plan.tasks))
             self._runtime = runtime  # before its threads run: a node may call stop() at once
             runtime.start()
@@ -256,8 +298,36 @@ class Pipeline(Graph):
             if forked:
                 from .run.process.launch import discard_preforked
                 discard_preforked(forked if runtime is None else runtime.preforked)
+            if self._checkpointer is not None:
+                checkpointer, self._checkpointer = self._checkpointer, None
+                try:
+                    checkpointer.detach(rollback=True)
+                except Exception:  # never mask the start's own failure
+                    logger.exception("Pipeline '%s': error while letting the sinks go", self.name)
             raise
         return self
+
+    def _open_checkpoints(self, plan: Plan) -> Any:
+        """Open the checkpoint file, attach the sinks, find the checkpoint to resume
+        from and check the pipeline can take it (before anything runs)."""
+        from .checkpoint.commit import Checkpointer
+        from .checkpoint.state import check_nodes
+
+        assert self._checkpoint is not None
+        check_nodes(self._nodes, None, f"Pipeline '{self.name}'")
+        sinks = [(t.name, t.node.fn) for t in plan.tasks if isinstance(t.node, Loader)]
+        checkpointer = Checkpointer(self._checkpoint, self.name, sinks)
+        self._checkpointer = checkpointer
+        snap = checkpointer.resume()
+        check_nodes(self._nodes, snap, f"Pipeline '{self.name}'")
+        if snap is not None:
+            logger.info("Pipeline '%s': resuming after checkpoint #%d of %s (%d items pulled before it%s)",
+                        self.name, snap.id, self._checkpoint.path, snap.items,
+                        "; that run had completed" if snap.final else "")
+        else:
+            logger.info("Pipeline '%s': no checkpoint in %s yet: starting from the beginning",
+                        self.name, self._checkpoint.path)
+        return snap
 
     def stop(self, drain: bool = True) -> None:
         """Stop the run.
@@ -422,15 +492,54 @@ class Pipeline(Graph):
             result = rt.collect(status, time.monotonic() - self._started_at, stuck)
             if failure is not None:
                 self._error = self._node_error(failure, result)
+            if self._checkpointer is not None:
+                self._close_checkpoints(rt, result)
             self._result = result
             logger.debug("Pipeline '%s': %r", self.name, result)
             return result
+
+    def _close_checkpoints(self, rt: PoolRuntime, result: RunResult) -> None:
+        """After the run: record the last checkpoint when it completed or was stopped
+        (the sinks commit what they hold), else roll the sinks back to the last one."""
+        from .result import CheckpointReport
+
+        checkpointer, self._checkpointer = self._checkpointer, None
+        assert checkpointer is not None
+        gate = rt.gate
+        keep = (result.status in ("completed", "stopped") and not rt._aborted and rt.failure is None
+                and not result.stuck and gate is not None and not gate.failed)
+        error: BaseException | None = None
+        if keep:
+            try:
+                gate.final(completed=result.status == "completed")
+            except BaseException as exc:  # the last commit failed: the run fails
+                error, keep = exc, False
+        try:
+            checkpointer.detach(rollback=not keep)
+        except BaseException as exc:  # a sink's rollback or close failed
+            error = error or exc
+        snap = checkpointer.resumed
+        result.checkpoint = CheckpointReport(
+            path=checkpointer.config.path, resumed_from=None if snap is None else snap.id,
+            resumed_items=0 if snap is None else snap.items, resumed_final=snap is not None and snap.final,
+            taken=checkpointer.taken, last=checkpointer.last or None,
+            skipped=0 if gate is None else gate.skipped, seconds=0.0 if gate is None else gate.held_seconds)
+        if error is not None and self._error is None:
+            if not isinstance(error, CheckpointError):
+                wrapped = CheckpointError(f"Pipeline '{self.name}': the last checkpoint failed: "
+                                          f"{type(error).__name__}: {error}", node=self.name)
+                wrapped.__cause__ = error
+                error = wrapped
+            assert isinstance(error, CheckpointError)
+            error.result = result
+            result.status = "failed"
+            self._error = error
 
     def _node_error(self, record: ErrorRecord, result: RunResult) -> NodeError:
         node = next((n for n in self._nodes if n.name == record.node), None)
         label = node.label if node is not None else f"node '{record.node}'"
         exc = record.exception
-        if isinstance(exc, ClogError):  # the watchdog stopped the run: its error names the node
+        if isinstance(exc, (ClogError, CheckpointError)):  # the watchdog, or a barrier: its error names the node
             exc.result = result
             return exc
         where = "" if record.item is None else f" on item {safe_repr(record.item, 100)}"

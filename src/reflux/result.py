@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import AccountingError, ErrorRecord
 
-__all__ = ["Event", "NodeStats", "Results", "RunResult", "WallTime", "WorkerStats", "free_threaded_build",
+__all__ = ["CheckpointReport", "Event", "NodeStats", "Results", "RunResult", "WallTime", "WorkerStats", "free_threaded_build",
            "gil_enabled", "thread_mode"]
 
 
@@ -316,6 +316,51 @@ class WallTime:
 
 
 @dataclass
+class CheckpointReport:
+    """What a run with ``checkpoint=`` resumed from and recorded (``RunResult.checkpoint``)."""
+
+    #: the checkpoint file
+    path: str
+    #: number of the checkpoint the run resumed from (``None``: it started from the beginning)
+    resumed_from: int | None = None
+    #: items the Extractors had pulled before that checkpoint, over the earlier runs
+    resumed_items: int = 0
+    #: whether that checkpoint closed a run that completed (then the sources had nothing left to read)
+    resumed_final: bool = False
+    #: checkpoints this run recorded (the last one at its end, when it completed or was stopped)
+    taken: int = 0
+    #: number of the last checkpoint in force after the run
+    last: int | None = None
+    #: barriers skipped because the sources did not pause or the pipeline did not drain in time
+    skipped: int = 0
+    #: seconds the sources were held by barriers (draining, then recording), over the run
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """One line for reports: what was resumed and recorded."""
+        if self.resumed_from is None:
+            text = f"checkpoint {self.path}: started from the beginning"
+        else:
+            text = (f"checkpoint {self.path}: resumed after checkpoint #{self.resumed_from} "
+                    f"({self.resumed_items} items pulled before it"
+                    f"{'; that run had completed' if self.resumed_final else ''})")
+        text += f"; {self.taken} checkpoint{'' if self.taken == 1 else 's'} recorded"
+        if self.last is not None:
+            text += f", last #{self.last}"
+        if self.seconds:
+            text += f" (sources held {self.seconds:.3f}s in all)"
+        if self.skipped:
+            text += f"; {self.skipped} skipped (no barrier in time)"
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-able values."""
+        return {"path": self.path, "resumed_from": self.resumed_from, "resumed_items": self.resumed_items,
+                "resumed_final": self.resumed_final, "taken": self.taken, "last": self.last,
+                "skipped": self.skipped, "seconds": round(self.seconds, 6)}
+
+
+@dataclass
 class RunResult:
     """What a run did: returned by :meth:`Pipeline.run` and :meth:`Pipeline.join`.
 
@@ -354,6 +399,8 @@ class RunResult:
     gil_enabled: bool = True
     #: whether the interpreter is a free-threaded build (3.13t, 3.14t)
     free_threaded: bool = False
+    #: what the run resumed from and the checkpoints it recorded (``checkpoint=`` only)
+    checkpoint: CheckpointReport | None = None
 
     def __getitem__(self, node: Any) -> NodeStats:
         """Counters of a node: by name, or the node object itself."""
@@ -469,6 +516,8 @@ class RunResult:
                          f"{s.filtered:>9} {s.errors:>7} {s.dropped:>8} {s.busy:>8.3f}")
         if self.wall_time is not None:
             lines += self.wall_time.lines()
+        if self.checkpoint is not None:
+            lines.append(self.checkpoint.line())
         return "\n".join(lines)
 
     def __repr__(self) -> str:

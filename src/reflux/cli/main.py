@@ -196,6 +196,8 @@ def _report(pipeline: Pipeline, result: RunResult | None) -> str:
         lines.append(f"\nextracted {result.extracted:,}, loaded {result.loaded:,}, filtered {result.filtered:,}, "
                      f"errors {result.error_count:,}, dropped {result.dropped:,} in {result.elapsed:.2f}s; "
                      f"{result.mode}")
+        if result.checkpoint is not None:
+            lines.append(result.checkpoint.line())
     return "\n".join(lines)
 
 
@@ -211,6 +213,8 @@ def _json_report(pipeline: Pipeline, result: RunResult | None, error: BaseExcept
                     errors=[{"node": r.node, "item": repr(r.item)[:200],
                              "exception": f"{type(r.exception).__name__}: {r.exception}"}
                             for r in result.errors])
+        if result.checkpoint is not None:
+            data["checkpoint"] = result.checkpoint.as_dict()
     if error is not None:
         data["error"] = f"{type(error).__name__}: {error}"
     return json.dumps(data, indent=2, default=str)
@@ -261,7 +265,8 @@ def _execute(pipeline: Pipeline, *, progress: bool | None, console: Console, as_
     elif report and not view.enabled:  # the live view's last frame is the table already
         print(_report(pipeline, result))
     elif result is not None:
-        print(_report(pipeline, result).rsplit("\n", 1)[-1])
+        tail = 2 if result.checkpoint is not None else 1  # the totals (and the checkpoint line)
+        print("\n".join(_report(pipeline, result).split("\n")[-tail:]))
     if error is not None and code != EXIT_INTERRUPTED:
         print(f"reflux: run failed: {error}", file=sys.stderr)
     elif code == EXIT_INTERRUPTED:
@@ -290,10 +295,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.target)
     _validate(pipeline)
+    if args.checkpoint is not None or args.checkpoint_every is not None:
+        _set_checkpoint(pipeline, args.checkpoint, args.checkpoint_every)
     code, _ = _execute(pipeline, progress=args.progress, console=args.console, as_json=args.json,
                        metrics_port=args.metrics_port, metrics_host=args.metrics_host,
                        workers=args.workers, timeout=args.timeout)
     return code
+
+
+def _set_checkpoint(pipeline: Pipeline, path: str | None, every: int | None) -> None:
+    """``--checkpoint PATH`` / ``--checkpoint-every N``: over the pipeline's own checkpoint
+    settings, if it has any (the others are kept)."""
+    import dataclasses
+
+    from ..checkpoint.config import Checkpoint
+    from ..errors import ValidationError
+    current = pipeline.checkpoint
+    if path is None and current is None:
+        raise CLIError("--checkpoint-every needs --checkpoint PATH (the pipeline records no checkpoints)",
+                       EXIT_USAGE)
+    try:
+        if current is None:
+            assert path is not None
+            pipeline.checkpoint = Checkpoint(path) if every is None else Checkpoint(path, every=every)
+        else:
+            changes: dict[str, Any] = {}
+            if path is not None:
+                changes["path"] = path
+            if every is not None:
+                changes["every"] = every
+            pipeline.checkpoint = dataclasses.replace(current, **changes)
+    except ValidationError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from None
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:
@@ -374,6 +407,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the final stats as JSON on standard output")
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="abandon the run after this long; it ends within the calls in flight then (exit 1)")
+    run.add_argument("--checkpoint", metavar="PATH",
+                     help="record checkpoints in this file, and resume after the last one it holds")
+    run.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                     help="take a checkpoint every N items pulled (default 10000; and every 30 s)")
     run.set_defaults(func=_cmd_run)
 
     graph = sub.add_parser("graph", help="print a pipeline's graph")

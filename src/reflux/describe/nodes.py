@@ -23,6 +23,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
     Sized,
 )
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, overload
@@ -82,6 +83,13 @@ class SupportsPlugin(Protocol):
     def __reflux_plugin__(self) -> object: ...
 
 
+class BatchReader(Protocol[Out]):
+    """A source that hands over items in batches (the sources of :mod:`reflux.connectors`);
+    see :class:`Extractor`."""
+
+    def read_batch(self, max_items: int, /) -> Sequence[Out]: ...
+
+
 # --------------------------------------------------------------------------- Extractor
 
 class Extractor(Node["Never", Out]):
@@ -100,7 +108,12 @@ class Extractor(Node["Never", Out]):
     * a live channel (:class:`~reflux.SPSCChannel`, :class:`~reflux.MPMCChannel`,
       :class:`~reflux.RecordChannel`) that other code pushes into: a stream, whose
       items flow on as they arrive (a record channel's as arrays of records) and
-      whose close is the end of the stream.
+      whose close is the end of the stream;
+    * a *batch reader*: an object with a ``read_batch(max_items)`` method that
+      returns a list of up to ``max_items`` items, an empty list at the end (the
+      sources of :mod:`reflux.connectors` are readers).  Its optional ``open()``
+      and ``close()`` are called around the run; ``blocking = False`` on it says
+      it never waits (a local file), so it runs on the worker pool.
 
     Items from sized collections (list, tuple, range, ...) move in batches of
     ``batch_size``.  Items from generators, iterators and callables move one
@@ -121,6 +134,8 @@ class Extractor(Node["Never", Out]):
     def __init__(self: Extractor[npt.NDArray[np.void]], source: RecordChannel, *, sentinel: Any = ...,
                  **kwargs: Any) -> None: ...
     @overload
+    def __init__(self, source: BatchReader[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
+    @overload
     def __init__(self, source: Channel[Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
     @overload
     def __init__(self, source: Callable[[], Generator[Out, Any, Any]], *, sentinel: Any = ...,
@@ -135,13 +150,16 @@ class Extractor(Node["Never", Out]):
     def __init__(self, source: Callable[[], Out], *, sentinel: Any = ..., **kwargs: Any) -> None: ...
 
     def __init__(self, source: Any, *, sentinel: Any = _NO_SENTINEL, **kwargs: Any) -> None:
-        default = default_name(source) if callable(source) and not isinstance(source, Iterable) else None
+        default = (default_name(source) if callable(source) and not isinstance(source, Iterable)
+                   or callable(getattr(source, "read_batch", None)) else None)
         super().__init__(_default=default, **kwargs)
         if isinstance(source, (str, bytes)):
             raise NotCallableError(
                 f"{self.label}: source is a {type(source).__name__}; wrap it in a list to send it as one item")
         if isinstance(source, (Channel, RecordChannel)):
             self.mode = "channel"
+        elif callable(getattr(source, "read_batch", None)) and not isinstance(source, type):
+            self.mode = "reader"
         elif inspect.isasyncgenfunction(source):
             self.mode = "asyncgen"
         elif is_generator_callable(source) and not isinstance(source, Iterable):

@@ -82,7 +82,7 @@ class Plan:
         raise KeyError(f"plan '{self.name}' has no node named {name!r}")
 
 
-def compile_plan(graph: Graph) -> Plan:
+def compile_plan(graph: Graph, *, record_edges: bool | None = None) -> Plan:
     """Validate, then build the plan: one bounded channel per node input
     (SPSC when one node feeds it, MPMC when several do), one task per node.
 
@@ -96,6 +96,7 @@ def compile_plan(graph: Graph) -> Plan:
     processes, and the pipeline has ``record_edges=True``.  A node with a
     record input and a record output runs as a nogil record pump, so it
     cannot retry: with ``retries`` its output stays an object channel.
+    ``record_edges=False`` makes none whatever the pipeline says.
     """
     edges, dead = graph.resolved()
     nodes = graph.nodes
@@ -108,7 +109,7 @@ def compile_plan(graph: Graph) -> Plan:
         if target is not None:
             producers[id(target)].add(id(node))
     inboxes: list[Inbox] = []
-    record_in = _record_edges(graph, edges, producers)
+    record_in = _record_edges(graph, edges, producers) if record_edges is not False else {}
     for node in nodes:
         if node.is_source:
             continue

@@ -160,6 +160,12 @@ class FileSink:
         self._file.write("".join(f"{fmt(item)}\n" for item in batch))
         self.lines += len(batch)
 
+    def flush(self) -> None:
+        """Hand what was written to the operating system (called at each checkpoint, so a
+        crash loses nothing written before it)."""
+        if self._file is not None:
+            self._file.flush()
+
     def close(self) -> None:
         """Flush and close the file."""
         if self._file is not None:

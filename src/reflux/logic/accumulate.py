@@ -64,3 +64,16 @@ class AccumulatorLogic(NodeLogic):
         n = len(self.group)
         self.group = []
         return n
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def window_state(self) -> tuple[list[Any], float | None]:
+        """The open group and the seconds left of its window (for a checkpoint)."""
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        return list(self.group), left
+
+    def restore_window(self, state: tuple[list[Any], float | None]) -> None:
+        """Reopen a group saved by :meth:`window_state`: its window runs for the seconds it had left."""
+        group, left = state
+        self.group = list(group)
+        self.deadline = None if left is None or not self.group else time.monotonic() + left

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from reflux_core.channel import ChannelClosed, Empty, RecordChannel
 
 from ..describe.nodes import Extractor
-from .base import Abort, NodeContext, NodeLogic, Outbox
+from ..errors import SourceRecordError
+from .base import Abort, NodeContext, NodeLogic, Outbox, close_hook, open_hook, user_hook
 
 if TYPE_CHECKING:  # pragma: no cover
     import asyncio
@@ -30,12 +31,16 @@ class ExtractorLogic(NodeLogic):
         self._it: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done = False
-        #: items per pull: whole batches for sized sources, else one (or batch_size if set)
-        self.batched = self.mode == "sized" or node.batch_size is not None
+        #: items per pull: whole batches for sized sources and readers, else one (or batch_size if set)
+        self.batched = self.mode in ("sized", "reader") or node.batch_size is not None
+        #: items of the source skipped to resume after a checkpoint (see restore_position)
+        self.skipped = 0
 
     def open(self) -> None:
         src = self.node.source
-        if self.mode in ("sized", "iter"):
+        if self.mode == "reader":
+            open_hook(src)
+        elif self.mode in ("sized", "iter"):
             self._it = iter(src)
         elif self.mode == "genfunc":
             self._it = src()
@@ -47,6 +52,9 @@ class ExtractorLogic(NodeLogic):
             self._loop = asyncio.new_event_loop()
 
     def close(self) -> None:
+        if self.mode == "reader":
+            close_hook(self.node.source)
+            return
         it = self._it
         self._it = None
         if self._loop is not None:
@@ -72,6 +80,8 @@ class ExtractorLogic(NodeLogic):
             return self._pull_call(out, max_items if self.batched else 1)
         if self.mode == "channel":
             return self._pull_channel(out, max_items)
+        if self.mode == "reader":
+            return self._pull_reader(out, max_items)
         if self.mode in ("async", "asyncgen"):
             return self._pull_async(out)
         buf = out.ports[0]
@@ -112,6 +122,88 @@ class ExtractorLogic(NodeLogic):
         self.stats.received += len(got)
         out.ports[0].extend(got)
         return True
+
+    def _pull_reader(self, out: Outbox, max_items: int) -> bool:
+        """A batch reader: one ``read_batch`` call.  A :class:`~reflux.errors.SourceRecordError`
+        (one bad record the reader stepped over) goes to the error policy and the reading goes
+        on; any other failure is retried per the policy (a reader reconnects on the next call),
+        then handled by it, and ends the source."""
+        if self.stop_flag.is_set:
+            raise Abort()
+        read = self.node.source.read_batch
+        try:
+            got = read(max_items)
+        except SourceRecordError as exc:
+            self.fail(exc.item, exc, 1, out)
+            return True
+        except Exception as exc:  # user code
+            ok, got, attempts = self.retry(read, max_items, exc)
+            if not ok:
+                if isinstance(got, SourceRecordError):
+                    self.fail(got.item, got, attempts, out)
+                    return True
+                self._done = True
+                self.fail(None, got, attempts, out)
+                return False
+        except BaseException as exc:  # SystemExit and the like: not a source failure to skip
+            raise self.fatal(None, exc) from exc
+        if not got:
+            self._done = True
+            return False
+        self.stats.received += len(got)
+        out.ports[0].extend(got)
+        return True
+
+    # ------------------------------------------------------------------ positions (checkpoints)
+
+    def position(self) -> Any:
+        """Where the source stands: what its ``state()`` hook returns when it has one
+        (a reader's file and offset, a query key), else the count of items pulled
+        (counting those skipped to resume)."""
+        hook = user_hook(self.node.source, "state")
+        if hook is not None and user_hook(self.node.source, "restore") is not None:
+            return ("state", hook())
+        return ("count", self.skipped + self.stats.received)
+
+    def restore_position(self, position: Any) -> None:
+        """Resume after ``position`` (from :meth:`position` of an earlier run); call after
+        :meth:`open`.  A source with ``state()``/``restore()`` hooks restores itself; any other
+        source is read again from its start and the items before the position are skipped."""
+        how, value = position
+        src = self.node.source
+        if how == "state":
+            if user_hook(src, "restore") is None:
+                raise TypeError(f"{self.node.label}: the checkpoint holds the state of a source with "
+                                f"state()/restore() hooks, and this source has no restore()")
+            src.restore(value)
+            return
+        n = int(value)
+        self.skipped = n
+        if n <= 0:
+            return
+        if self.mode in ("sized", "iter", "genfunc"):
+            self._it = itertools.islice(self._it, n, None)
+        elif self.mode == "call":
+            fn, sentinel = src, self.node.sentinel
+            for _ in range(n):
+                try:
+                    if fn() is sentinel:
+                        self._done = True
+                        return
+                except StopIteration:
+                    self._done = True
+                    return
+        elif self.mode in ("async", "asyncgen"):
+            loop = self._loop
+            assert loop is not None
+            for _ in range(n):
+                try:
+                    loop.run_until_complete(self._it.__anext__())
+                except StopAsyncIteration:
+                    self._done = True
+                    return
+        else:
+            raise TypeError(f"{self.node.label}: a {self.mode} source cannot resume from a checkpoint")
 
     def _pull_call(self, out: Outbox, n: int) -> bool:
         fn = self.node.source

@@ -14,12 +14,14 @@ __all__ = ["fusable", "fuse_chains", "may_block"]
 
 def may_block(task: Task) -> bool:
     """An Extractor whose source may block (iterator, generator, callable, async
-    source without ``batch_size``, and any live channel): it gets a thread of its
-    own, unfused."""
+    source without ``batch_size``, a batch reader unless it says ``blocking = False``,
+    and any live channel): it gets a thread of its own, unfused."""
     node = task.node
     if not node.is_source:
         return False
     mode = node.mode  # type: ignore[attr-defined]
+    if mode == "reader" and getattr(node.source, "blocking", True) is False:  # type: ignore[attr-defined]
+        return False
     return mode == "channel" or (mode != "sized" and node.batch_size is None)
 
 

@@ -136,6 +136,9 @@ class PoolRuntime(RuntimeBase):
         self.preforked: dict[str, list[Any]] = dict(preforked or {})
         #: [monitor hook] called by the workers every ``poll`` (the watchdog's check)
         self.on_tick: Callable[[], None] | None = None
+        #: [checkpoint hook] the barrier gate (:mod:`reflux.run.barrier`) when the pipeline
+        #: records checkpoints, else None (then none of its hooks costs anything)
+        self.gate: Any = None
         self._threads: list[threading.Thread] = []
         self._source_threads: dict[str, threading.Thread] = {}
         self._running: dict[int, Unit] = {}  # thread ident -> unit it runs now
@@ -419,6 +422,8 @@ class PoolRuntime(RuntimeBase):
     def _idle(self, spare: bool) -> float:
         """A worker timed out waiting: sweep, fire timers; the next timeout (< 0: end a spare)."""
         self._sweep()
+        if self.gate is not None:
+            self.gate.idle()  # a barrier that timed out, or one that nothing else finished
         if spare and self._spare_surplus():
             return -1.0
         return self._due_timers() if self._timers else self.poll
@@ -433,6 +438,9 @@ class PoolRuntime(RuntimeBase):
                 self._resumed.wait(self.poll)
         if u.paused and not self._aborted:
             return 0  # its node is paused: idle until resume_node() notifies it
+        gate = self.gate
+        if gate is not None:
+            gate.enter()  # waits while a checkpoint holds the pool; counts this step as running
         ident = threading.get_ident()
         self._running[ident] = u
         more = False
@@ -455,6 +463,8 @@ class PoolRuntime(RuntimeBase):
                             break
         finally:
             self._running.pop(ident, None)
+            if gate is not None:
+                gate.leave()  # the last step out of a drained barrier records the checkpoint
         if self._timers:
             self._due_timers()
         now = time.monotonic()
@@ -511,7 +521,10 @@ class PoolRuntime(RuntimeBase):
             u.enter(0)
             logic = u.logics[0]
             batch = u.head.batch_size
+            gate = self.gate
             while True:
+                if gate is not None:
+                    gate.source_wait(u)  # a checkpoint barrier: wait here until it is recorded
                 if self._paused or u.paused:
                     while (self._paused or u.paused) and not self._aborted:
                         self._resumed.wait(self.poll)

@@ -167,6 +167,8 @@ class Unit:
             logic = task_logic(task, self.ctxs[i], pre, node=self.node if i == 0 else None)
             self.logics.append(logic)
             logic.open()
+            if rt.gate is not None:
+                rt.gate.restore(task, logic)  # resuming from a checkpoint: positions and state
         self.opened = True
 
     # ------------------------------------------------------------------ one turn of a worker
@@ -201,6 +203,8 @@ class Unit:
             if rt._stop_sources:
                 self.ending = True
                 return True
+            if rt.gate is not None and rt.gate.hold_source(self):
+                return False  # a checkpoint barrier: pull nothing until it is recorded (it notifies)
             t0 = time.monotonic()
             self.enter(0)
             before = len(self.outs[0].ports[0])

@@ -1,0 +1,355 @@
+"""What the SQLite and PostgreSQL connectors share: turning items into rows, the batching
+sink with its transactions and checkpoint row, and resumable queries.
+
+**Sinks** (:class:`SqlSink`) insert each batch inside a transaction.  Without
+checkpoints they commit every ``commit_every`` rows and at the end of the run;
+under checkpoints (``checkpoint_role = "transaction"``) they commit only when a
+checkpoint does, together with a row of the checkpoint table
+(``reflux_checkpoints``: run id, sink name, checkpoint number, the snapshot),
+so rows and checkpoint exist together or not at all.  A batch that fails is
+not in the transaction, so the Loader's error policy handles it like any
+failed batch (``retries=``, then ``on_error``):
+
+* PostgreSQL aborts the whole transaction on any error, and a connection may
+  be lost: the rows of the open transaction are kept in memory until it
+  commits, and after a failure the next call rolls back (reconnecting if it
+  must) and writes them again before its batch;
+* SQLite writes each batch under a savepoint and rolls back only the batch.
+
+**Under checkpoints the commit runs beside the pipeline** (see
+:mod:`reflux.checkpoint.commit`): at a barrier :meth:`SqlSink.checkpoint_cut`
+marks the rows written so far as the transaction the checkpoint commits, and
+until a thread of the checkpoint has committed it, the rows of the next
+batches wait: in memory when the sink would only learn of a refused row at the
+commit anyway (PostgreSQL ``COPY``), else in the call, which returns once it has
+written its batch after the commit (so a refused batch still goes to the error
+policy of the call that brought it).
+
+**Items** become rows like this: a dict by column name (``columns=``, by
+default the first item's keys); a tuple or list as it is (in the table's
+column order unless ``columns=`` names them); a numpy structured array (a
+chunk of records, as compiled plug-ins make) record by record, its fields as
+columns.
+
+**Sources** run a query and fetch its rows in batches.  With ``key=`` (a
+column of the result, unique and ordered) they read in key order and resume
+after the last key read; without it they resume by skipping the rows already
+read, which assumes the query returns its rows in a stable order.
+"""
+from __future__ import annotations
+
+import operator
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["SqlSink", "TransactionAborted", "quote_ident", "resumable_query"]
+
+
+class TransactionAborted(BaseException):
+    """The database aborted a transaction holding rows of batches the sink had already
+    taken, and the sink cannot write them again: a row refused at the end of a
+    PostgreSQL ``COPY`` (which cannot be told from the others), or an SQLite
+    transaction rolled back by the database itself (a full disk, an I/O error).
+    Not an :class:`Exception` on purpose: it fails the run whatever the node's
+    ``on_error`` (under checkpoints a restart resumes from the last one)."""
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as an SQL identifier: each dotted part in double quotes (a name that
+    already holds a double quote is taken as written)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a table or column name must be a non-empty string, got {name!r}")
+    if '"' in name:
+        return name
+    return ".".join('"' + part + '"' for part in name.split("."))
+
+
+def resumable_query(query: str, params: Any, key: str | None, after: Any, count: int, style: str) -> tuple[str, Any]:
+    """The query to (re)start a source: in ``key`` order after ``after``, or skipping
+    ``count`` rows; ``style`` is the driver's placeholder (``"qmark"``: ``?`` and
+    ``:name``; ``"format"``: ``%s`` and ``%(name)s``)."""
+    body = query.strip().rstrip(";")
+    if key is None:
+        if count <= 0:
+            return body, params
+        return f"SELECT * FROM ({body}) AS reflux_q OFFSET {int(count)}" if style == "format" else \
+            f"SELECT * FROM ({body}) AS reflux_q LIMIT -1 OFFSET {int(count)}", params
+    k = f"reflux_q.{quote_ident(key)}"
+    if after is None:
+        return f"SELECT * FROM ({body}) AS reflux_q ORDER BY {k}", params
+    if isinstance(params, Mapping):
+        marker = ":reflux_after" if style == "qmark" else "%(reflux_after)s"
+        merged: Any = {**params, "reflux_after": after}
+    else:
+        marker = "?" if style == "qmark" else "%s"
+        merged = tuple(params or ()) + (after,)
+    return f"SELECT * FROM ({body}) AS reflux_q WHERE {k} > {marker} ORDER BY {k}", merged
+
+
+def _records(batch: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for arr in batch:
+        out.extend(arr.tolist())
+    return out
+
+
+class SqlSink:
+    """A batching, transactional database sink (see the module docs).  Subclasses
+    connect and speak their database's SQL: :meth:`_connect`, :meth:`_insert`,
+    :meth:`_begin`, :meth:`_commit`, :meth:`_rollback`, :meth:`_disconnect`,
+    :meth:`_marker_setup`, :meth:`_read_marker`, :meth:`_write_marker`."""
+
+    batched = True
+    checkpoint_role = "transaction"
+    #: keep the rows of the open transaction to write them again after a failure
+    #: (else a subclass isolates each batch: :meth:`_insert_batch`)
+    replays = True
+    #: while a checkpoint commits, keep the rows of new batches in memory (else the call waits)
+    defers = False
+
+    def __init__(self, table: str, *, columns: Sequence[str] | None, create: str | None, commit_every: int,
+                 checkpoint_table: str) -> None:
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+            raise ValueError(f"commit_every must be a positive integer, got {commit_every!r}")
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise ValueError(f"columns must be a list of column names, got {columns!r:.60}")
+        self.table = table
+        self.qtable = quote_ident(table)
+        self.columns: list[str] | None = list(columns) if columns is not None else None
+        self.create = create
+        self.commit_every = commit_every
+        self.checkpoint_table = quote_ident(checkpoint_table)
+        #: rows written by this run (committed or not yet)
+        self.loaded = 0
+        self._conn: Any = None
+        self._getter: Callable[[Any], Any] | None = None
+        self._uncommitted: list[list[Any]] = []
+        self._n_uncommitted = 0
+        self._broken = False
+        self._attached = False
+        self._run_id = ""
+        self._key = ""
+        # _lock protects _cut and _later: the Loader's calls and a checkpoint's commit thread
+        # (the connection itself is used by one of them at a time: the calls leave it alone
+        # while _cut is set); _cond wakes calls waiting for the commit
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        #: a checkpoint's transaction was cut and is not committed yet
+        self._cut = False
+        #: rows of batches taken while _cut is set (``defers``), written after the commit
+        self._later: list[list[Any]] = []
+
+    # ------------------------------------------------------------------ rows
+
+    def _rows(self, batch: list[Any]) -> list[Any]:
+        first = batch[0]
+        if isinstance(first, Mapping):
+            if self.columns is None:
+                self.columns = list(first)
+            if self._getter is None:
+                cols = self.columns
+                self._getter = (operator.itemgetter(*cols) if len(cols) > 1
+                                else (lambda d, c=cols[0]: (d[c],)))
+            try:
+                return list(map(self._getter, batch))
+            except KeyError as exc:
+                raise ValueError(f"an item has no column {exc.args[0]!r} (columns: {self.columns})") from None
+        if getattr(first, "dtype", None) is not None and getattr(first.dtype, "names", None):
+            if self.columns is None:
+                self.columns = list(first.dtype.names)
+            return _records(batch)
+        return batch
+
+    # ------------------------------------------------------------------ the Loader's hooks
+
+    def open(self) -> None:
+        """A run starts: connect (a checkpointed run is connected already)."""
+        self.loaded = 0
+        if self._conn is None:
+            self._open_connection()
+
+    def _open_connection(self) -> None:
+        self._conn = self._connect()
+        self._broken = False
+        if self.create:
+            self._setup(self.create)
+
+    def __call__(self, batch: list[Any]) -> None:
+        rows = self._rows(batch)
+        if self._cut:  # set only while the pipeline is held: a stale False cannot be read here
+            with self._cond:
+                if self._cut and self.defers:
+                    self._later.append(rows)
+                    self._n_uncommitted += len(rows)
+                    self.loaded += len(rows)
+                    return
+                while self._cut:
+                    self._cond.wait()
+        if not self.replays:
+            if self._conn is None:
+                self._open_connection()
+            self._insert_batch(rows)
+        else:
+            if self._broken or self._conn is None:
+                self._recover_connection()
+            try:
+                self._insert(rows)
+            except BaseException:
+                self._broken = True  # the transaction is lost: rolled back and written again next call
+                raise
+            self._uncommitted.append(rows)
+        self._n_uncommitted += len(rows)
+        self.loaded += len(rows)
+        if not self._attached and self._n_uncommitted >= self.commit_every:
+            try:
+                self._commit_all()
+            except Exception as exc:
+                if not self.replays:
+                    raise TransactionAborted(f"{self.table}: the commit failed: {type(exc).__name__}: "
+                                             f"{exc}") from exc
+                # the batch is taken: its rows are kept, and the next call (or the end of the
+                # run) reconnects, writes them again and commits
+                self._broken = True
+
+    def close(self) -> None:
+        """The run ends: without checkpoints commit and disconnect; under checkpoints the
+        last checkpoint commits (or the run's end rolls back)."""
+        if self._attached or self._conn is None:
+            return
+        try:
+            if self._broken:
+                self._recover_connection()
+            self._commit_all()
+        finally:
+            self._drop_connection()
+
+    def result(self) -> int:
+        """Rows written by this run."""
+        return self.loaded
+
+    def _recover_connection(self) -> None:
+        """After a failed write: roll back (reconnecting if the connection is gone) and
+        write the transaction's rows again."""
+        if self._conn is not None:
+            try:
+                self._rollback()
+            except Exception:  # the connection is gone: a new one
+                self._drop_connection()
+        if self._conn is None:
+            self._open_connection()
+        self._broken = True
+        for rows in self._uncommitted:
+            self._insert(rows)
+        self._broken = False
+
+    def _commit_all(self) -> None:
+        self._commit()
+        self._uncommitted = []
+        self._n_uncommitted = 0
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                self._disconnect(conn)
+            except Exception:  # closing a broken connection
+                pass
+
+    # ------------------------------------------------------------------ checkpoints (see reflux.checkpoint.protocol)
+
+    def checkpoint_attach(self, run_id: str, key: str, durable: bool = False) -> None:
+        self._attached = True
+        self._run_id = run_id
+        self._key = key
+
+    def checkpoint_recover(self) -> tuple[int, bytes] | None:
+        if self._conn is None:
+            self._open_connection()
+        self._marker_setup()
+        return self._read_marker(self._run_id, self._key)
+
+    def checkpoint_cut(self, checkpoint: int) -> None:
+        """The pipeline is held at a barrier: the rows written so far are the transaction
+        that :meth:`checkpoint_commit` commits; later rows wait for it."""
+        with self._lock:
+            self._cut = True
+
+    def checkpoint_commit(self, checkpoint: int, state: bytes | None) -> None:
+        try:
+            if self._conn is None or self._broken:
+                self._recover_connection()
+            if state is not None:
+                self._write_marker(self._run_id, self._key, checkpoint, state)
+            self._commit_all()
+            self._write_later()
+        finally:
+            with self._cond:
+                self._cut = False
+                self._cond.notify_all()
+
+    def _write_later(self) -> None:
+        """After the commit: write the rows that waited in memory (``defers``), until none is left."""
+        while True:
+            with self._lock:
+                later, self._later = self._later, []
+                if not later:
+                    self._cut = False  # from here on the calls write themselves
+                    self._cond.notify_all()
+                    return
+            for rows in later:
+                self._uncommitted.append(rows)  # kept first: the next call writes them again if this fails
+                if not self._broken:
+                    try:
+                        self._insert(rows)
+                    except Exception:  # the connection: the next call recovers and writes them again
+                        self._broken = True
+
+    def checkpoint_detach(self, rollback: bool) -> None:
+        with self._cond:
+            self._cut = False
+            self._cond.notify_all()
+        self._attached = False
+        if self._conn is None:
+            return
+        try:
+            if rollback:
+                self._uncommitted = []
+                self._n_uncommitted = 0
+                self._rollback()
+        finally:
+            self._drop_connection()
+
+    # ------------------------------------------------------------------ what a database says
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _disconnect(self, conn: Any) -> None:
+        conn.close()
+
+    def _setup(self, sql: str) -> None:
+        """Run ``sql`` (DDL) and commit."""
+        raise NotImplementedError
+
+    def _insert(self, rows: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _insert_batch(self, rows: list[Any]) -> None:
+        """Insert a batch so that a failure leaves the transaction as it was (``replays = False``)."""
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        raise NotImplementedError
+
+    def _marker_setup(self) -> None:
+        raise NotImplementedError
+
+    def _read_marker(self, run_id: str, key: str) -> tuple[int, bytes] | None:
+        raise NotImplementedError
+
+    def _write_marker(self, run_id: str, key: str, checkpoint: int, state: bytes) -> None:
+        raise NotImplementedError
