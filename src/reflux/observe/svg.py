@@ -265,6 +265,8 @@ def _shape(box: BoxSpec, cx: float, cy: float, w: float) -> str:
     else:  # a Transformer, or any other box
         shape = f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{w:.1f}" height="{h}" rx="4" {style}/>'
     text_y = cy - 2 if box.subtitle else cy + 4
+    if kind == "Loader":
+        cx += k / 3  # clear of the cylinder's near rim
     texts = (f'<text x="{cx:.1f}" y="{text_y:.1f}" {FONT} font-size="13" text-anchor="middle" '
              f'fill="#111">{escape(box.title)}</text>')
     if box.subtitle:
