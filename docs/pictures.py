@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
     with tempfile.TemporaryDirectory(prefix="reflux-pictures-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
