@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-__all__ = ["import_core"]
+__all__ = ["import_core", "run_meta"]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,3 +51,18 @@ def import_core(*submodules: str):
         # the package is bound now; keep the root for `benchmarks` itself
         # (multiprocessing children import it again)
         sys.path[:] = saved
+
+
+def run_meta() -> dict:
+    """When and where a run was made, for its ``--json`` file (the charts print it)."""
+    import datetime
+    import platform
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_end": load,
+    }

@@ -27,7 +27,7 @@ speed touches all rows alike):
 Every run checks what arrived (count and sum; for records also per-producer
 order) and raises if anything is wrong.  Consumers stop at end of stream:
 ``close()`` for reflux, a sentinel for the peers (put by the last producer
-to finish, once per consumer).  The targets of issue 2 are printed at the end
+to finish, once per consumer).  The performance targets are printed at the end
 with PASS/MISS.  Nothing here is a test: timings are only reported.
 """
 from __future__ import annotations
@@ -871,7 +871,7 @@ def print_report(bench):
     width = max(len(t[0]) for t in TARGETS + TARGETS_LARGE)
     for title, group in ((f"reflux rows at the peers' capacity, {PEER_CAPACITY}", TARGETS),
                          (f"object rows with reflux at {LARGE_CAPACITY} slots (still bounded)", TARGETS_LARGE)):
-        bench.say(f"== targets (issue 2; {title}; measured in this run)")
+        bench.say(f"== targets ({title}; measured in this run)")
         for desc, rid, base, target in group:
             r = bench.ratio(rid, base)
             verdict = "n/a" if r is None else ("PASS" if r >= target else "MISS")

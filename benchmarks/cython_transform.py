@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{rate[name] / cy1:>21.2f}x {statistics.median(cores[name]):>11.2f}")
     print("cores used: CPU seconds of all this process's threads per wall-clock second (median); "
           "below ~1.9 for a 2-replica row, other processes held the second core")
-    print("== targets (issue 5, this run)")
+    print("== targets (this run)")
     for label, value, goal in (("cython parallel=2 vs parallel=1", cy2 / cy1, 1.8),
                                ("cython parallel=2 vs python per item", cy2 / py, 20.0)):
         print(f"{label:<40} {value:>7.2f}x  (target >= {goal}x)  {'PASS' if value >= goal else 'MISS'}")

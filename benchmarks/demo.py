@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 from time import perf_counter
 
-from benchmarks import import_core
+from benchmarks import import_core, run_meta
 
 import_core("channel")  # the compiled core first (see benchmarks.import_core)
 from benchmarks.pipeline import (  # noqa: E402
@@ -192,7 +192,8 @@ def main(argv=None):
     if args.json:
         data = {rid: {k: v for k, v in row.items() if k not in ("samples",)} for rid, row in bench.rows.items()}
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"benchmark": "demo", "rows": data, "notes": bench.notes}, f, indent=1, default=str)
+            json.dump({"benchmark": "demo", "meta": run_meta(), "rows": data, "notes": bench.notes}, f, indent=1,
+                      default=str)
     return 0
 
 

@@ -4,8 +4,8 @@ Run from the repository root::
 
     python -m benchmarks.pipeline [--quick] [--repeat R] [--json PATH] [--only SECTIONS]
 
-It measures whatever runtime the installed reflux has (today: one thread per
-node), so it is the yardstick for the runtime work of issue 4.  Sections
+It measures the runtime of the installed reflux (the worker pool) against a
+plain loop and the peers.  Sections
 (each number is the median of ``--repeat`` runs; runs go in rounds, every row
 once per round, so drift in the machine's speed touches all rows alike):
 
@@ -43,7 +43,7 @@ once per round, so drift in the machine's speed touches all rows alike):
 Every measurement checks what arrived (count and sum) and raises if it is
 wrong.  Peers that do not import are skipped with a note (install them with
 ``pip install ".[bench]"``); features reflux does not have yet are printed as
-"not available yet".  The targets of issue 4 are printed at the end with
+"not available yet".  The performance targets are printed at the end with
 PASS/MISS.  Nothing here is a test: timings are only reported.
 """
 from __future__ import annotations
@@ -1132,7 +1132,7 @@ def print_report(bench):
 
 
 def targets(bench):
-    """(description, measured, goal, verdict) per target of issue 4."""
+    """(description, measured, goal, verdict) per performance target."""
     out = []
 
     def ratio_target(desc, rid, base, goal):
@@ -1160,7 +1160,7 @@ def targets(bench):
     ratio_target('2. CPU-heavy: the same, start_method="fork"', "cpu_reflux_fork", "cpu_plain", 1.8)
     ratio_target("2. process to process: reflux vs multiprocessing.Queue", "p2p_reflux", "mp_queue", 5.0)
     cores = os.cpu_count() or 1
-    limit_target(f"3. many nodes: threads of the chain <= pool ({cores} cores; issue 4 scheduler)",
+    limit_target(f"3. many nodes: threads of the chain <= pool ({cores} cores; the worker pool)",
                  "many_chain", "threads", cores, "threads", 1, lambda v: f"{v:.0f}")
     limit_target(f"3. many nodes: threads of the unfused chain <= pool ({cores} cores)",
                  "many_chain_unfused", "threads", cores, "threads", 1, lambda v: f"{v:.0f}")
@@ -1240,7 +1240,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.pipeline",
         description="Whole reflux pipelines vs a plain loop, threads+queue.Queue, multiprocessing, "
-                    "bytewax, pypeln, streamz and mpipe (issue 4's benchmark).")
+                    "bytewax, pypeln, streamz and mpipe.")
     p.add_argument("--quick", action="store_true", help="small sizes, one run each: a smoke run")
     p.add_argument("--repeat", type=int, help="runs per row, median reported (default 5; the heavy "
                    "rows of cpu, many and latency run at most 3 times)")

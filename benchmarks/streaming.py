@@ -18,6 +18,10 @@ Run from the repository root::
 ``sum``      the overhead pipeline (1,000,000 ints: x*2+1, x%3==0) ending in
              ``Loader.sum()`` against a plain loop making the same calls and
              summing.  Target: at least 0.9x the plain loop.
+``sinks``    1,000,000 ints from an Extractor straight into each built-in sink
+             (``Loader.count()``, ``.sum()``, ``.reduce()``, ``.collect()``,
+             ``.to_callback()``, ``.to_file()``) and into a Loader calling a
+             function per item and per batch, against a plain loop summing.
 
 Rows run in rounds and report medians; every run checks what arrived.
 """
@@ -28,12 +32,13 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 
-from benchmarks import import_core
+from benchmarks import import_core, run_meta
 
 import_core("channel")
 import numpy as np  # noqa: E402
@@ -148,6 +153,55 @@ def _expected_sum(n):
     return sum(y for y in (x * 2 + 1 for x in range(n)) if y % 3 == 0)
 
 
+# ---------------------------------------------------------------------- sinks
+
+def _sink_rows(path):
+    """(row id, label, the Loader, what its result must be for n items) of every sink measured."""
+    import operator
+
+    seen = []
+    return [
+        ("sink_count", "Loader.count()", lambda: Loader.count(name="out"), lambda n: n),
+        ("sink_sum", "Loader.sum()", lambda: Loader.sum(name="out"), lambda n: n * (n - 1) // 2),
+        ("sink_reduce", "Loader.reduce(operator.add, 0)", lambda: Loader.reduce(operator.add, 0, name="out"),
+         lambda n: n * (n - 1) // 2),
+        ("sink_collect", "Loader.collect()", lambda: Loader.collect(name="out"), lambda n: list(range(n))),
+        ("sink_batch", "Loader(fn, batch=True): fn(batch) per batch", lambda: Loader(len, batch=True, name="out"),
+         None),
+        ("sink_callback", "Loader.to_callback(list.append)", lambda: (seen.clear(), Loader.to_callback(
+            seen.append, name="out"))[1], lambda n: n),
+        ("sink_item", "Loader(fn): fn(item) per item, returning None", lambda: Loader(_nothing, name="out"), None),
+        ("sink_file", "Loader.to_file(path): a line per item", lambda: Loader.to_file(path, name="out"), lambda n: n),
+    ]
+
+
+def _nothing(x):
+    return None
+
+
+def run_sink_plain(n):
+    t0 = perf_counter()
+    total = 0
+    for x in range(n):
+        total += x
+    secs = perf_counter() - t0
+    check("plain loop", (total,), (n * (n - 1) // 2,))
+    return {"secs": secs}
+
+
+def run_sink(n, make, want):
+    loader = make()
+    t0 = perf_counter()
+    result = Pipeline(Extractor(range(n)) >> loader).run(timeout=600)
+    secs = perf_counter() - t0
+    got = result.results["out"]
+    if want is not None:
+        check(loader.name, (got,), (want(n),))
+    if result.loaded != n:
+        raise AssertionError(f"{loader.name}: loaded {result.loaded} of {n}")
+    return {"secs": secs}
+
+
 # ---------------------------------------------------------------------- report
 
 def main(argv=None):
@@ -155,7 +209,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes, one run each: a smoke run")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", metavar="PATH")
-    ap.add_argument("--only", default="async,batched,sum")
+    ap.add_argument("--only", default="async,batched,sum,sinks")
     ap.add_argument("--async-items", type=int, default=10_000)
     ap.add_argument("--floats", type=int, default=1_000_000)
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -188,11 +242,19 @@ def main(argv=None):
                       partial(run_sum_plain, args.items))
         bench.measure("sum", "sum_reflux", "reflux E>>T>>F>>Loader.sum()", args.items,
                       partial(run_sum_reflux, args.items), reflux=True)
+    tmp = tempfile.TemporaryDirectory()
+    if "sinks" in only:
+        n = args.items
+        bench.measure("sinks", "sink_plain", "plain loop: total += x", n, partial(run_sink_plain, n))
+        for rid, label, make, want in _sink_rows(os.path.join(tmp.name, "out.txt")):
+            bench.measure("sinks", rid, label, n, partial(run_sink, n, make, want), reflux=True)
     bench.run_rounds()
+    tmp.cleanup()
     rows = list(bench.rows.values())
     for section, base, title in (("async", None, f"async calls ({args.async_items:,} items x {DELAY * 1000:.0f} ms)"),
                                  ("batched", "batched_no", f"a NumPy stage ({args.floats:,} floats)"),
-                                 ("sum", "sum_plain", f"the overhead pipeline into Loader.sum() ({args.items:,} ints)")):
+                                 ("sum", "sum_plain", f"the overhead pipeline into Loader.sum() ({args.items:,} ints)"),
+                                 ("sinks", "sink_plain", f"Extractor >> each sink ({args.items:,} ints)")):
         part = [r for r in rows if r["section"] == section]
         if section == "async":
             best = max((r for r in part if r["id"] != "async_reflux" and "median" in r),
@@ -204,6 +266,8 @@ def main(argv=None):
                     "-" if row["id"] == base else _fmt_ratio(bench.ratio(row["id"], base) if base else None),
                     _runs(row)]
 
+        if not part:
+            continue
         label = "vs the best peer" if section == "async" else "vs per item" if section == "batched" else "vs plain loop"
         print_table(bench, title, part, ["items", "items/s", label, "runs"], cells)
     bench.say()
@@ -223,7 +287,7 @@ def main(argv=None):
               + ("" if load is None else f"; load average at the end {load:.2f}"))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"benchmark": "streaming",
+            json.dump({"benchmark": "streaming", "meta": run_meta(),
                        "rows": {k: {kk: vv for kk, vv in v.items() if kk != "samples"} for k, v in bench.rows.items()}},
                       f, indent=1, default=str)
     return 0

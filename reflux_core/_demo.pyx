@@ -6,8 +6,8 @@ Events travel as records (:data:`EVENT`) from the parser to the window totals:
 a Filter drops unknown kinds (:class:`KnownKinds`), two scoring replicas score
 them (:class:`ScoreEvents`), a Messenger routes purchases by kind
 (:class:`KindKey`) and purchases are weighted (:class:`TripleValue`).  Internal
-to reflux (the demo imports it); the README's "Writing a Cython transformer"
-shows how to build plug-ins of your own.
+to reflux (the demo imports it); the documentation's "Writing Cython transformers" page
+(docs/cython.md) shows how to build plug-ins of your own.
 """
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp

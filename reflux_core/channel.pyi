@@ -17,7 +17,7 @@ _T = TypeVar("_T", default=Any)
 __all__ = [
     "Channel", "SPSCChannel", "MPMCChannel", "RecordChannel",
     "ChannelClosed", "Full", "Empty", "EMPTY", "ChannelStats",
-    "park_backend", "MAX_CAPACITY",
+    "park_backend", "barrier_mode", "set_wait_policy", "MAX_CAPACITY",
 ]
 
 class ChannelClosed(Exception):

@@ -75,7 +75,7 @@ cdef extern from *:
 __all__ = [
     "Channel", "SPSCChannel", "MPMCChannel", "RecordChannel",
     "ChannelClosed", "Full", "Empty", "EMPTY", "ChannelStats",
-    "park_backend", "MAX_CAPACITY",
+    "park_backend", "barrier_mode", "set_wait_policy", "MAX_CAPACITY",
 ]
 
 

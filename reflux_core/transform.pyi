@@ -19,14 +19,23 @@ __all__ = [
     "STRUCT_SIZE",
 ]
 
+#: version of the C ABI this module was compiled with (== reflux_core.ABI_VERSION)
 ABI_VERSION: Final[int]
+#: sizeof(reflux_plugin) in this build
 STRUCT_SIZE: Final[int]
+#: name of the PyCapsule holding a ``reflux_plugin*`` (``"reflux_core.plugin"``)
 CAPSULE_NAME: Final[str]
+#: ``kind`` of a transform plug-in (REFLUX_PLUGIN_TRANSFORM)
 KIND_TRANSFORM: Final[int]
+#: ``kind`` of a filter plug-in (REFLUX_PLUGIN_FILTER)
 KIND_FILTER: Final[int]
+#: ``kind`` of a key plug-in (REFLUX_PLUGIN_KEY)
 KIND_KEY: Final[int]
+#: error code: the base class method was not overridden
 ERR_NOT_IMPLEMENTED: Final[int]
+#: error code: a key names no receiver (record pumps)
 ERR_ROUTE: Final[int]
+#: error code: a plug-in returned an impossible count
 ERR_BAD_RETURN: Final[int]
 
 class RecordError(Exception):

@@ -208,11 +208,14 @@ def test_graph_command_prints_mermaid_and_dot(pfile: Path, capsys: pytest.Captur
     assert main(["graph", f"{pfile}:made", "--format", "dot"]) == EXIT_OK
     out = capsys.readouterr().out
     assert out.startswith('digraph "from-file" {') and out.count("->") == 3
+    assert main(["graph", f"{pfile}:made", "--format", "svg"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out.startswith("<svg ") and out.count('class="node"') == 4 and out.count('class="edge"') == 3
     assert main(["graph", f"{pfile}:invalid"]) == EXIT_INVALID
 
 
 def test_graph_bad_format_is_a_usage_error(pfile: Path) -> None:
-    proc = _cli("graph", str(pfile), "--format", "svg", cwd=pfile.parent)
+    proc = _cli("graph", str(pfile), "--format", "png", cwd=pfile.parent)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 

@@ -1,4 +1,4 @@
-"""Pipeline.to_mermaid()/to_dot(), the Prometheus text and server, the rich progress view."""
+"""Pipeline.to_mermaid()/to_dot()/to_svg(), the Prometheus text and server, the rich progress view."""
 from __future__ import annotations
 
 import io
@@ -6,11 +6,12 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from xml.etree import ElementTree
 
 import pytest
 from rich.console import Console
 
-from reflux import Extractor, Filter, Funnel, Loader, Messenger, Pipeline, Transformer, ValidationError
+from reflux import Broadcast, Extractor, Filter, Funnel, Loader, Messenger, Pipeline, Transformer, ValidationError
 from reflux.observe.metrics import CONTENT_TYPE, MetricsServer, prometheus_text
 from reflux.observe.progress import LiveProgress, render_stats
 
@@ -63,12 +64,63 @@ def test_dot_is_a_digraph_with_escaped_names() -> None:
     assert len(re.findall(r"^\s+n\d+ -> n\d+", text, re.M)) == 7
 
 
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _svg_nodes(text: str) -> dict[str, tuple[str, float, float]]:
+    """{title: (kind, x, y)} of every node the SVG draws (the centre of its title)."""
+    root = ElementTree.fromstring(text)
+    nodes = {}
+    for g in root.iter(f"{SVG}g"):
+        if g.get("class") == "node":
+            title = next(g.iter(f"{SVG}text"))
+            nodes[title.text or ""] = (g.get("data-kind") or "", float(title.get("x", 0)), float(title.get("y", 0)))
+    return nodes
+
+
+def test_svg_draws_every_node_and_edge_in_layers_from_left_to_right() -> None:
+    text = _routing_pipeline().to_svg()
+    root = ElementTree.fromstring(text)  # well-formed XML: names are escaped
+    assert root.tag == f"{SVG}svg" and float(root.get("width", 0)) > 0
+    nodes = _svg_nodes(text)
+    assert {k: v[0] for k, v in nodes.items()} == {
+        "dead": "Loader", "src": "Extractor", "route": "Messenger", "handle-a": "Transformer",
+        "handle-b": "Transformer", "merge": "Funnel", "out": "Loader"}
+    edges = [p for p in root.iter(f"{SVG}path") if p.get("class") == "edge"]
+    assert len(edges) == 7  # 4 plain, 2 routes, 1 dead letter
+    assert sum(1 for p in edges if p.get("stroke-dasharray")) == 1
+    labels = sorted(t.text or "" for t in root.iter(f"{SVG}text") if t.get("class") == "edge-label")
+    assert labels == ["7, default", "a", "dead letters"]
+    assert root.find(f"{SVG}text").text == 'my "graph"'  # the title, unescaped by the parser
+    x = {name: v[1] for name, v in nodes.items()}
+    assert x["src"] < x["route"] < x["handle-a"] < x["merge"] < x["out"]  # the flow goes right
+    assert x["handle-a"] == x["handle-b"] and x["dead"] > x["route"]
+
+
+def test_svg_top_down_and_edges_that_skip_layers() -> None:
+    src = Extractor([1], name="src")
+    fork = Broadcast(name="fork")
+    slow = Transformer(lambda x: x, name="a") >> Transformer(lambda x: x, name="b")
+    merge = Funnel(name="merge")
+    p = Pipeline(src >> fork >> [slow, Transformer(lambda x: x, name="short")])
+    p.connect([p["b"], p["short"]], merge)
+    p.connect(merge, Loader.to_list(name="out"))
+    nodes = _svg_nodes(p.to_svg("TD"))
+    y = {name: v[2] for name, v in nodes.items()}
+    assert y["src"] < y["fork"] < y["a"] < y["b"] < y["merge"] < y["out"]  # the flow goes down
+    assert y["short"] == y["a"]  # in the layer after fork; its edge to merge skips a layer
+    with pytest.raises(ValueError, match="direction"):
+        p.to_svg("RL")
+
+
 def test_graph_of_an_invalid_pipeline_names_the_node() -> None:
     p = Pipeline(Extractor([1]) >> Transformer(lambda x: x, name="dangling"))
     with pytest.raises(ValidationError, match="Transformer 'dangling' has no receivers"):
         p.to_mermaid()
     with pytest.raises(ValidationError, match="dangling"):
         p.to_dot()
+    with pytest.raises(ValidationError, match="dangling"):
+        p.to_svg()
 
 
 # --------------------------------------------------------------------------- Prometheus

@@ -39,7 +39,7 @@ WHEEL_FORBIDDEN = ["*.c", "*.cpp", "*.o", "*.obj", "*.pyx", "*.html", "*.pyc", "
 SDIST_FORBIDDEN = ["reflux_core/*.c", "reflux_core/*.cpp", "*.so", "*.pyd", "*.dylib", "*.o",
                    "*.obj", "*.pyc", "*.pyo", "*/__pycache__/*", "build/*", "dist/*",
                    "wheelhouse/*", "*/.hypothesis/*", "*/.pytest_cache/*", ".git/*",
-                   "*reflux-build-mode*", ".venv*"]
+                   "*reflux-build-mode*", ".venv*", "docs/_build/*", "docs/_generated/*"]
 
 
 class Report:
@@ -229,6 +229,7 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
                                  ("tests", ["*.py"]),
                                  ("benchmarks", ["*.py", "*.c"]),
                                  ("examples", ["*.py", "*.pyx", "*.toml"]),
+                                 ("docs", ["*.md", "*.rst", "*.py", "*.css"]),
                                  ("tools", ["*.py", "*.sh"])):
             for p in (source / folder).rglob("*"):
                 rel = p.relative_to(source).as_posix()
@@ -236,7 +237,7 @@ def check_sdist(path: Path, source: Path, project: dict, readme: str, rep: Repor
                         and not matches(rel, SDIST_FORBIDDEN):
                     want.add(rel)
         missing = sorted(want - set(names))
-        rep.check(not missing, f"holds the sources, .pyx/.pxd, headers, tests, benchmarks, README, "
+        rep.check(not missing, f"holds the sources, .pyx/.pxd, headers, tests, benchmarks, docs, README, "
                   f"licenses ({len(want)} files)", f"missing {missing}")
         bad = {n: matches(n, SDIST_FORBIDDEN) for n in names}
         bad = {n: p for n, p in bad.items() if p}

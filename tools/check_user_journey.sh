@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The Cython user journey the README describes, from a fresh virtual environment
-# that holds only an installed pyreflux wheel (no checkout on sys.path, no
-# build tools until the README says to install them):
+# The Cython user journey of the documentation (docs/cython.md, "From an empty
+# folder to a compiled node"), from a fresh virtual environment that holds only
+# an installed pyreflux wheel (no checkout on sys.path, no build tools until the
+# page says to install them):
 #
 #   tools/check_user_journey.sh WHEEL [PYTHON]
 #
 #   1. python -m venv; pip install WHEEL (and its dependencies from PyPI)
 #   2. reflux and reflux_core import from site-packages, from an empty folder
-#   3. the example's files (examples/cython_transformer: the README shows each
-#      verbatim) are copied to a folder of their own, as a reader would save them
+#   3. the example's files (examples/cython_transformer: the page includes
+#      each of them) are copied to a folder of their own, as a reader would save them
 #   4. a build with build isolation stops with the example's clear message
 #      (an isolated environment has no reflux_core to build against)
-#   5. the README's commands: pip install Cython "setuptools>=70.1", then
+#   5. the page's commands: pip install Cython "setuptools>=70.1", then
 #      pip install --no-build-isolation ., then python run_example.py and
 #      python record_edges.py (which checks its own results)
 #
@@ -45,7 +46,7 @@ for mod in (reflux, reflux_core.channel):
 print("reflux", reflux.__version__, "from", os.path.dirname(reflux.__file__))
 ')
 
-step "3. the example's files, as the README shows them, in a folder of their own"
+step "3. the example's files, as the page shows them, in a folder of their own"
 APP="$WORK/hotpath"
 mkdir -p "$APP"
 for f in hotpath.pyx setup.py pyproject.toml run_example.py record_edges.py; do
@@ -60,7 +61,7 @@ fi
 grep -q "pip install --no-build-isolation" "$WORK/isolated.log" || { tail -20 "$WORK/isolated.log"; exit 1; }
 grep -o "hotpath is built against the installed reflux_core.*" "$WORK/isolated.log" | head -1
 
-step "5. the README's commands"
+step "5. the page's commands"
 (
     cd "$APP"
     "$PY" -m pip install --quiet Cython "setuptools>=70.1"

@@ -4,7 +4,7 @@
     python tools/run_wheel_tests.py [PROJECT_DIR] [-- extra pytest arguments]
 
 PROJECT_DIR (default: the folder above tools/) is a checkout or an unpacked
-sdist.  Its tests/, README.md and ARCHITECTURE.md (their examples are tests), benchmarks/
+sdist.  Its tests/, README.md, ARCHITECTURE.md and docs/ (their examples are tests), benchmarks/
 (the benchmark smoke test runs ``python -m benchmarks.channels``), examples/
 (tests run each example; the user-extension test builds one, when Cython and a
 compiler are there) and
@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-COPY = ["tests", "README.md", "ARCHITECTURE.md", "benchmarks", "examples", "pyproject.toml"]
+COPY = ["tests", "README.md", "ARCHITECTURE.md", "docs", "benchmarks", "examples", "pyproject.toml"]
 REQUIRED = ["tests", "README.md", "pyproject.toml"]
 
 PROBE = r"""
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
             src = project / name
             if src.is_dir():
                 shutil.copytree(src, workdir / name, ignore=shutil.ignore_patterns(
-                    "__pycache__", "*.py[cod]", ".hypothesis", ".pytest_cache"))
+                    "__pycache__", "*.py[cod]", ".hypothesis", ".pytest_cache", "_build", "_generated"))
             elif src.is_file():
                 shutil.copy2(src, workdir / name)
 

@@ -414,6 +414,11 @@ class Pipeline(Graph):
         from .observe.diagram import to_dot
         return to_dot(self)
 
+    def to_svg(self, direction: str = "LR") -> str:
+        """The graph as an SVG picture (see :mod:`reflux.observe.svg`); validates first."""
+        from .observe.svg import to_svg
+        return to_svg(self, direction)
+
     def metrics(self) -> str:
         """The current :meth:`stats` in the Prometheus text format (see :mod:`reflux.observe.metrics`)."""
         from .observe.metrics import prometheus_text

@@ -4,7 +4,7 @@
  * calls WITHOUT the GIL, one batch (a pointer and a count) at a time.  C or
  * C++ code hands it to reflux in a PyCapsule named REFLUX_PLUGIN_CAPSULE,
  * exposed as the `__reflux_plugin__` attribute of any Python object (see
- * README "Writing a Cython transformer"); Cython code subclasses
+ * docs/cython.md, "The C ABI"); Cython code subclasses
  * reflux_core.transform.CTransform / CFilter / CKey, which fill this struct.
  *
  * ABI policy: reflux reads `abi_version` and `struct_size` first (they stay

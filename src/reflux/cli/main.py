@@ -7,8 +7,8 @@
     runs a pipeline defined in a file: ``NAME`` is a :class:`~reflux.Pipeline`
     object or a function returning one (without ``NAME``: the file's
     ``pipeline``, else its only module-level Pipeline).
-``reflux graph FILE.py[:NAME] [--format mermaid|dot]``
-    prints the pipeline's graph.
+``reflux graph FILE.py[:NAME] [--format mermaid|dot|svg]``
+    prints the pipeline's graph (an SVG picture needs no drawing program).
 
 Exit codes: 0 the run completed; 1 the run failed (a node failed, the
 watchdog stopped it, timeout); 2 bad arguments; 3 the file is missing or
@@ -332,7 +332,8 @@ def _set_checkpoint(pipeline: Pipeline, path: str | None, every: int | None) -> 
 def _cmd_graph(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.target)
     _validate(pipeline)
-    print(pipeline.to_dot() if args.format == "dot" else pipeline.to_mermaid(), end="")
+    draw = {"dot": pipeline.to_dot, "svg": pipeline.to_svg, "mermaid": pipeline.to_mermaid}[args.format]
+    print(draw(), end="")
     return EXIT_OK
 
 
@@ -415,8 +416,8 @@ def _parser() -> argparse.ArgumentParser:
 
     graph = sub.add_parser("graph", help="print a pipeline's graph")
     graph.add_argument("target", metavar="FILE.py[:NAME]")
-    graph.add_argument("--format", choices=("mermaid", "dot"), default="mermaid",
-                       help="mermaid (default) or Graphviz dot")
+    graph.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid",
+                       help="mermaid (default), Graphviz dot, or an SVG picture")
     graph.set_defaults(func=_cmd_graph)
     return parser
 
