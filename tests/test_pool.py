@@ -18,8 +18,11 @@ from reflux import (
     Transformer,
     ValidationError,
 )
+from reflux.describe.base import DEFAULT_BATCH_SIZE
+from reflux.describe.sinks import SumSink
 from reflux.run.fusion import fuse_chains
 from reflux.run.pool import PoolRuntime
+from reflux.run.units import SEALED_CHAIN_BATCH, sealed_chain_batch
 
 HANG = 60.0
 
@@ -138,6 +141,49 @@ class TestFusion:
         assert chains == [["src"], ["flat"], ["bal"], ["a"], ["b"], ["out"]]
         result = p.run(timeout=HANG)
         assert sorted(result.results["out"]) == sorted([x for x in range(5) for _ in (0, 1)])
+
+    def test_sealed_chains_grow_their_batches_and_others_keep_batch_size(self) -> None:
+        def batch_of(*nodes: Any, **kw: Any) -> int:
+            p = Pipeline(*nodes, **kw) if len(nodes) > 1 else Pipeline(nodes[0], **kw)
+            (chain,) = fuse_chains(p.compile())
+            return sealed_chain_batch(chain)
+
+        step, keep = (lambda x: x + 1), (lambda x: x % 2 == 0)
+        assert batch_of(Extractor(range(10)) >> Transformer(step) >> Filter(keep) >> Loader.sum()) == SEALED_CHAIN_BATCH
+        assert batch_of(Extractor([1, 2]) >> Loader(print)) == SEALED_CHAIN_BATCH  # called per item
+        # the function sees each batch: the pipeline's batch size holds
+        assert batch_of(Extractor(range(10)) >> Loader(len, batch=True)) == DEFAULT_BATCH_SIZE
+        assert batch_of(Extractor(range(10)) >> Transformer(lambda b: b, batched=True) >> Loader.sum()) \
+            == DEFAULT_BATCH_SIZE
+        # a batch size the user set is kept
+        assert batch_of(Extractor(range(10)) >> Loader.sum(), batch_size=100) == 100
+
+        def gen() -> Any:
+            yield from range(10)
+        # a source that is not an in-memory collection: its batch size is kept, not grown
+        p = Pipeline(Extractor(gen, batch_size=8) >> Transformer(step) >> Loader.sum())
+        assert [sealed_chain_batch(c) for c in fuse_chains(p.compile())] == [8]
+
+    def test_a_sealed_chain_gives_its_sink_bigger_batches_and_the_same_total(self) -> None:
+        class Sizes(SumSink):
+            def __init__(self) -> None:
+                super().__init__()
+                self.sizes: list[int] = []
+
+            def __call__(self, batch: list[Any]) -> None:
+                self.sizes.append(len(batch))
+                super().__call__(batch)
+
+        n = 200_000
+        sizes = Sizes()
+        result = Pipeline(Extractor(range(n)) >> Transformer(lambda x: 2 * x) >> Loader(sizes, name="total")).run(
+            timeout=HANG)
+        assert result.results["total"] == n * (n - 1)
+        assert sum(sizes.sizes) == n and DEFAULT_BATCH_SIZE < max(sizes.sizes) <= SEALED_CHAIN_BATCH
+        # a function that sees its batches gets at most batch_size items each
+        seen: list[int] = []
+        Pipeline(Extractor(range(n)) >> Loader(lambda b: seen.append(len(b)), batch=True)).run(timeout=HANG)
+        assert sum(seen) == n and max(seen) == DEFAULT_BATCH_SIZE
 
     def test_feedback_inside_a_fused_chain(self) -> None:
         def walk(x: int) -> Any:

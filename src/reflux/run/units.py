@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 from reflux_core._sched import PUMP_CLOSED, PUMP_END, PUMP_ERROR, PUMP_YIELD, PumpTask
 from reflux_core.channel import ChannelClosed, Empty
 
-from ..describe.base import Node
+from ..describe.base import DEFAULT_BATCH_SIZE, Node
+from ..describe.nodes import Extractor, Filter, Loader, Transformer
 from ..describe.plan import Task
+from ..describe.sinks import CallbackSink, CountSink, FileSink, ListSink, ReduceSink, SumSink
 from ..errors import ErrorRecord
 from ..logic.base import CURRENT, Abort, NodeLogic, Outbox, set_current_context
 from ..result import NodeStats
@@ -61,6 +63,43 @@ class PumpLogic(NodeLogic):
 
     def abandon(self) -> int:
         return self.pump.abandon()
+
+
+#: the batch a sealed chain (see sealed_chain_batch) grows to: a step's fixed cost
+#: (scheduling, clocks, counters) shared by this many items is under 1% of their work
+SEALED_CHAIN_BATCH = 4096
+
+#: Loaders whose function never sees where one batch ends (the built-in sinks)
+_BOUNDARY_FREE_SINKS = (CountSink, SumSink, ReduceSink, ListSink, FileSink, CallbackSink)
+
+
+def sealed_chain_batch(tasks: list[Task]) -> int:
+    """How many items a batch of a fused chain may grow to.
+
+    The pipeline's ``batch_size``, unless the chain is *sealed*: it starts at an
+    Extractor over an in-memory collection, ends at a Loader, and no function of
+    it can tell one batch from the next (item-at-a-time Transformers and
+    Filters, a Loader called per item or one of the built-in sinks).  Nothing
+    then waits for a batch to fill, no channel holds it, and a step still lasts
+    at most about ``BATCH_BUDGET`` (adapt()), so the default grows to
+    :data:`SEALED_CHAIN_BATCH` items.  A ``batch_size`` the user set is kept."""
+    size = tasks[0].batch_size
+    if size != DEFAULT_BATCH_SIZE or tasks[-1].outputs:
+        return size
+    for t in tasks:
+        node = t.node
+        if isinstance(node, Extractor):
+            if node.mode != "sized":
+                return size
+        elif isinstance(node, (Transformer, Filter)):
+            if getattr(node, "batched", False) or getattr(node, "plugin", None) is not None:
+                return size
+        elif isinstance(node, Loader):
+            if node.batch and not isinstance(node.fn, _BOUNDARY_FREE_SINKS):
+                return size
+        else:
+            return size
+    return max(size, SEALED_CHAIN_BATCH)
 
 
 class ReplicaGroup:
@@ -124,6 +163,8 @@ class Unit:
         #: short, so a slow function never holds a worker (nor delays a stop, a
         #: pause or the watchdog) for a whole batch (see adapt())
         self.limit = 1
+        #: the most items a batch of this unit grows to (see adapt() and sealed_chain_batch())
+        self.max_limit = sealed_chain_batch(tasks) if group is None else self.head.batch_size
         #: the stage whose code runs now (a failure outside any item is blamed on it)
         self.stage = 0
         #: held by pause_node() (a plain bool: read by the worker that picks the unit up,
@@ -282,10 +323,12 @@ class Unit:
         seconds): a unit holds a worker for about BATCH_BUDGET seconds at most
         (plus one item), so a stop, a pause or the watchdog is seen within about
         that long, while fast functions grow to the full batch size."""
+        # checkpoint barriers count items per batch of the pipeline's size
+        cap = self.max_limit if self.rt.gate is None else self.head.batch_size
         if spent > BATCH_BUDGET:
             self.limit = max(1, int(n * BATCH_BUDGET / spent))
-        elif n >= self.limit and self.limit < self.head.batch_size and spent * 2 <= BATCH_BUDGET:
-            self.limit = min(self.head.batch_size, self.limit * 2)
+        elif n >= self.limit and self.limit < cap and spent * 2 <= BATCH_BUDGET:
+            self.limit = min(cap, self.limit * 2)
 
     # ------------------------------------------------------------------ record edges
 
