@@ -18,6 +18,12 @@ speed touches all rows alike):
              (bounded, 1024).
 ``2p2c``     two producer and two consumer threads: reflux MPMCChannel against
              queue.SimpleQueue and queue.Queue(1024).
+``naive``    the hand-off as users write it: a producer thread pushing
+             ``--naive-items`` ints into a fresh SPSCChannel(8192), the main
+             thread popping until ChannelClosed, against the same with a fresh
+             queue.SimpleQueue and a sentinel; no start gate, the thread's
+             start-up inside the timing.  Targets: median at least 1.2x, and
+             no round below 1.0x (each round's pair compared).
 ``mp``       multiprocessing.Queue between two processes (``--mp-items``), the
              cross-process baseline.
 ``records``  8-byte records between two nogil threads (``--record-items``):
@@ -751,6 +757,98 @@ def section_mp(bench):
                   lambda: _run_mp(n, BATCH), batch=BATCH)
 
 
+# ---------------------------------------------------------------------- naive
+# The plain way to hand items from one thread to another, as a user writes it:
+# no start gate, fresh objects per round, the producer thread's start inside the
+# timing, the consumer in the main thread.
+
+NAIVE_CAPACITY = 8192
+
+
+def _run_naive_spsc(n):
+    ch = SPSCChannel(NAIVE_CAPACITY)
+
+    def produce():
+        push = ch.push
+        for i in range(n):
+            push(i)
+        ch.close()
+
+    t0 = perf_counter()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    pop, total, count = ch.pop, 0, 0
+    try:
+        while True:
+            total += pop()
+            count += 1
+    except ChannelClosed:
+        pass
+    producer.join()
+    secs = perf_counter() - t0
+    if total != n * (n - 1) // 2:
+        raise BenchmarkError(f"naive SPSCChannel: sum {total} != {n * (n - 1) // 2}")
+    return secs, count, None
+
+
+def _run_naive_simplequeue(n):
+    q = queue.SimpleQueue()
+
+    def produce():
+        put = q.put
+        for i in range(n):
+            put(i)
+        put(None)
+
+    t0 = perf_counter()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    get, total, count = q.get, 0, 0
+    while True:
+        x = get()
+        if x is None:
+            break
+        total += x
+        count += 1
+    producer.join()
+    secs = perf_counter() - t0
+    if total != n * (n - 1) // 2:
+        raise BenchmarkError(f"naive SimpleQueue: sum {total} != {n * (n - 1) // 2}")
+    return secs, count, None
+
+
+def run_naive(bench):
+    """The naive pair, ``--naive-rounds`` rounds (their order alternating), after the
+    other sections: two rows whose runs are paired by round."""
+    n, rounds = bench.args.naive_items, bench.args.naive_rounds
+    rows = {
+        "naive_spsc": (f"reflux SPSCChannel({NAIVE_CAPACITY}): a thread pushes, main pops", _run_naive_spsc),
+        "naive_simplequeue": ("queue.SimpleQueue: a thread puts, main gets", _run_naive_simplequeue),
+    }
+    runs = {rid: [] for rid in rows}
+    t0 = time.monotonic()
+    for r in range(rounds):
+        order = list(rows) if r % 2 == 0 else list(reversed(rows))
+        for rid in order:
+            secs, count, _ = rows[rid][1](n)
+            if count != n:
+                raise BenchmarkError(f"{rows[rid][0]}: moved {count} items, expected {n}")
+            runs[rid].append(n / secs)
+    for rid, (label, _) in rows.items():
+        bench.rows[rid] = {"section": "naive", "id": rid, "label": label, "items": n, "batch": 1,
+                           "rate": statistics.median(runs[rid]), "runs": runs[rid], "extra": None,
+                           "discarded": [], "disturbed": 0}
+    bench.say(f"naive hand-off: {rounds} rounds in {time.monotonic() - t0:.0f} s")
+
+
+def naive_rounds(bench):
+    """Each round's ratio: SPSCChannel's rate over SimpleQueue's in the same round."""
+    a, b = bench.rows.get("naive_spsc"), bench.rows.get("naive_simplequeue")
+    if a is None or b is None:
+        return []
+    return [x / y for x, y in zip(a["runs"], b["runs"])]
+
+
 def _record_items(args, batch):
     """Records per run: batch-256 runs move RECORD_BATCH_SCALE times more, so
     that even at ~600 M records/s a run lasts ~0.2 s (thread start-up and
@@ -797,8 +895,8 @@ def section_records(bench):
                       partial(_run_records_native, n2, cap, batch, 2, 2, "mpmc"), batch=batch)
 
 
-SECTIONS = {"1t": section_1t, "1p1c": section_1p1c, "2p2c": section_2p2c, "mp": section_mp,
-            "records": section_records}
+SECTIONS = {"1t": section_1t, "1p1c": section_1p1c, "2p2c": section_2p2c, "naive": lambda bench: None,
+            "mp": section_mp, "records": section_records}
 
 # (description, row id, baseline id, target ratio)
 TARGETS = [
@@ -855,6 +953,12 @@ def print_report(bench):
                                             "mpmc_2p2c_batch": f"mpmc_batch_{PEER_CAPACITY}",
                                             "simplequeue_2p2c": "simplequeue",
                                             "queue_1024_2p2c": "queue_1024"}.get(r["id"]))])
+    naive = naive_rounds(bench)
+    if naive:
+        print_table(bench, f"the naive hand-off, {bench.args.naive_items:,} ints, {len(naive)} rounds "
+                    "(fresh objects, no start gate, the thread's start timed)", by("naive"),
+                    [("vs SimpleQueue", lambda r: "naive_simplequeue")])
+        bench.say("per round, SPSCChannel vs SimpleQueue: " + " ".join(f"{x:.2f}" for x in naive))
     print_table(bench, f"process to process, {bench.args.mp_items:,} ints (scaled to items/s)",
                 by("mp"),
                 [("vs mp.Queue", lambda r: "mp_queue"),
@@ -879,6 +983,16 @@ def print_report(bench):
                             "ratio": r, "verdict": verdict})
             shown = "-" if r is None else f"{r:.2f}x"
             bench.say(f"{desc.ljust(width)}  {shown:>8}  (goal >= {target:g}x)  {verdict}")
+        bench.say()
+    if naive:
+        bench.say("== targets (the naive hand-off; measured in this run)")
+        for desc, value, goal in ((f"naive SPSCChannel({NAIVE_CAPACITY}) vs SimpleQueue, median of rounds",
+                                   statistics.median(naive), 1.2),
+                                  ("naive SPSCChannel vs SimpleQueue, slowest round", min(naive), 1.0)):
+            verdict = "PASS" if value >= goal else "MISS"
+            results.append({"target": desc, "row": "naive_spsc", "baseline": "naive_simplequeue", "goal": goal,
+                            "ratio": value, "verdict": verdict})
+            bench.say(f"{desc.ljust(width)}  {value:>7.2f}x  (goal >= {goal:g}x)  {verdict}")
         bench.say()
     bench.say()
     bench.say("waits full/empty: the channel's stats of the median run, times a producer "
@@ -985,6 +1099,8 @@ def parse_args(argv=None):
         description="reflux channels vs queue.Queue, SimpleQueue, deque+Condition, "
                     "multiprocessing.Queue and a plain-C ring.")
     p.add_argument("--items", type=int, help="ints per thread benchmark (default 1,000,000)")
+    p.add_argument("--naive-items", type=int, help="ints per naive hand-off run (default 500,000)")
+    p.add_argument("--naive-rounds", type=int, help="rounds of the naive hand-off pair (default 24)")
     p.add_argument("--mp-items", type=int, help="ints per multiprocessing run (default 200,000)")
     p.add_argument("--record-items", type=int,
                    help="records per batch-1 record run; batch-256 runs move 10x as many "
@@ -1015,13 +1131,17 @@ def parse_args(argv=None):
         args.mp_items = 5_000 if quick else 200_000
     if args.record_items is None:
         args.record_items = 200_000 if quick else 10_000_000
+    if args.naive_items is None:
+        args.naive_items = 20_000 if quick else 500_000
+    if args.naive_rounds is None:
+        args.naive_rounds = 2 if quick else 24
     if args.repeat is None:
         args.repeat = 1 if quick else 5
     if args.redo is None:
         args.redo = 0 if quick else 2
     if args.redo < 0:
         p.error("--redo must be >= 0")
-    for name in ("items", "mp_items", "record_items", "repeat", "record_capacity"):
+    for name in ("items", "mp_items", "naive_items", "naive_rounds", "record_items", "repeat", "record_capacity"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.record_items < 2:
@@ -1055,6 +1175,8 @@ def main(argv=None):
     for name in args.only:
         SECTIONS[name](bench)
     bench.run_rounds()
+    if "naive" in args.only:
+        run_naive(bench)
     targets = print_report(bench)
     bench.say(f"total benchmark time {time.monotonic() - t0:.0f} s")
     if args.json:
