@@ -23,6 +23,9 @@ needs_docs = pytest.mark.skipif(not DOCS.is_dir(), reason="docs/ is not next to 
 
 #: the public modules of the compiled core and of the Python layer's facade
 CORE_MODULES = ("reflux_core", "reflux_core.channel", "reflux_core.transform")
+#: the connector modules: public, documented whole, like the core's
+CONNECTOR_MODULES = ("reflux.connectors.files", "reflux.connectors.parquet", "reflux.connectors.sqlite",
+                     "reflux.connectors.postgres")
 
 
 def public_names() -> dict[str, set[str]]:
@@ -30,7 +33,7 @@ def public_names() -> dict[str, set[str]]:
     import reflux
 
     names = {"reflux": set(reflux.__all__)}
-    for module in CORE_MODULES:
+    for module in CORE_MODULES + CONNECTOR_MODULES:
         names[module] = set(importlib.import_module(module).__all__)
     return names
 
@@ -73,6 +76,7 @@ def test_the_api_reference_names_every_public_name() -> None:
             missing[module] = sorted(lacking)
     assert not missing, f"the API reference (docs/api/*.rst) does not document: {missing}"
     assert set(CORE_MODULES) <= whole_modules
+    assert set(CONNECTOR_MODULES) <= whole_modules
 
 
 @pytest.mark.skipif(not os.environ.get("REFLUX_DOCS_HTML"), reason="REFLUX_DOCS_HTML names no built site")
