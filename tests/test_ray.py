@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -626,27 +625,6 @@ def test_the_cluster_benchmark_runs(cluster: Any, tmp_path: Path) -> None:
     for title in ("== CPU-heavy work", "== numpy arrays through identity", "== latency", "== targets"):
         assert title in proc.stdout, proc.stdout
     assert out_json.exists()
-
-
-def _scaling_out_examples() -> list[str]:
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    if not readme.exists():
-        return []
-    text = readme.read_text(encoding="utf-8")
-    start = text.index("## Scaling out on Ray")
-    end = text.index("\n## ", start + 1)
-    return re.findall(r"^```py\n(.*?)^```$", text[start:end], re.M | re.S)
-
-
-@pytest.mark.parametrize("code", _scaling_out_examples())
-def test_the_readme_examples_of_scaling_out_run(cluster: Any, code: str, tmp_path: Path) -> None:
-    """The ```py examples of README's "Scaling out on Ray", run as a reader would on a cluster
-    (``RAY_ADDRESS`` names this one), with warnings as errors."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["RAY_ADDRESS"] = cluster.address
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=HANG)
-    assert proc.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{proc.stderr}"
 
 
 KILLED_DRIVER = textwrap.dedent("""
