@@ -10,10 +10,13 @@ example) are tested where they live (tests/test_cython_example.py).
 
 An example that needs an optional dependency (see ``NEEDS``) is marked with it and
 skipped, with the reason, where that dependency is missing; where it is present it
-runs like the others: on the session's Ray cluster (``RAY_ADDRESS`` names it), or
-against a fresh database of the session's PostgreSQL server (the ``PG*`` variables
-name it).  .ci/run's Ray and connectors legs, which install those extras, run them
-(``pytest -m ray`` / ``-m "arrow or postgres"``).
+runs like the others, against a fresh database of the session's PostgreSQL server
+(the ``PG*`` variables name it) when it needs one.  The examples that need Ray run in
+tests/test_ray.py (``RAY_BLOCKS``), on that module's test cluster (``RAY_ADDRESS``
+names it): a Ray session in the test process keeps threads of its own, which the
+process-worker tests that fork must not meet, and tests/test_ray.py runs after them.
+.ci/run's Ray and connectors legs, which install those extras, run them
+(``pytest -m ray tests/test_ray.py`` / ``-m "arrow or postgres"``).
 """
 from __future__ import annotations
 
@@ -97,6 +100,21 @@ def _param(name: str, code: str) -> Any:
     return pytest.param(code, id=name, marks=marks)
 
 
+#: the examples that need Ray: tests/test_ray.py runs them on its cluster
+RAY_BLOCKS = [(name, code) for name, code in BLOCKS if any(n.marker == "ray" for n in needs(code))]
+#: every other example: run here
+LOCAL_BLOCKS = [(name, code) for name, code in BLOCKS if (name, code) not in RAY_BLOCKS]
+
+
+def run_example(code: str, folder: Path, env: dict[str, str] | None = None) -> None:
+    """Save ``code`` as a script in ``folder`` and run it there, warnings as errors; fail with its stderr."""
+    script = folder / "example.py"
+    script.write_text(code, encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=HANG)
+    assert proc.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{proc.stderr}"
+
+
 def _postgres_env(conninfo: str) -> dict[str, str]:
     """The ``PG*`` variables that point libpq at the database of a ``key=value`` connection string."""
     names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE", "password": "PGPASSWORD"}
@@ -128,17 +146,17 @@ def test_examples_that_need_an_extra_are_told_apart() -> None:
         "PGHOST": "/tmp/x", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": "t_1"}
 
 
-@pytest.mark.parametrize("code", [_param(name, code) for name, code in BLOCKS])
+@pytest.mark.skipif(not (ROOT / "docs").is_dir(), reason="docs/ is not next to the tests")
+def test_every_example_runs_here_or_on_the_ray_test_cluster() -> None:
+    assert RAY_BLOCKS, "the pages have no example that needs Ray: docs/ray.md should"
+    assert len(RAY_BLOCKS) + len(LOCAL_BLOCKS) == len(BLOCKS)
+    assert "for name, code in RAY_BLOCKS" in (Path(__file__).parent / "test_ray.py").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("code", [_param(name, code) for name, code in LOCAL_BLOCKS])
 def test_example_runs(code: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    script = tmp_path / "example.py"
-    script.write_text(code, encoding="utf-8")
     env = dict(os.environ)
-    markers = {need.marker for need in needs(code)}
-    if "ray" in markers:  # a reader's script on a cluster: RAY_ADDRESS names the session's
-        env.pop("PYTHONPATH", None)
-        env["RAY_ADDRESS"] = request.getfixturevalue("ray_cluster").address
-    if "postgres" in markers:  # a fresh database of the session's server, named by the PG* variables
+    if any(need.marker == "postgres" for need in needs(code)):
+        # a fresh database of the session's server, named by the PG* variables
         env.update(_postgres_env(request.getfixturevalue("pg")))
-    proc = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=HANG)
-    assert proc.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{proc.stderr}"
+    run_example(code, tmp_path, env)

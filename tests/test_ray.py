@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import rayfns
 from support import wait_until
+from test_doc_examples import RAY_BLOCKS, run_example
 
 from reflux import (
     Extractor,
@@ -625,6 +626,15 @@ def test_the_cluster_benchmark_runs(cluster: Any, tmp_path: Path) -> None:
     for title in ("== CPU-heavy work", "== numpy arrays through identity", "== latency", "== targets"):
         assert title in proc.stdout, proc.stdout
     assert out_json.exists()
+
+
+@pytest.mark.parametrize("code", [pytest.param(code, id=name) for name, code in RAY_BLOCKS])
+def test_the_docs_examples_that_need_ray_run(cluster: Any, code: str, tmp_path: Path) -> None:
+    """Every example of the documentation that needs Ray (docs/ray.md's), run as a reader would
+    on a cluster (``RAY_ADDRESS`` names this one), with warnings as errors."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["RAY_ADDRESS"] = cluster.address
+    run_example(code, tmp_path, env)
 
 
 KILLED_DRIVER = textwrap.dedent("""
