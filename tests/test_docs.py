@@ -23,6 +23,9 @@ needs_docs = pytest.mark.skipif(not DOCS.is_dir(), reason="docs/ is not next to 
 
 #: the public modules of the compiled core and of the Python layer's facade
 CORE_MODULES = ("reflux_core", "reflux_core.channel", "reflux_core.transform")
+#: the connector modules: public, documented whole, like the core's
+CONNECTOR_MODULES = ("reflux.connectors.files", "reflux.connectors.parquet", "reflux.connectors.sqlite",
+                     "reflux.connectors.postgres")
 
 
 def public_names() -> dict[str, set[str]]:
@@ -30,7 +33,7 @@ def public_names() -> dict[str, set[str]]:
     import reflux
 
     names = {"reflux": set(reflux.__all__)}
-    for module in CORE_MODULES:
+    for module in CORE_MODULES + CONNECTOR_MODULES:
         names[module] = set(importlib.import_module(module).__all__)
     return names
 
@@ -73,6 +76,7 @@ def test_the_api_reference_names_every_public_name() -> None:
             missing[module] = sorted(lacking)
     assert not missing, f"the API reference (docs/api/*.rst) does not document: {missing}"
     assert set(CORE_MODULES) <= whole_modules
+    assert set(CONNECTOR_MODULES) <= whole_modules
 
 
 @pytest.mark.skipif(not os.environ.get("REFLUX_DOCS_HTML"), reason="REFLUX_DOCS_HTML names no built site")
@@ -187,3 +191,34 @@ def test_nothing_a_user_reads_speaks_of_how_the_project_was_built() -> None:
             if HISTORY.search(line):
                 found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")
     assert not found, "\n".join(found)
+
+
+# --------------------------------------------------------------------------- the README
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub and MyST give a heading (lower case, punctuation dropped, spaces to '-')."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+@pytest.mark.skipif(not (ROOT / "README.md").exists(), reason="README.md is not next to the tests")
+@needs_docs
+def test_the_readme_is_short_and_links_into_the_docs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    size = len(readme.encode("utf-8"))
+    assert size < 15_000, f"README.md is {size} bytes: keep it under 15 KB, the rest belongs in docs/"
+    assert readme.startswith("# reflux\n\n```bash\npip install . && reflux demo\npip install \".[test]\" && pytest\n```")
+    links = re.findall(r"\]\(((?!https?:)[^)#\s]+)(?:#([^)\s]+))?\)", readme)
+    pages = {target for target, _ in links if target.startswith("docs/")}
+    toctree = (DOCS / "index.md").read_text(encoding="utf-8")
+    for name in ("getting-started", "nodes", "running", "errors", "streaming", "processes", "free-threaded",
+                 "ray", "connectors", "checkpoints", "performance", "cython", "channels", "observing",
+                 "benchmarks", "install", "architecture", "coming-from-rust"):
+        assert f"docs/{name}.md" in pages, f"the README does not link to docs/{name}.md"
+        assert f"\n{name}\n" in toctree, f"docs/index.md's contents do not list {name}"
+    for target, anchor in links:
+        path = ROOT / target
+        assert path.exists(), f"the README links to {target}, which does not exist"
+        if anchor:
+            headings = re.findall(r"^#{1,4} (.+)$", path.read_text(encoding="utf-8"), re.M)
+            assert anchor in {_anchor(h) for h in headings}, f"{target} has no heading #{anchor}"

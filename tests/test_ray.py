@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 import rayfns
 from support import wait_until
+from test_doc_examples import RAY_BLOCKS, run_example
 
 from reflux import (
     Extractor,
@@ -628,25 +628,13 @@ def test_the_cluster_benchmark_runs(cluster: Any, tmp_path: Path) -> None:
     assert out_json.exists()
 
 
-def _scaling_out_examples() -> list[str]:
-    readme = Path(__file__).resolve().parent.parent / "README.md"
-    if not readme.exists():
-        return []
-    text = readme.read_text(encoding="utf-8")
-    start = text.index("## Scaling out on Ray")
-    end = text.index("\n## ", start + 1)
-    return re.findall(r"^```py\n(.*?)^```$", text[start:end], re.M | re.S)
-
-
-@pytest.mark.parametrize("code", _scaling_out_examples())
-def test_the_readme_examples_of_scaling_out_run(cluster: Any, code: str, tmp_path: Path) -> None:
-    """The ```py examples of README's "Scaling out on Ray", run as a reader would on a cluster
-    (``RAY_ADDRESS`` names this one), with warnings as errors."""
+@pytest.mark.parametrize("code", [pytest.param(code, id=name) for name, code in RAY_BLOCKS])
+def test_the_docs_examples_that_need_ray_run(cluster: Any, code: str, tmp_path: Path) -> None:
+    """Every example of the documentation that needs Ray (docs/ray.md's), run as a reader would
+    on a cluster (``RAY_ADDRESS`` names this one), with warnings as errors."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["RAY_ADDRESS"] = cluster.address
-    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=HANG)
-    assert proc.returncode == 0, f"example failed:\n{code}\n--- stderr ---\n{proc.stderr}"
+    run_example(code, tmp_path, env)
 
 
 KILLED_DRIVER = textwrap.dedent("""

@@ -180,6 +180,40 @@ def process_docstring(app: Sphinx, what: str, name: str, obj: Any, options: Any,
 
 def builder_inited(app: Sphinx) -> None:
     app.env.reflux_stubs = Stubs()  # type: ignore[attr-defined]
+    _introspect_from_stubs(app.env.reflux_stubs)  # type: ignore[attr-defined]
+
+
+def _introspect_from_stubs(stubs: Stubs) -> None:
+    """Let autodoc find a stub's signature where it cannot introspect one.
+
+    A compiled class whose ``__init__`` carries no text signature (Cython leaves the slot
+    wrapper's docstring alone) gives autodoc no signature at all, and Sphinx 9.0 then fails
+    with an ``IndexError`` when ``autodoc-process-signature`` supplies one.  So the
+    introspection step itself answers with the stub's signature for such objects.  It is
+    Sphinx's private module (the ``docs`` extra pins Sphinx); on another layout nothing is
+    changed and those classes show no signature.
+    """
+    try:
+        from sphinx.ext.autodoc._dynamic import _signatures
+    except ImportError:
+        return
+    original = getattr(_signatures, "_extract_signature_from_object", None)
+    if original is None or getattr(original, "_reflux_stubs", False):
+        return
+
+    def extract(*args: Any, **kwargs: Any) -> Any:
+        try:
+            found = original(*args, **kwargs)
+        except (TypeError, ValueError):
+            found = []
+        props = kwargs.get("props")
+        entry = stubs.lookup(getattr(props, "full_name", "")) if props is not None else None
+        if not found and entry is not None and entry.signature is not None:
+            return [(entry.signature, "")]
+        return found
+
+    extract._reflux_stubs = True  # type: ignore[attr-defined]
+    _signatures._extract_signature_from_object = extract  # type: ignore[attr-defined]
 
 
 def setup(app: Sphinx) -> dict[str, Any]:

@@ -31,7 +31,8 @@ Funnels or replicas, nothing special for fused chains, process workers or
 feedback loops, and items need not be picklable; the nodes' logic is left
 untouched.  The price is a pause of the sources while the pipeline drains,
 which on a GIL build costs little: the Python that runs while the sources
-wait is work that had to be done anyway (see the README's measurements).
+wait is work that had to be done anyway (the connector benchmark measures it:
+see docs/benchmarks.md).
 
 A barrier that cannot complete within ``timeout`` seconds (a source blocked
 inside a read, a paused pipeline) is skipped: the sources go on and the next
