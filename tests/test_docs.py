@@ -34,8 +34,27 @@ def public_names() -> dict[str, set[str]]:
 
     names = {"reflux": set(reflux.__all__)}
     for module in CORE_MODULES + CONNECTOR_MODULES:
-        names[module] = set(importlib.import_module(module).__all__)
+        names[module] = module_all(module)
     return names
+
+
+def module_all(module: str) -> set[str]:
+    """A module's ``__all__``; read from its source where importing it needs an extra that is
+    not installed (pyarrow, psycopg)."""
+    import importlib.util
+
+    try:
+        return set(importlib.import_module(module).__all__)
+    except ImportError:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__"
+                                                    for t in node.targets):
+                return set(ast.literal_eval(node.value))
+        raise
 
 
 DIRECTIVE = re.compile(r"^\.\. (?:auto)?(?:py:)?(class|exception|function|data|attribute|method|module)"
