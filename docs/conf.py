@@ -13,6 +13,7 @@ Nothing is fetched from the network.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -49,6 +50,9 @@ myst_heading_anchors = 3
 
 # autodoc: members in source order, signatures typed from the annotations and stubs
 autodoc_member_order = "bysource"
+# the connectors' optional dependencies: where they are not installed, the docs build with
+# stand-ins for them (the modules' own ImportError names the extra to install)
+autodoc_mock_imports = [name for name in ("pyarrow", "psycopg") if importlib.util.find_spec(name) is None]
 autodoc_typehints = "signature"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_class_signature = "mixed"
