@@ -315,7 +315,8 @@ class BarrierGate:
 
     # ------------------------------------------------------------------ resuming
 
-    def restore(self, task: Task, logic: NodeLogic) -> None:
-        """[a node's logic just opened] Put back its position or state when the run resumes."""
+    def restore(self, task: Task, logic: NodeLogic, replica: int | None = None, replicas: int = 1) -> None:
+        """[a node's logic just opened] Put back its position or state when the run resumes
+        (``replica`` of ``replicas``: a replica running its own copy of the node's object)."""
         if self.resume is not None:
-            node_state.restore(task.node, logic, self.resume)
+            node_state.restore(task.node, logic, self.resume, replica, replicas)

@@ -672,7 +672,9 @@ class PoolRuntime(RuntimeBase):
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried",
                           "fed_back", "busy"):
                     setattr(total, f, getattr(total, f) + getattr(s, f))
-                for level, n in s.events.items():
+                # a copy first: the replica may add a level meanwhile (iterating the
+                # live dict would raise "dictionary changed size during iteration")
+                for level, n in dict(s.events).items():
                     total.events[level] = total.events.get(level, 0) + n
         if task.inbox is not None and task.inbox.overflow != "block":
             with self._lock:
