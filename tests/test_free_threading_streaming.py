@@ -210,6 +210,46 @@ def test_pausing_and_resuming_nodes_from_another_thread_loses_nothing(n=50_000):
     result.check_accounting()
 
 
+def endless() -> Any:
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def test_pause_and_resume_racing_leave_each_flag_agreeing_with_its_wakeup(rounds=150):
+    # a generator without batch_size: the source runs in a thread of its own and,
+    # while paused, waits on the wake-up of the pause that holds it
+    p = Pipeline(Extractor(endless(), name="src") >> Transformer(lambda x: x, name="t", fuse=False)
+                 >> Loader.count(name="out"))
+    p.start()
+    rt = p._runtime
+    assert rt is not None
+    units = [u for u in rt.units if u.head.name == "src"]
+
+    def race(pause: Any, resume: Any) -> None:
+        go = threading.Barrier(2)
+        a = start(lambda: (go.wait(), pause()), name="pausing")
+        b = start(lambda: (go.wait(), resume()), name="resuming")
+        for w in (a, b):
+            w.finish()
+            assert w.error is None, w.error
+
+    for _ in range(rounds):
+        race(p.pause, p.resume)
+        # paused exactly when the workers' wake-up is clear (else they would spin or never wake)
+        assert p.paused == (not rt._resumed.is_set())
+        race(lambda: p.pause("src"), lambda: p.resume("src"))
+        for u in units:
+            assert u.paused == (not u.resumed.is_set())
+    p.resume()
+    p.resume("src")
+    p.stop()
+    result = p.join(WATCHDOG)
+    assert result.results["out"] == result["src"].emitted > 0
+    result.check_accounting()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -129,8 +129,11 @@ class Unit:
         #: the stage whose code runs now (a failure outside any item is blamed on it)
         self.stage = 0
         #: held by pause_node() (a plain bool: read by the worker that picks the unit up,
-        #: which at worst runs one more step)
+        #: which at worst runs one more step); written under the runtime's _pause_lock
         self.paused = False
+        #: set unless paused: what a source in a thread of its own waits on while paused
+        self.resumed = threading.Event()
+        self.resumed.set()
         self.is_source = self.head.node.is_source
         self.has_timer = False
         self.timer_at: float | None = None
