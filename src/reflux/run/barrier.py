@@ -99,7 +99,9 @@ class BarrierGate:
         #: items pulled at the last barrier, and when the next one is due by time
         self._mark = 0
         self._next_at = time.monotonic() + seconds if seconds is not None else float("inf")
-        #: barriers recorded and skipped by this run; set once recording failed (no more barriers)
+        #: barriers recorded and skipped by this run; set once recording failed (no more barriers).
+        #: `taken` and `_mark` change outside the lock, but only in the one thread that holds
+        #: the pool (held: no step runs, no other thread records) or after the run
         self.taken = 0
         self.skipped = 0
         self.failed = False
