@@ -182,17 +182,27 @@ class ShmRing:
 
     Layout: [0:8] head (bytes written, producer), [128:136] tail (bytes read,
     consumer), data from 256.  A message is an 8-byte length and its bytes,
-    possibly wrapping around the end.
+    possibly wrapping around the end.  Head and tail are read and written as
+    whole aligned 8-byte words (``words``: the block seen as unsigned 64-bit
+    ints, one ``mov`` each on x86-64): ``struct``'s ``"<Q"`` goes byte by byte,
+    and the other process could see half a new head and read bytes never written.
     """
 
     DATA = 256
+    HEAD = 0  # index in `words` of the head (bytes 0-7)
+    TAIL = 16  # and of the tail (bytes 128-135)
 
     def __init__(self, shm: shared_memory.SharedMemory, cap: int) -> None:
         self.shm = shm
         self.buf = shm.buf
+        self.words = shm.buf[:self.DATA].cast("Q")
         self.cap = cap
         self.head = 0
         self.tail = 0
+
+    def release(self) -> None:
+        """Let go of the views of the block (before it is closed)."""
+        self.words.release()
 
     def _copy_in(self, pos: int, data: Any) -> None:
         data = memoryview(data).cast("B")
@@ -226,7 +236,7 @@ class ShmRing:
         if need > self.cap:
             raise ValueError("message larger than the ring")
         k = 0
-        while self.cap - (self.head - _Q.unpack_from(self.buf, 128)[0]) < need:
+        while self.cap - (self.head - self.words[self.TAIL]) < need:
             k = self._spin(k)
         self._copy_in(self.head, _Q.pack(size))
         pos = self.head + 8
@@ -234,17 +244,17 @@ class ShmRing:
             self._copy_in(pos, part)
             pos += memoryview(part).nbytes
         self.head += need
-        _Q.pack_into(self.buf, 0, self.head)  # publish (x86: stores are not reordered)
+        self.words[self.HEAD] = self.head  # publish (x86: stores are not reordered)
 
     def get(self) -> Any:
         """Read one message and unpickle it; out-of-band buffers are slices of one copy."""
         k = 0
-        while _Q.unpack_from(self.buf, 0)[0] == self.tail:
+        while self.words[self.HEAD] == self.tail:
             k = self._spin(k)
         size = _Q.unpack(bytes(self._copy_out(self.tail, 8)))[0]
         data = self._copy_out(self.tail + 8, size)
         self.tail += 8 + size
-        _Q.pack_into(self.buf, 128, self.tail)
+        self.words[self.TAIL] = self.tail
         plen, nbuf = struct.unpack_from("<QI", data, 0)
         pos = 12 + 8 * nbuf
         view = memoryview(data)
@@ -266,6 +276,7 @@ def _shm_producer(name: str, kind: str, n: int, batch: int, go: Any) -> None:
         for msg in _payloads(kind, n, batch):
             ring.put(wire.encode(msg))
         ring.put(wire.encode(None))
+        ring.release()
         del ring
     finally:
         shm.close()
@@ -283,6 +294,7 @@ def _shm_consumer(name: str, kind: str, results: Any) -> None:
             c, t = _tally(kind, msg)
             count += c
             total += t
+        ring.release()
         del ring
         results.put((count, total, time.perf_counter()))
     finally:

@@ -5,6 +5,7 @@ what no checkpoint committed); the SIGKILL tests are in test_crash_restart.py.
 """
 from __future__ import annotations
 
+from contextlib import closing
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ class FailOnce:
 
 
 def table_ids(db: str, table: str = "t") -> list[int]:
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         return [r[0] for r in conn.execute(f"SELECT id FROM {table}")]
 
 
@@ -141,7 +142,7 @@ def test_a_stateful_function_resumes_with_its_state(tmp_path: Any) -> None:
     with pytest.raises(NodeError):
         p.run()
     p.run()
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         rows = sorted(conn.execute("SELECT id, n FROM t"))
     assert rows == [(i, i + 1) for i in range(2_000)]  # numbered on from where the checkpoint stood
 
@@ -161,7 +162,7 @@ def test_an_accumulator_resumes_with_its_open_group(tmp_path: Any) -> None:
     with pytest.raises(NodeError):
         p.run()
     p.run()
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         rows = sorted(conn.execute("SELECT id, f, n FROM t"))
     # the groups are those of a run that never failed: 7 by 7 from 0, the last one short
     assert rows == [(x, x - x % 7, 7 if x < 2_996 else 4) for x in range(3_000)]
@@ -381,7 +382,7 @@ def test_crash_after_the_decision_before_the_checkpoint_file(tmp_path: Any, monk
     with pytest.raises(CheckpointError, match="could not be written"):
         build().run()
     monkeypatch.setattr(CheckpointStore, "save", real)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         marker = conn.execute("SELECT checkpoint FROM reflux_checkpoints").fetchone()[0]
     assert marker == 4  # the fourth checkpoint was decided before its file write failed
     result = build().run()

@@ -1,6 +1,7 @@
 """The `reflux` command (the README's first set-up command runs `reflux demo`)."""
 from __future__ import annotations
 
+from contextlib import closing
 import json
 import subprocess
 import sys
@@ -428,7 +429,7 @@ def test_run_with_a_checkpoint_reports_what_it_resumed(tmp_path: Path) -> None:
     third = _cli("run", str(script), "--checkpoint", ckpt, "--json", cwd=tmp_path)
     data = json.loads(third.stdout)
     assert data["checkpoint"]["resumed_final"] is True and data["extracted"] == 0
-    with sqlite3.connect(tmp_path / "out.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "out.db")) as conn, conn:
         assert conn.execute("SELECT count(*), count(DISTINCT x) FROM t").fetchone() == (5_000, 5_000)
     usage = _cli("run", str(script), "--checkpoint-every", "5", cwd=tmp_path)
     assert usage.returncode == 2 and "--checkpoint-every needs --checkpoint PATH" in usage.stderr

@@ -2,6 +2,7 @@
 start a throwaway server: see pgserver.py; they skip only where no server binary exists)."""
 from __future__ import annotations
 
+from contextlib import closing
 import sqlite3
 import threading
 from typing import Any
@@ -16,13 +17,13 @@ CREATE = "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, name TEXT, score
 
 
 def rows_of(db: str, sql: str = "SELECT id, name, score FROM t ORDER BY id") -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         return conn.execute(sql).fetchall()
 
 
 def make_db(path: Any, n: int) -> str:
     db = str(path)
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute(CREATE)
         conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, f"n{i}", i / 2) for i in range(n)])
     return db
@@ -55,7 +56,7 @@ def test_sqlite_sink_commits_every_n_rows_without_checkpoints(tmp_path: Any) -> 
 
     def watch(x: int) -> tuple[int, str, float]:
         if x == 2_500:
-            with sqlite3.connect(db) as conn:  # another connection sees what is committed
+            with closing(sqlite3.connect(db)) as conn, conn:  # another connection sees what is committed
                 seen.append(conn.execute("SELECT count(*) FROM t").fetchone()[0])
             gate.set()
         return (x, "", 0.0)

@@ -9,6 +9,7 @@ each runs in the default suite.
 """
 from __future__ import annotations
 
+from contextlib import closing
 import glob
 import gzip
 import json
@@ -116,11 +117,11 @@ def run_trials(scenario: str, trials: int, conninfo_for: Any = None) -> list[dic
             report = crash_and_finish(scenario, work, rng, conninfo)
             reports.append(report)
             if scenario == "window":
-                with sqlite3.connect(os.path.join(work, "out.db")) as db:
+                with closing(sqlite3.connect(os.path.join(work, "out.db"))) as db, db:
                     check_window_rows(db.execute("SELECT id, first, size FROM rows").fetchall())
                 continue
             if scenario == "sqlite":
-                with sqlite3.connect(os.path.join(work, "out.db")) as db:
+                with closing(sqlite3.connect(os.path.join(work, "out.db"))) as db, db:
                     table = [r[0] for r in db.execute("SELECT id FROM rows")]
             else:
                 import psycopg

@@ -9,7 +9,10 @@ functions** (of a Transformer, Filter, Messenger or Loader) offer ``state()``,
 which returns a picklable value, and ``restore(state)``, called with it after
 ``open()`` when a run resumes.  A source without them is positioned by
 counting: it is read again from its start and the items before the checkpoint
-are skipped.
+are skipped.  The replicas of a node with ``parallel=N`` that each run their
+own copy of a stateful object have a state each: every copy's ``state()`` is
+saved, and each is restored into the copy of the same replica (so a run
+resumes with the ``parallel=`` its checkpoint was taken with).
 
 **Sinks** (the function of a :class:`~reflux.Loader`) say how they commit with a
 ``checkpoint_role`` attribute:

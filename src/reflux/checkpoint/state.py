@@ -7,8 +7,12 @@
   Transformer's ``fn``, a Filter's predicate, a Messenger's key, a Loader's
   function other than a committing sink): what ``state()`` returns.
 
-Replicas of a node (``parallel=N``) share its function, so its state is taken
-once per node.
+Replicas of a node (``parallel=N``) that share its function (a function, or an
+object whose ``__deepcopy__`` returns itself) have one state, taken once per
+node.  Replicas that each run their own copy of a stateful object have one
+state each, taken from each copy and put back into the copy of the same
+replica; resuming such a checkpoint needs the same ``parallel=`` (a
+:class:`~reflux.errors.CheckpointError` names the node otherwise).
 """
 from __future__ import annotations
 
@@ -56,6 +60,14 @@ def check_nodes(nodes: Sequence[Node], snap: Snapshot | None, owner: str) -> Non
                                   f"executor='thread', or drop the hooks")
     if snap is None:
         return
+    for node in nodes:
+        saved = snap.nodes.get(node.name)
+        parallel = getattr(node, "parallel", 1)
+        if saved is not None and saved[0] == "replicas" and len(saved[1]) != parallel:
+            raise CheckpointError(f"{node.label}: its checkpoint #{snap.id} holds the states of {len(saved[1])} "
+                                  f"replicas, each running its own copy of the function, and the node now has "
+                                  f"parallel={parallel}; resume with the parallel= the checkpoint was taken "
+                                  f"with", node=node.name)
     names = {n.name for n in nodes}
     for group in (snap.sources, snap.nodes):
         for name in group:
@@ -78,14 +90,21 @@ def capture(logics: Iterable[tuple[Node, list[NodeLogic]]]) -> tuple[dict[str, A
         elif isinstance(first, AccumulatorLogic):
             states[node.name] = ("window", first.window_state())
         else:
-            fn = stateful_function(node)
-            if fn is not None:
-                states[node.name] = ("state", fn.state())
+            # each logic's own node: a replica's copy holds that replica's copy of the object
+            fns = [stateful_function(lg.node) for lg in lgs]
+            if fns[0] is None:
+                continue
+            if all(fn is fns[0] for fn in fns):
+                states[node.name] = ("state", fns[0].state())
+            else:
+                states[node.name] = ("replicas", [fn.state() for fn in fns])
     return sources, states
 
 
-def restore(node: Node, logic: NodeLogic, snap: Snapshot) -> None:
-    """Put ``node``'s saved state back into its just-opened ``logic``."""
+def restore(node: Node, logic: NodeLogic, snap: Snapshot, replica: int | None = None,
+            replicas: int = 1) -> None:
+    """Put ``node``'s saved state back into its just-opened ``logic`` (``replica`` of
+    ``replicas``: the logic is that replica's, running its own copy of the node's object)."""
     try:
         if isinstance(logic, ExtractorLogic):
             pos = snap.sources.get(node.name)
@@ -99,11 +118,18 @@ def restore(node: Node, logic: NodeLogic, snap: Snapshot) -> None:
         if how == "window" and isinstance(logic, AccumulatorLogic):
             logic.restore_window(value)
             return
-        fn = stateful_function(node)
-        if how != "state" or fn is None:
+        fn = stateful_function(logic.node)
+        if fn is None or how not in ("state", "replicas"):
             raise CheckpointError(f"{node.label}: the checkpoint holds a state ({how}) this node cannot take "
                                   f"(it changed since)", node=node.name)
-        fn.restore(value)
+        saved_replicas = len(value) if how == "replicas" else 1
+        if saved_replicas != (replicas if replica is not None else 1):
+            raise CheckpointError(
+                f"{node.label}: the checkpoint holds {saved_replicas} state(s) of its function, one per "
+                f"replica running its own copy, and the node now runs "
+                f"{replicas if replica is not None else 1} such replica(s); resume with the parallel= the "
+                f"checkpoint was taken with", node=node.name)
+        fn.restore(value[replica] if how == "replicas" and replica is not None else value)
     except CheckpointError:
         raise
     except Exception as exc:  # the user's restore() hook, or a source that cannot skip

@@ -59,12 +59,15 @@ class CheckpointStore:
         if not os.path.isdir(folder):
             raise CheckpointError(f"checkpoint file {self.path!r}: folder {folder!r} does not exist",
                                   node=self.path)
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()  # not a checkpoint file: let it go now
             raise CheckpointError(f"checkpoint file {self.path!r} cannot be used: {exc} (is it a reflux "
                                   f"checkpoint file?)", node=self.path) from exc
         self._db = db

@@ -135,8 +135,12 @@ class SqliteSink(SqlSink):
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.database, check_same_thread=False, isolation_level=None, timeout=self.timeout)
-        for name, value in self.pragmas.items():
-            conn.execute(f"PRAGMA {name}={value}")
+        try:
+            for name, value in self.pragmas.items():
+                conn.execute(f"PRAGMA {name}={value}")
+        except BaseException:
+            conn.close()  # a pragma the database refused: no connection left behind
+            raise
         self._in_tx = False
         return conn
 

@@ -93,6 +93,12 @@ class NodeContext:
     def __init__(self, stats: NodeStats, stop_flag: StopFlag | None = None) -> None:
         self.stats = stats
         self.stop_flag: StopFlag = StopFlag() if stop_flag is None else stop_flag
+        # protects the read-modify-write of stats.events: more than one thread can emit
+        # through one context (an async node's event loop beside the worker running the
+        # node, user threads the runtime marked), and without a GIL two increments
+        # of one level could lose one; readers copy the dict (dict(events): one
+        # atomic copy) and need no lock
+        self._events_lock = threading.Lock()
 
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds`` (retry back-off); raise :class:`Abort` if the run is abandoned."""
@@ -114,7 +120,8 @@ class NodeContext:
         """An event the node's function emitted (:func:`reflux.emit`): counted by level
         in the node's counters, and logged on the ``"reflux"`` logger."""
         events = self.stats.events
-        events[event.level] = events.get(event.level, 0) + 1
+        with self._events_lock:
+            events[event.level] = events.get(event.level, 0) + 1
         logger.log(event.levelno, "%s '%s': %s", self.stats.kind, event.node, event.message,
                    extra={"reflux_node": event.node, "reflux_fields": event.fields})
 

@@ -16,6 +16,8 @@ over and takes back what completed, so the pool's workers never run the loop.
   the policy like any failure.
 * ``open()``/``close()`` of a callable object may be ``async def``: they run on
   the loop.  An abandoned run cancels the calls in flight.
+* ``reflux.emit()`` and ``reflux.stopping()`` work in the calls as in any
+  node's function: the loop's thread is marked as running the node.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..logic.base import Abort, NodeContext, NodeLogic, Outbox, direct_call, user_hook
+from ..logic.base import Abort, NodeContext, NodeLogic, Outbox, direct_call, set_current_context, user_hook
 from ..signals import Error, NeedsMoreWork
 
 __all__ = ["AsyncLogic"]
@@ -67,10 +69,16 @@ class AsyncLogic(NodeLogic):
     def open(self) -> None:
         loop = asyncio.new_event_loop()
         self.loop = loop
-        self.thread = threading.Thread(target=loop.run_forever, daemon=True,
+        self.thread = threading.Thread(target=self._run_loop, args=(loop,), daemon=True,
                                        name=f"reflux-async:{self.node.name}")
         self.thread.start()
         self._hook("open")
+
+    def _run_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop's thread: the node's calls run here, so ``reflux.emit()`` and
+        ``reflux.stopping()`` in them find the node through this thread's context."""
+        set_current_context(self.ctx)
+        loop.run_forever()
 
     def _hook(self, name: str) -> None:
         hook = user_hook(self.fn, name)

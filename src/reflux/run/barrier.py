@@ -100,7 +100,9 @@ class BarrierGate:
         #: items pulled at the last barrier, and when the next one is due by time
         self._mark = 0
         self._next_at = time.monotonic() + seconds if seconds is not None else float("inf")
-        #: barriers recorded and skipped by this run; set once recording failed (no more barriers)
+        #: barriers recorded and skipped by this run; set once recording failed (no more barriers).
+        #: `taken` and `_mark` change outside the lock, but only in the one thread that holds
+        #: the pool (held: no step runs, no other thread records) or after the run
         self.taken = 0
         self.skipped = 0
         self.failed = False
@@ -316,7 +318,8 @@ class BarrierGate:
 
     # ------------------------------------------------------------------ resuming
 
-    def restore(self, task: Task, logic: NodeLogic) -> None:
-        """[a node's logic just opened] Put back its position or state when the run resumes."""
+    def restore(self, task: Task, logic: NodeLogic, replica: int | None = None, replicas: int = 1) -> None:
+        """[a node's logic just opened] Put back its position or state when the run resumes
+        (``replica`` of ``replicas``: a replica running its own copy of the node's object)."""
         if self.resume is not None:
-            node_state.restore(task.node, logic, self.resume)
+            node_state.restore(task.node, logic, self.resume, replica, replicas)

@@ -119,6 +119,11 @@ class RuntimeBase:
         self._abort_event = threading.Event()
         #: raised by abort(); the nodes' batch loops check it before each call of user code
         self.stop_flag = StopFlag()
+        # protects the pair (_paused, _resumed) and the units' pause flags against
+        # pause() and resume() called at once from different threads: without it
+        # (or, without a GIL, more often) the pair could end as "paused" with the
+        # event set, and every worker would spin on a wait that returns at once
+        self._pause_lock = threading.Lock()
         self._paused = False
         self._resumed = threading.Event()
         self._resumed.set()
@@ -158,22 +163,25 @@ class RuntimeBase:
             self._stop_time = time.monotonic()
         self._stop_sources = True
         self._abort_event.set()
-        self._paused = False
-        self._resumed.set()
+        with self._pause_lock:
+            self._paused = False
+            self._resumed.set()
         for box in self.plan.inboxes:
             box.channel.close()
 
     def pause(self) -> None:
         """Hold every task between batches."""
-        if self._aborted or self._stop_sources:
-            return
-        self._resumed.clear()
-        self._paused = True
+        with self._pause_lock:
+            if self._aborted or self._stop_sources:
+                return
+            self._resumed.clear()
+            self._paused = True
 
     def resume(self) -> None:
         """Let paused tasks go on."""
-        self._paused = False
-        self._resumed.set()
+        with self._pause_lock:
+            self._paused = False
+            self._resumed.set()
 
     @property
     def paused(self) -> bool:

@@ -264,7 +264,13 @@ class PoolRuntime(RuntimeBase):
             self.abort()
             for t in self._threads + list(self._source_threads.values()):
                 if t.ident is not None:
-                    t.join(self.poll * 20)
+                    try:
+                        t.join(self.poll * 20)
+                    except RuntimeError:
+                        # interrupted (Ctrl-C) inside its start(): since 3.13 a thread has
+                        # its ident before it has started, and join() refuses it; it sees
+                        # the abort when it runs
+                        pass
             raise
 
     def _spawn_worker(self, name: str, spare: bool) -> None:
@@ -278,7 +284,9 @@ class PoolRuntime(RuntimeBase):
         super().stop_sources()
         for u in self.units:
             if u.paused:
-                u.paused = False
+                with self._pause_lock:
+                    u.paused = False
+                    u.resumed.set()
                 self._notify(u)
         for u in self.units:
             if u.is_source and not u.threaded:
@@ -291,6 +299,8 @@ class PoolRuntime(RuntimeBase):
         for u in self.units:
             if not u.threaded:
                 self._notify(u)
+            else:
+                u.resumed.set()  # a paused source thread sees the abort now
 
     def pause(self) -> None:
         """Hold every unit between batches."""
@@ -307,15 +317,20 @@ class PoolRuntime(RuntimeBase):
     def pause_node(self, name: str) -> None:
         """Hold the units that run node ``name`` (a fused chain it belongs to, all its
         replicas) between batches; their input backs up as behind a slow node."""
-        for u in self._unit_of[name]:
-            u.paused = True
-            if u.pump is not None:
-                u.pump.python = True  # route its steps through Python, which sees the pause
+        with self._pause_lock:
+            for u in self._unit_of[name]:
+                u.paused = True
+                u.resumed.clear()
+                if u.pump is not None:
+                    u.pump.python = True  # route its steps through Python, which sees the pause
 
     def resume_node(self, name: str) -> None:
         """Let the units of node ``name`` go on after :meth:`pause_node`."""
+        with self._pause_lock:
+            for u in self._unit_of[name]:
+                u.paused = False
+                u.resumed.set()
         for u in self._unit_of[name]:
-            u.paused = False
             self._notify(u)
 
     def paused_nodes(self) -> frozenset[str]:
@@ -527,7 +542,9 @@ class PoolRuntime(RuntimeBase):
                     gate.source_wait(u)  # a checkpoint barrier: wait here until it is recorded
                 if self._paused or u.paused:
                     while (self._paused or u.paused) and not self._aborted:
-                        self._resumed.wait(self.poll)
+                        # the pipeline's pause, else the node's own (each event is set
+                        # while its pause is off: waiting on the other would spin)
+                        (self._resumed if self._paused else u.resumed).wait(self.poll)
                 if self._aborted:
                     raise Abort()
                 if self._stop_sources:
@@ -672,7 +689,9 @@ class PoolRuntime(RuntimeBase):
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried",
                           "fed_back", "busy"):
                     setattr(total, f, getattr(total, f) + getattr(s, f))
-                for level, n in s.events.items():
+                # a copy first: the replica may add a level meanwhile (iterating the
+                # live dict would raise "dictionary changed size during iteration")
+                for level, n in dict(s.events).items():
                     total.events[level] = total.events.get(level, 0) + n
         if task.inbox is not None and task.inbox.overflow != "block":
             with self._lock:

@@ -140,8 +140,10 @@ class Unit:
         self.stats = [t.stats for t in tasks] if group is None else [t.stats.copy() for t in tasks]
         if group is not None:
             for s in self.stats:
-                for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back"):
+                for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back",
+                          "overflowed", "busy"):
                     setattr(s, f, 0)
+                s.events = {}
         shared = group.shared if group is not None else None
         self.ctxs = [RunContext(rt, s) if shared is None else ReplicaContext(rt, s, shared) for s in self.stats]
         self.logics: list[NodeLogic] = []
@@ -168,8 +170,11 @@ class Unit:
         #: the stage whose code runs now (a failure outside any item is blamed on it)
         self.stage = 0
         #: held by pause_node() (a plain bool: read by the worker that picks the unit up,
-        #: which at worst runs one more step)
+        #: which at worst runs one more step); written under the runtime's _pause_lock
         self.paused = False
+        #: set unless paused: what a source in a thread of its own waits on while paused
+        self.resumed = threading.Event()
+        self.resumed.set()
         self.is_source = self.head.node.is_source
         self.has_timer = False
         self.timer_at: float | None = None
@@ -208,8 +213,11 @@ class Unit:
             logic = task_logic(task, self.ctxs[i], pre, node=self.node if i == 0 else None)
             self.logics.append(logic)
             logic.open()
-            if rt.gate is not None:
-                rt.gate.restore(task, logic)  # resuming from a checkpoint: positions and state
+            if rt.gate is not None:  # resuming from a checkpoint: positions and state
+                if self.node is not None and self.group is not None:  # a replica with its own copy
+                    rt.gate.restore(task, logic, self.replica, len(self.group.units))
+                else:
+                    rt.gate.restore(task, logic)
         self.opened = True
 
     # ------------------------------------------------------------------ one turn of a worker
