@@ -46,6 +46,7 @@ from ..result import Event, NodeStats
 from ..signals import Error
 
 __all__ = [
+    "BatchedCalls",
     "Abort",
     "LocalContext",
     "current_context",
@@ -387,6 +388,51 @@ class NodeLogic:
     def weight(self, item: Any) -> int:
         """How many units of :attr:`remaining` (and of the counters) ``item`` is: 1."""
         return 1
+
+
+class BatchedCalls(NodeLogic):
+    """What a batch-level function's logic (``batched=True``) shares: retrying a failed
+    call of a whole batch, then splitting it to find the failing items.
+
+    The logic provides ``_call(items) -> (ok, value)`` (``value`` is the result, or the
+    exception) and ``_deliver(items, value, out)`` (what a successful call's result
+    becomes)."""
+
+    _call: Callable[[list[Any]], tuple[bool, Any]]
+    _deliver: Callable[[list[Any], Any, Outbox], None]
+
+    def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
+        ok, value = self._call(items)
+        attempts = 1
+        pol = self.policy
+        while not ok and attempts <= pol.retries:
+            self.ctx.sleep(pol.delay(attempts))
+            self.stats.retried += len(items)
+            attempts += 1
+            ok, value = self._call(items)
+        return ok, value, attempts
+
+    def _split(self, items: list[Any], exc: BaseException, attempts: int, out: Outbox) -> None:
+        """Find the failing items of a failed batch: halves, then single items."""
+        if len(items) == 1:
+            if attempts == 1 and self.policy.retries:
+                ok, value, attempts = self._call_with_retries(items)
+                if ok:
+                    self._deliver(items, value, out)
+                    return
+                exc = value
+            self.remaining -= 1
+            self.fail(items[0], exc, attempts, out)
+            return
+        mid = len(items) // 2
+        for part in (items[:mid], items[mid:]):
+            if self.stop_flag.is_set:
+                raise Abort()
+            ok, value = self._call(part)
+            if ok:
+                self._deliver(part, value, out)
+            else:
+                self._split(part, value, 1, out)
 
 
 def open_hook(fn: Any) -> None:

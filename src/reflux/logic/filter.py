@@ -8,7 +8,7 @@ from reflux_core._batch import STOPPED, keep_all
 
 from ..describe.nodes import Filter
 from ..signals import Error
-from .base import Abort, NodeContext, NodeLogic, Outbox, direct_call
+from .base import Abort, BatchedCalls, NodeContext, NodeLogic, Outbox, direct_call
 from .chunks import as_chunk, chunk_lengths, split_like
 
 __all__ = ["BatchedFilterLogic", "FilterLogic"]
@@ -78,7 +78,7 @@ class FilterLogic(NodeLogic):
         self.remaining = 0
 
 
-class BatchedFilterLogic(FilterLogic):
+class BatchedFilterLogic(BatchedCalls, FilterLogic):
     """``batched=True``: the predicate takes the whole batch as a list and returns one
     truth value per item (a mask: a list of bools, a NumPy bool array...).
 
@@ -99,7 +99,7 @@ class BatchedFilterLogic(FilterLogic):
             raise Abort()
         ok, mask, attempts = self._call_with_retries(batch)
         if ok:
-            self._keep(batch, mask, out)
+            self._deliver(batch, mask, out)
         else:
             self._split(batch, mask, attempts, out)
         self.remaining = 0
@@ -150,39 +150,7 @@ class BatchedFilterLogic(FilterLogic):
                                      f"values for {len(records)} records")
         return True, _KeptChunks([c[m] for c, m in zip(chunks, split_like(keep, lengths), strict=True)])
 
-    def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
-        ok, value = self._call(items)
-        attempts = 1
-        pol = self.policy
-        while not ok and attempts <= pol.retries:
-            self.ctx.sleep(pol.delay(attempts))
-            self.stats.retried += len(items)
-            attempts += 1
-            ok, value = self._call(items)
-        return ok, value, attempts
-
-    def _split(self, items: list[Any], exc: BaseException, attempts: int, out: Outbox) -> None:
-        if len(items) == 1:
-            if attempts == 1 and self.policy.retries:
-                ok, value, attempts = self._call_with_retries(items)
-                if ok:
-                    self._keep(items, value, out)
-                    return
-                exc = value
-            self.remaining -= 1
-            self.fail(items[0], exc, attempts, out)
-            return
-        mid = len(items) // 2
-        for part in (items[:mid], items[mid:]):
-            if self.stop_flag.is_set:
-                raise Abort()
-            ok, value = self._call(part)
-            if ok:
-                self._keep(part, value, out)
-            else:
-                self._split(part, value, 1, out)
-
-    def _keep(self, items: list[Any], mask: Any, out: Outbox) -> None:
+    def _deliver(self, items: list[Any], mask: Any, out: Outbox) -> None:
         buf = out.ports[0]
         before = len(buf)
         if mask.__class__ is _KeptChunks:  # chunks of records: those left with no record end here

@@ -8,7 +8,7 @@ from reflux_core._batch import STOPPED, call_all
 
 from ..describe.nodes import Transformer
 from ..signals import SIGNAL_TYPES, Error, NeedsMoreWork, Signal
-from .base import Abort, NodeContext, NodeFailure, NodeLogic, Outbox, direct_call
+from .base import Abort, BatchedCalls, NodeContext, NodeFailure, NodeLogic, Outbox, direct_call
 from .chunks import as_chunk, chunk_lengths, split_like
 
 __all__ = ["BatchedTransformerLogic", "FlatTransformerLogic", "TransformerLogic"]
@@ -154,7 +154,7 @@ class FlatTransformerLogic(TransformerLogic):
             self.remaining -= 1
 
 
-class BatchedTransformerLogic(TransformerLogic):
+class BatchedTransformerLogic(BatchedCalls, TransformerLogic):
     """``batched=True``: the function takes the whole batch as a list and returns one
     result per item (a list, a tuple, a NumPy array...).
 
@@ -179,7 +179,7 @@ class BatchedTransformerLogic(TransformerLogic):
             raise Abort()
         ok, values, attempts = self._call_with_retries(batch)
         if ok:
-            self._emit(batch, values, out)
+            self._deliver(batch, values, out)
         else:
             self._split(batch, values, attempts, out)
         self.remaining = 0
@@ -211,40 +211,7 @@ class BatchedTransformerLogic(TransformerLogic):
             values = split_like(values, lengths)
         return True, values
 
-    def _call_with_retries(self, items: list[Any]) -> tuple[bool, Any, int]:
-        ok, value = self._call(items)
-        attempts = 1
-        pol = self.policy
-        while not ok and attempts <= pol.retries:
-            self.ctx.sleep(pol.delay(attempts))
-            self.stats.retried += len(items)
-            attempts += 1
-            ok, value = self._call(items)
-        return ok, value, attempts
-
-    def _split(self, items: list[Any], exc: BaseException, attempts: int, out: Outbox) -> None:
-        """Find the failing items of a failed batch: halves, then single items."""
-        if len(items) == 1:
-            if attempts == 1 and self.policy.retries:
-                ok, value, attempts = self._call_with_retries(items)
-                if ok:
-                    self._emit(items, value, out)
-                    return
-                exc = value
-            self.remaining -= 1
-            self.fail(items[0], exc, attempts, out)
-            return
-        mid = len(items) // 2
-        for part in (items[:mid], items[mid:]):
-            if self.stop_flag.is_set:
-                raise Abort()
-            ok, value = self._call(part)
-            if ok:
-                self._emit(part, value, out)
-            else:
-                self._split(part, value, 1, out)
-
-    def _emit(self, items: list[Any], values: Any, out: Outbox) -> None:
+    def _deliver(self, items: list[Any], values: Any, out: Outbox) -> None:
         buf = out.ports[0]
         if isinstance(values, (list, tuple)):
             if any(type(v) in SIGNAL_TYPES for v in values):
