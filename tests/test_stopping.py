@@ -278,6 +278,71 @@ def test_ctrl_c_during_a_forked_start_is_never_lost(tmp_path: object) -> None:
     assert not problems, "\n".join(problems)
 
 
+LATCH_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from reflux import Extractor, Loader, Pipeline, PipelineInterrupted, Transformer
+
+    def forever():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    during = []
+
+    def hit(x):
+        if x == 1000:
+            handler = signal.getsignal(signal.SIGINT)
+            during.append(handler)
+            # where the default handler's raise would be swallowed (a weak-reference
+            # callback, a finaliser), all that counts is that the handler noted it:
+            # call it here, on a worker thread, where a raise could reach nobody
+            handler(signal.SIGINT, None)
+        return x
+
+    p = Pipeline(Extractor(forever()) >> Transformer(hit) >> Loader(lambda x: None))
+    try:
+        p.run()
+    except PipelineInterrupted as exc:
+        assert exc.result is not None and exc.result.extracted >= 1000, exc.result
+        assert during and during[0] is not signal.default_int_handler, during
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        print("INTERRUPTED")
+        sys.exit(0)
+    sys.exit(3)
+""")
+
+
+@needs_posix_signals
+def test_a_ctrl_c_whose_raise_would_be_swallowed_still_stops_the_run() -> None:
+    proc = subprocess.run([sys.executable, "-c", LATCH_CHILD], capture_output=True, text=True, timeout=HANG,
+                          cwd=tempfile.gettempdir())
+    assert proc.returncode == 0 and "INTERRUPTED" in proc.stdout, proc.stderr
+    assert "Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_a_handler_of_the_users_own_is_left_in_place() -> None:
+    code = textwrap.dedent("""
+        import os, signal
+        from reflux import Extractor, Loader, Pipeline, Transformer
+        got = []
+        mine = lambda signum, frame: got.append(signum)
+        signal.signal(signal.SIGINT, mine)
+        def hit(x):
+            if x == 10:
+                assert signal.getsignal(signal.SIGINT) is mine
+                signal.raise_signal(signal.SIGINT)
+            return x
+        r = Pipeline(Extractor(range(100)) >> Transformer(hit) >> Loader.to_list()).run()
+        assert r.loaded == 100 and got == [signal.SIGINT], (r, got)
+        assert signal.getsignal(signal.SIGINT) is mine
+        print("OK")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG,
+                          cwd=tempfile.gettempdir())
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+
+
 def test_join_reports_a_call_that_never_returns_as_stuck_and_the_process_can_exit() -> None:
     code = textwrap.dedent("""
         import threading, time

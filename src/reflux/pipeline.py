@@ -35,6 +35,7 @@ from .errors import (
 from .observe.stats import Alert, PipelineStats, final_stats
 from .observe.watchdog import ON_CLOG, Monitor
 from .result import RunResult
+from .run.interrupt import InterruptLatch
 from .run.pool import PoolRuntime
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,6 +173,8 @@ class Pipeline(Graph):
         self._finish_lock = threading.Lock()
         self._stopped = False
         self._interrupted = False
+        #: notes a Ctrl-C while run() or join() waits, for the waiting loop to act on
+        self._latch = InterruptLatch()
         self._started_at = 0.0
         #: runs started so far
         self._runs = 0
@@ -446,26 +449,34 @@ class Pipeline(Graph):
         if rt is None:
             raise RuntimeError(f"Pipeline '{self.name}' was not started")
         if self._result is None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            try:
-                while not rt.wait(self.POLL):
-                    rt.detach_stalled_sources(self.stop_grace)
-                    if self._monitor is not None:
-                        self._monitor.tick()
-                    if self._monitor is not None and self._monitor.gave_up(self.stop_grace):
-                        break  # the watchdog stopped the run; the clogged node is stuck in user code
-                    if rt.abandoned_for() > self.join_timeout:
-                        break  # abandoned, and a call of user code never returned: finish without it
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
-                self._finish()
-            except KeyboardInterrupt:
-                self._interrupt()
-                raise PipelineInterrupted(self._result) from None
+            with self._latch:
+                self._wait(rt, timeout)
         if self._error is not None:
             raise self._error
         assert self._result is not None
         return self._result
+
+    def _wait(self, rt: PoolRuntime, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not rt.wait(self.POLL):
+                if self._latch.take():
+                    raise KeyboardInterrupt
+                rt.detach_stalled_sources(self.stop_grace)
+                if self._monitor is not None:
+                    self._monitor.tick()
+                if self._monitor is not None and self._monitor.gave_up(self.stop_grace):
+                    break  # the watchdog stopped the run; the clogged node is stuck in user code
+                if rt.abandoned_for() > self.join_timeout:
+                    break  # abandoned, and a call of user code never returned: finish without it
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"Pipeline '{self.name}' still running after {timeout}s")
+            self._finish()
+            if self._latch.take():  # Ctrl-C as the run ended: still the caller's to see
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise PipelineInterrupted(self._result) from None
 
     def _rt(self) -> PoolRuntime:
         if self._runtime is None:
@@ -572,6 +583,10 @@ class Pipeline(Graph):
         :mod:`reflux.observe.progress`); ``None`` shows it only when standard error is
         a terminal.
         """
+        with self._latch:
+            return self._run(timeout, progress)
+
+    def _run(self, timeout: float | None, progress: bool | None) -> RunResult:
         try:
             self.start()
             if progress or progress is None:
