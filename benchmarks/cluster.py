@@ -11,7 +11,10 @@ interpreter per sample: ``import ray`` and ``ray.init()`` of a local Ray, then
 ``ray.shutdown()``).  Rows go in rounds, every row once per round, and each
 number is the median over the rounds (the 1-minute load average is printed
 with each round: the machine may be shared).  Actor start-up is inside the
-timing of every row that uses actors.
+timing of every row that uses actors.  Before each row Ray is left to settle
+(2 s, then until the CPUs are idle, at most 10 s more): a row must not pay for
+the processes the previous one leaves behind (Ray Data tears its actor pool
+down after its last batch, while the next row starts its actors).
 
 ``cpu``     CPU-heavy pure Python: ``--items`` items (20,000), each a loop of
             2,000 iterations: the plain loop; reflux process workers
@@ -69,6 +72,8 @@ HEADER = "benchmark"  # first column title; the smoke test looks for the header 
 CPU_ITERATIONS = 2000
 ARRAY_FLOATS = 256 * 1024  # float32: 1 MiB
 MIB = 1024 * 1024
+#: seconds of rest before each row (see settle())
+SETTLE_PAUSE = 2.0
 
 
 class BenchmarkError(AssertionError):
@@ -421,7 +426,36 @@ def load() -> float:
         return float("nan")
 
 
-def run_rounds(rows: list[Row], repeat: int, say: Callable[[str], None]) -> list[float]:
+def cpu_busy(span: float = 0.2) -> float | None:
+    """Fraction of all CPUs busy over ``span`` seconds (Linux /proc/stat; elsewhere None)."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # all, idle + iowait
+    try:
+        t0, i0 = read()
+        time.sleep(span)
+        t1, i1 = read()
+    except OSError:
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def settle(pause: float = SETTLE_PAUSE, limit: float = 0.15, max_wait: float = 10.0) -> None:
+    """Let Ray settle after a row: its actors' processes exit, and the work a row
+    leaves behind (Ray Data tears down its actor pool after the last batch) must
+    not be billed to the next row.  Waits ``pause`` seconds, then until the CPUs
+    are idle (below ``limit`` busy in two windows in a row), at most ``max_wait``."""
+    time.sleep(pause)
+    deadline, calm = time.monotonic() + max_wait, 0
+    while calm < 2 and time.monotonic() < deadline:
+        busy = cpu_busy()
+        if busy is None:
+            return
+        calm = calm + 1 if busy < limit else 0
+
+
+def run_rounds(rows: list[Row], repeat: int, say: Callable[[str], None], pause: float = SETTLE_PAUSE) -> list[float]:
     loads = []
     for rnd in range(repeat):
         t0 = time.monotonic()
@@ -429,6 +463,8 @@ def run_rounds(rows: list[Row], repeat: int, say: Callable[[str], None]) -> list
         for row in rows:
             if row.skipped:
                 continue
+            if pause:
+                settle(pause)
             row.samples.append(row.run())
         loads.append(max(before, load()))
         say(f"round {rnd + 1}/{repeat} done in {time.monotonic() - t0:.0f} s (load average {before:.2f} -> "
@@ -471,6 +507,15 @@ def report(rows: list[Row], init: dict[str, Any], loads: list[float], say: Calla
             rate = f"{r.rate / 1e3:,.2f} k/s" if r.unit == "items/s" else f"{r.rate:,.0f} MB/s"
             say(f"{r.label:<44} {r.secs:>9.3f} {rate:>12}  {'-' if vs is None else f'{vs:.2f}x':>8}  "
                 f"{len(r.samples)}")
+    plain, start = by["plain"].secs, by["actor_start"].secs
+    if plain and start and not by["actor_start"].skipped:
+        # no run on 2 actors beats this: the work split perfectly over them, after they start
+        ceiling = plain / 2 + start
+        say("")
+        say(f"limit: 2 actors doing half the plain loop each, after the {start * 1e3:.0f} ms they take to start: "
+            f"{ceiling:.3f} s, {plain / ceiling:.2f}x the plain loop"
+            + (f", {by['raydata'].secs / ceiling:.2f}x Ray Data map_batches" if by["raydata"].secs else "")
+            + " (as fast as any actor-based row can be here)")
     best_pool = max((by[k] for k in ("arrays_pool1", "arrays_pool16") if by[k].rate), key=lambda r: r.rate,
                     default=None)
     targets = [
@@ -542,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = build_rows(args, notes)
         say(f"rows run in rounds of {len(rows)}; each number is the median over {args.repeat} round(s)")
-        loads = run_rounds(rows, args.repeat, say)
+        loads = run_rounds(rows, args.repeat, say, 0.0 if args.quick else SETTLE_PAUSE)
         targets = report(rows, init, loads, say)
     finally:
         ray.shutdown()

@@ -191,7 +191,7 @@ def layered_svg(boxes: list[BoxSpec], edges: list[EdgeSpec], direction: str = "L
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
            'markerHeight="7" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/>'
            '</marker></defs>',
-           f'<rect width="100%" height="100%" fill="#ffffff"/>']
+           '<rect width="100%" height="100%" fill="#ffffff"/>']
     if title:
         out.append(f'<text x="{MARGIN}" y="{MARGIN + 8}" {FONT} font-size="14" font-weight="bold" '
                    f'fill="#222">{escape(title)}</text>')
