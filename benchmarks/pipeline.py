@@ -22,7 +22,10 @@ once per round, so drift in the machine's speed touches all rows alike):
               ``parallel=1`` and ``parallel=2`` (replicas: on a free-threaded
               build with the GIL off they run on both cores), and its
               process workers (``Transformer(..., executor="process")``,
-              worker start-up included).  Also 1,000,000 small ints from
+              worker start-up included).  On a free-threaded build with the
+              GIL off, also the limit for threads: 2 bare threads over their
+              own ``range()``, and over items another thread made (what a
+              pipeline's replicas get from its source).  Also 1,000,000 small ints from
               process to process: multiprocessing.Queue (per item and in
               lists), against reflux process workers (there and back).
 ``many``      a 1,000-stage chain and a 500-branch Balancer graph moving
@@ -433,6 +436,34 @@ def run_cpu_reflux(n, **kwargs):
     return {"secs": secs}
 
 
+def run_cpu_bare_threads(n, items_from_another_thread=False, k=2):
+    """``k`` plain threads, each calling heavy() on its share of the items: the
+    most threads can do, with no pipeline between them.  ``items_from_another_thread``:
+    the items are made by this thread first (as a pipeline's source makes them), and
+    without the GIL every reference a worker takes to an object another thread made
+    is counted with an atomic operation (biased reference counting, PEP 703)."""
+    items = list(range(n)) if items_from_another_thread else None
+    totals = [(0, 0)] * k
+
+    def work(i):
+        count = total = 0
+        for x in (items[i::k] if items is not None else range(i, n, k)):
+            count += 1
+            total += heavy(x)
+        totals[i] = (count, total)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(k)]
+    t0 = perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = perf_counter() - t0
+    check(f"{k} bare threads", (sum(c for c, _ in totals), sum(t for _, t in totals)),
+          (n, HEAVY_SUM_PER_ITEM * (n * (n - 1) // 2)))
+    return {"secs": secs}
+
+
 def _mp_producer(q, n, batch):
     put = q.put
     if batch == 1:
@@ -512,6 +543,11 @@ def section_cpu(bench):
                   partial(run_cpu_reflux, n), max_runs=runs, reflux=True)
     bench.measure("cpu", "cpu_reflux_parallel", "reflux E>>T(heavy, parallel=2)>>L, threads", n,
                   partial(run_cpu_reflux, n, parallel=2), max_runs=runs, reflux=True)
+    if not gil_enabled():  # the limit for threads, with and without a source making the items
+        bench.measure("cpu", "cpu_bare", "2 bare threads, each over its own range()", n,
+                      partial(run_cpu_bare_threads, n), max_runs=runs)
+        bench.measure("cpu", "cpu_bare_foreign", "2 bare threads over items another thread made", n,
+                      partial(run_cpu_bare_threads, n, True), max_runs=runs)
     label = 'reflux E>>T(heavy, executor="process")>>L'
     if bench.process_executor:
         bench.measure("cpu", "cpu_reflux_process", label, n,
@@ -1182,6 +1218,13 @@ def targets(bench):
     else:
         ratio_target("6. no GIL: reflux parallel=2 vs plain loop", "cpu_reflux_parallel", "cpu_plain", 1.9)
         ratio_target("6. no GIL: reflux parallel=2 vs multiprocessing.Pool(2)", "cpu_reflux_parallel", "cpu_pool", 1.1)
+        for rid, what in (("cpu_bare", "2 bare threads over their own range()"),
+                          ("cpu_bare_foreign", "2 bare threads over items another thread made")):
+            limit, pool, mine = bench.ratio(rid, "cpu_plain"), bench.ratio(rid, "cpu_pool"), \
+                bench.ratio("cpu_reflux_parallel", rid)
+            if limit is not None:
+                out.append((f"   limit: {what}", f"{limit:.2f}x",
+                            f"plain; {pool or 0:.2f}x Pool(2); reflux {mine or 0:.2f}x this", "ref"))
         limit_target("6. no GIL: start-up of a threaded pipeline (parallel=2)", "st_parallel", "secs", 0.01, "ms",
                      1e3, lambda v: f"{v:.1f}")
         ratio_target("6. no GIL: overhead, reflux vs plain loop", "ov_reflux", "ov_plain", 0.7)
