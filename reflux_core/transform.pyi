@@ -96,6 +96,12 @@ def run_filter(capsule: CapsuleType, src: Any, keep: Any) -> tuple[int, int, int
 def run_key(capsule: CapsuleType, src: Any, keys: Any) -> tuple[int, int, int]:
     """Run a key plug-in over buffers; ``(0, error, index)``."""
 
+def gil_wanted() -> int:
+    """How many threads wait to take the GIL back after a plug-in's work (a scheduling hint)."""
+
+def plugin_nogil_ns() -> int:
+    """Nanoseconds plug-ins have run without the GIL in this process, over all threads."""
+
 @final
 class RecordPump:
     """Moves records from a RecordChannel through a plug-in into record channels, without the GIL."""

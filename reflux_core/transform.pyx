@@ -40,6 +40,8 @@ cdef extern from "reflux_core/atomics.h" nogil:
     uint32_t rx_xchg32_acqrel(uint32_t* p, uint32_t v)
     uint64_t rx_load64_relaxed(uint64_t* p)
     void rx_store64_relaxed(uint64_t* p, uint64_t v)
+    uint64_t rx_add64_relaxed(uint64_t* p, uint64_t v)
+    uint64_t rx_sub64_relaxed(uint64_t* p, uint64_t v)
 
 cdef extern from "reflux_core/park.h" nogil:
     int64_t rx_now_ns()
@@ -48,8 +50,30 @@ __all__ = [
     "ABI_VERSION", "CAPSULE_NAME", "CPlugin", "CTransform", "CFilter", "CKey", "RecordPump",
     "RecordError", "plugin_header", "plugin_info", "run_transform", "run_filter", "run_key",
     "KIND_TRANSFORM", "KIND_FILTER", "KIND_KEY", "ERR_NOT_IMPLEMENTED", "ERR_ROUTE", "ERR_BAD_RETURN",
-    "STRUCT_SIZE",
+    "STRUCT_SIZE", "gil_wanted", "plugin_nogil_ns",
 ]
+
+# Threads that ran a plug-in without the GIL and are taking it back now.  On a
+# GIL build a thread running Python keeps the GIL until the interpreter's switch
+# interval (5 ms) makes it let go, so a plug-in's thread would idle that long
+# after every chunk; the pool's Python lane reads this between its steps and
+# hands the GIL over at once.  Relaxed: a scheduling hint, never a correctness
+# condition (a missed hint costs one switch interval).
+cdef uint64_t _gil_wanted = 0
+# Nanoseconds plug-ins ran without the GIL in run_transform/run_filter/run_key,
+# summed over all threads: the pool hands the GIL over to them only while they
+# do a noticeable share of the work.  Relaxed: a statistic.
+cdef uint64_t _nogil_ns = 0
+
+
+def gil_wanted():
+    """How many threads wait to take the GIL back after a plug-in's work (a hint)."""
+    return rx_load64_relaxed(&_gil_wanted)
+
+
+def plugin_nogil_ns():
+    """Nanoseconds plug-ins have run without the GIL in this process, over all threads."""
+    return rx_load64_relaxed(&_nogil_ns)
 
 #: version of the C ABI this module was compiled with (== reflux_core.ABI_VERSION)
 ABI_VERSION = REFLUX_ABI_VERSION
@@ -290,7 +314,7 @@ def run_transform(capsule, src, dst):
     cdef const reflux_plugin* p = _checked(capsule)
     cdef Py_buffer sv, dv
     cdef reflux_status st
-    cdef int64_t n, n_out
+    cdef int64_t n, n_out, t0
     if p.kind != REFLUX_PLUGIN_TRANSFORM or p.transform == NULL:
         raise TypeError("run_transform: the plug-in is not a transform")
     PyObject_GetBuffer(src, &sv, PyBUF_C_CONTIGUOUS)
@@ -304,7 +328,11 @@ def run_transform(capsule, src, dst):
             st.error = 0
             st.reserved = 0
             with nogil:
+                t0 = rx_now_ns()
                 n_out = p.transform(p.self, sv.buf, n, dv.buf, &st)
+                rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
+                rx_add64_relaxed(&_gil_wanted, 1)  # about to take the GIL back: see _gil_wanted
+            rx_sub64_relaxed(&_gil_wanted, 1)
         finally:
             PyBuffer_Release(&dv)
     finally:
@@ -320,7 +348,7 @@ def run_filter(capsule, src, keep):
     cdef const reflux_plugin* p = _checked(capsule)
     cdef Py_buffer sv, kv
     cdef reflux_status st
-    cdef int64_t n, n_kept
+    cdef int64_t n, n_kept, t0
     if p.kind != REFLUX_PLUGIN_FILTER or p.filter == NULL:
         raise TypeError("run_filter: the plug-in is not a filter")
     PyObject_GetBuffer(src, &sv, PyBUF_C_CONTIGUOUS)
@@ -334,7 +362,11 @@ def run_filter(capsule, src, keep):
             st.error = 0
             st.reserved = 0
             with nogil:
+                t0 = rx_now_ns()
                 n_kept = p.filter(p.self, sv.buf, n, <uint8_t*>kv.buf, &st)
+                rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
+                rx_add64_relaxed(&_gil_wanted, 1)  # about to take the GIL back: see _gil_wanted
+            rx_sub64_relaxed(&_gil_wanted, 1)
         finally:
             PyBuffer_Release(&kv)
     finally:
@@ -350,7 +382,7 @@ def run_key(capsule, src, keys):
     cdef const reflux_plugin* p = _checked(capsule)
     cdef Py_buffer sv, kv
     cdef reflux_status st
-    cdef int64_t n, r
+    cdef int64_t n, r, t0
     if p.kind != REFLUX_PLUGIN_KEY or p.key == NULL:
         raise TypeError("run_key: the plug-in is not a key function")
     PyObject_GetBuffer(src, &sv, PyBUF_C_CONTIGUOUS)
@@ -364,7 +396,11 @@ def run_key(capsule, src, keys):
             st.error = 0
             st.reserved = 0
             with nogil:
+                t0 = rx_now_ns()
                 r = p.key(p.self, sv.buf, n, <int64_t*>kv.buf, &st)
+                rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
+                rx_add64_relaxed(&_gil_wanted, 1)  # about to take the GIL back: see _gil_wanted
+            rx_sub64_relaxed(&_gil_wanted, 1)
         finally:
             PyBuffer_Release(&kv)
     finally:

@@ -149,3 +149,71 @@ def test_live_stats_report_the_wall_time_while_running() -> None:
 def test_gil_enabled_matches_the_interpreter() -> None:
     check = getattr(sys, "_is_gil_enabled", None)
     assert gil_enabled() == (True if check is None else check())
+
+
+def test_plugin_calls_count_their_time_without_the_gil() -> None:
+    import numpy as np
+    from reflux_core._testplugins import RECORD, NewtonSqrt
+    from reflux_core.transform import gil_wanted, plugin_nogil_ns, run_transform
+
+    data = np.zeros(50_000, dtype=RECORD)
+    data["x"] = np.arange(50_000, dtype=np.float64)
+    out = np.empty_like(data)
+    before = plugin_nogil_ns()
+    n_out, error, _ = run_transform(NewtonSqrt(64).__reflux_plugin__, data, out)
+    assert (n_out, error) == (50_000, 0)
+    assert plugin_nogil_ns() > before
+    assert gil_wanted() == 0  # nobody is between a plug-in's work and the GIL now
+
+
+@needs_gil
+def test_the_lane_hands_the_gil_to_plugin_replicas_only_while_they_work() -> None:
+    """Python work beside a compiled plug-in on two replicas (outside the lane): while the
+    plug-in does a large share of the work, the lane units take short steps and hand the GIL
+    over between them; a pipeline without such replicas never does.  Results stay exact."""
+    import numpy as np
+    from reflux_core._testplugins import RECORD, NewtonSqrt
+
+    from reflux.run.base import BATCH_BUDGET
+    from reflux.run.pool import LANE_YIELD_BUDGET
+
+    data = np.zeros(600_000, dtype=RECORD)
+    data["id"] = np.arange(600_000)
+    data["x"] = np.arange(600_000, dtype=np.float64)
+    chunks = [data[i:i + 8192] for i in range(0, 600_000, 8192)]
+    budgets: list[float] = []
+    counted = [0]
+    holder: list[Pipeline] = []
+
+    def step(x: int) -> int:
+        if x % 5_000 == 0 and holder and holder[0]._runtime is not None:
+            budgets.append(next(u.budget for u in holder[0]._runtime.units if u.in_lane))
+        acc = 0
+        for i in range(30):
+            acc += x ^ i
+        return acc
+
+    def count(chunk: object) -> None:
+        counted[0] += len(chunk)  # type: ignore[arg-type]
+
+    p = Pipeline(Extractor(range(100_000), name="ints") >> Transformer(step, name="python") >> Loader.sum(name="sum"),
+                 Extractor(chunks, name="records") >> Transformer(NewtonSqrt(400), parallel=2, name="newton")
+                 >> Loader(count, name="count"), workers=2)
+    holder.append(p)
+    result = p.run(timeout=HANG)
+    result.check_accounting()
+    assert counted[0] == 600_000
+    assert result.results["sum"] == sum(step(x) for x in range(100_000))
+    assert LANE_YIELD_BUDGET in budgets, budgets  # handed over while the plug-in worked
+
+    plain: list[float] = []
+
+    def watch(x: int) -> int:
+        if x % 5_000 == 0 and holder[1]._runtime is not None:
+            plain.append(next(u.budget for u in holder[1]._runtime.units if u.in_lane))
+        return x
+
+    q = Pipeline(Extractor(range(50_000)) >> Transformer(watch, fuse=False) >> Loader.sum(), workers=2)
+    holder.append(q)
+    q.run(timeout=HANG)
+    assert plain and set(plain) == {BATCH_BUDGET}

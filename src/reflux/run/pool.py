@@ -76,12 +76,13 @@ from reflux_core._sched import (
     worker_loop,
 )
 from reflux_core.channel import ChannelClosed, Empty
+from reflux_core.transform import gil_wanted, plugin_nogil_ns
 
 from ..describe.plan import Inbox, Plan, Task
 from ..errors import ErrorRecord
 from ..logic.base import Abort, NodeFailure
 from ..result import NodeStats, RunResult, WallTime
-from .base import RuntimeBase, drop_inputs
+from .base import BATCH_BUDGET, RuntimeBase, drop_inputs
 from .fusion import fuse_chains, may_block
 from .outboxes import CountRecordsOutbox, ForwardOutbox, PoolOutbox, RecordOutbox
 from .placement import task_logic
@@ -96,6 +97,13 @@ logger = logging.getLogger("reflux")
 LOCAL_RUN = 0.01
 #: seconds between two warnings about one node's leaky input dropping items
 OVERFLOW_LOG_EVERY = 10.0
+#: seconds a step of a lane unit aims at while a plug-in's thread may wait for the GIL
+#: (it gets the GIL between two steps: see PoolRuntime._watch_plugins)
+LANE_YIELD_BUDGET = 0.0005
+#: share of the wall time plug-ins must spend without the GIL for the lane to hand it
+#: over to them between short steps (below it, the shorter steps would cost more than
+#: the plug-ins' threads gain)
+PLUGIN_SHARE = 0.1
 #: seconds one step may hold the Python lane before another worker takes it over
 #: (about one batch budget: a longer step is one slow call, which need not hold up the rest)
 LANE_PATIENCE = 0.05
@@ -159,11 +167,22 @@ class PoolRuntime(RuntimeBase):
         #: whether the GIL-holding units run in the Python lane, one worker at a time
         #: (a GIL build with two or more workers: see reflux_core._sched)
         self.lanes = gil_enabled() and self.n_workers > 1
+        #: whether lane units hand the GIL over between short steps to a plug-in's thread
+        #: that waits for it (else that thread idles up to the interpreter's switch
+        #: interval, 5 ms, after each chunk): on while plug-ins do a noticeable share of
+        #: the work (see _watch_plugins)
+        self._yield_to_plugins = False
+        self._plugin_units = False
         if self.lanes:
             self._sched.set_lane_patience(LANE_PATIENCE)
             for u in self.units:
                 if in_lane(u):
+                    u.in_lane = True
                     self._sched.set_lane(u.index, True)
+                elif any(getattr(t.node, "plugin", None) is not None for t in u.tasks):
+                    self._plugin_units = True
+        self._plugin_ns = plugin_nogil_ns()
+        self._plugin_at = time.monotonic()
         self._last_sweep = time.monotonic()
         self._live = len(plan.tasks)
         #: pool units not finalized; at 0 the workers have nothing left to do
@@ -464,6 +483,8 @@ class PoolRuntime(RuntimeBase):
                 self._finalize(u, abandoned=True)
             else:
                 more = self._run_step(u)
+                if self._yield_to_plugins and u.in_lane and gil_wanted():
+                    time.sleep(0)  # releases the GIL: the plug-in's thread takes it now
                 # Nothing else is waiting: go on with the same unit here rather
                 # than through the queue, which would wake another worker only
                 # to hand it the GIL (tens of µs a batch).  Bounded in time so
@@ -474,6 +495,8 @@ class PoolRuntime(RuntimeBase):
                     while (not u.finalized and not self._paused and not self._aborted and not u.paused
                            and sched.queued() == 0 and sched.again(index)):
                         more = self._run_step(u)
+                        if self._yield_to_plugins and u.in_lane and gil_wanted():
+                            time.sleep(0)
                         if not more or time.monotonic() >= until:
                             break
         finally:
@@ -497,9 +520,25 @@ class PoolRuntime(RuntimeBase):
                 return True
         return False
 
+    def _watch_plugins(self) -> None:
+        """Every ``poll`` on a GIL build with plug-ins outside the lane: measure the
+        share of the time they ran without the GIL, and have the lane units take
+        short steps and hand the GIL over between them while it is large."""
+        now, ns = time.monotonic(), plugin_nogil_ns()
+        share = (ns - self._plugin_ns) / 1e9 / max(1e-6, now - self._plugin_at)
+        self._plugin_ns, self._plugin_at = ns, now
+        on = share >= PLUGIN_SHARE
+        if on != self._yield_to_plugins:
+            self._yield_to_plugins = on
+            for u in self.units:
+                if u.in_lane:
+                    u.budget = LANE_YIELD_BUDGET if on else BATCH_BUDGET
+
     def _sweep(self) -> None:
         """Every ``poll``: notify units blocked on a full output (a safety net),
         and give the clogging watchdog its turn."""
+        if self._plugin_units:
+            self._watch_plugins()
         for u in self.units:
             if not u.finalized and not u.threaded and not u.paused and (u.final.pending()
                                                         or (u.pump is not None and u.pump.pending)):

@@ -161,6 +161,11 @@ class Unit:
         self.ending = False  # input ended: finishing stage by stage
         self.end_stage = 0
         self.threaded = False  # runs in a thread of its own (a source that may block)
+        #: runs in the Python lane (set by the pool: see pool.in_lane)
+        self.in_lane = False
+        #: seconds a step aims to last at most (see adapt(); the pool shortens it for
+        #: lane units that hand the GIL over to plug-ins between steps)
+        self.budget = BATCH_BUDGET
         #: items the next batch takes: starts at 1 and grows while batches stay
         #: short, so a slow function never holds a worker (nor delays a stop, a
         #: pause or the watchdog) for a whole batch (see adapt())
@@ -328,14 +333,15 @@ class Unit:
 
     def adapt(self, n: int, spent: float) -> None:
         """Size the next batch from the last one (``n`` items in ``spent``
-        seconds): a unit holds a worker for about BATCH_BUDGET seconds at most
+        seconds): a unit holds a worker for about ``budget`` seconds at most
         (plus one item), so a stop, a pause or the watchdog is seen within about
         that long, while fast functions grow to the full batch size."""
         # checkpoint barriers count items per batch of the pipeline's size
         cap = self.max_limit if self.rt.gate is None else self.head.batch_size
-        if spent > BATCH_BUDGET:
-            self.limit = max(1, int(n * BATCH_BUDGET / spent))
-        elif n >= self.limit and self.limit < cap and spent * 2 <= BATCH_BUDGET:
+        budget = self.budget
+        if spent > budget:
+            self.limit = max(1, int(n * budget / spent))
+        elif n >= self.limit and self.limit < cap and spent * 2 <= budget:
             self.limit = min(cap, self.limit * 2)
 
     # ------------------------------------------------------------------ record edges
