@@ -167,7 +167,8 @@ def demo(data: dict[str, Any]) -> Chart:
     rows = _listed(data)
     titles = {"demo": "reflux demo's pipeline and the same functions in one loop",
               "light": "the light pipeline (x*2+1, x%3==0, sum)",
-              "cpu": "CPU-heavy Python in 2 worker processes"}
+              "cpu": "CPU-heavy Python in 2 worker processes",
+              "mixed": "Python beside a nogil plug-in (2 replicas)"}
     parts = [(titles.get(sec, sec), [r for r in rows if r["section"] == sec]) for sec in titles]
     yield "", panels("Pool workers: 1, 2 and 4 against the plain loop",
                      [(t, rs) for t, rs in parts if rs], "items per second",

@@ -21,9 +21,10 @@ failed batch (``retries=``, then ``on_error``):
 marks the rows written so far as the transaction the checkpoint commits, and
 until a thread of the checkpoint has committed it, the rows of the next
 batches wait: in memory when the sink would only learn of a refused row at the
-commit anyway (PostgreSQL ``COPY``), else in the call, which returns once it has
-written its batch after the commit (so a refused batch still goes to the error
-policy of the call that brought it).
+commit anyway (PostgreSQL ``COPY``; the Loader's first call after the commit
+writes them, in the pipeline's thread, so two threads never write rows at once),
+else in the call, which returns once it has written its batch after the commit
+(so a refused batch still goes to the error policy of the call that brought it).
 
 **Items** become rows like this: a dict by column name (``columns=``, by
 default the first item's keys); a tuple or list as it is (in the table's
@@ -137,8 +138,12 @@ class SqlSink:
         self._cond = threading.Condition(self._lock)
         #: a checkpoint's transaction was cut and is not committed yet
         self._cut = False
-        #: rows of batches taken while _cut is set (``defers``), written after the commit
+        #: rows of batches taken while _cut is set (``defers``): the Loader's next call writes
+        #: them (in its own thread: two threads writing rows would only fight for the GIL)
         self._later: list[list[Any]] = []
+        #: deferred rows still unwritten when the next checkpoint was cut: they came before
+        #: it, so that checkpoint's commit writes them into its transaction
+        self._before_cut: list[list[Any]] = []
 
     # ------------------------------------------------------------------ rows
 
@@ -186,6 +191,8 @@ class SqlSink:
                     return
                 while self._cut:
                     self._cond.wait()
+        if self._later:  # deferred while the last checkpoint committed: they go first
+            self._write_later()
         if not self.replays:
             if self._conn is None:
                 self._open_connection()
@@ -270,40 +277,42 @@ class SqlSink:
         return self._read_marker(self._run_id, self._key)
 
     def checkpoint_cut(self, checkpoint: int) -> None:
-        """The pipeline is held at a barrier: the rows written so far are the transaction
-        that :meth:`checkpoint_commit` commits; later rows wait for it."""
+        """The pipeline is held at a barrier: the rows written so far, and those deferred
+        during the last commit that no call has written yet, are the transaction that
+        :meth:`checkpoint_commit` commits; later rows wait for it."""
         with self._lock:
             self._cut = True
+            self._before_cut, self._later = self._later, []
 
     def checkpoint_commit(self, checkpoint: int, state: bytes | None) -> None:
         try:
             if self._conn is None or self._broken:
                 self._recover_connection()
+            before, self._before_cut = self._before_cut, []
+            for rows in before:
+                self._uncommitted.append(rows)  # kept first: a recovery writes them again
+                self._insert(rows)
             if state is not None:
                 self._write_marker(self._run_id, self._key, checkpoint, state)
             self._commit_all()
-            self._write_later()
         finally:
             with self._cond:
-                self._cut = False
+                self._cut = False  # from here on the calls write themselves (deferred rows first)
                 self._cond.notify_all()
 
     def _write_later(self) -> None:
-        """After the commit: write the rows that waited in memory (``defers``), until none is left."""
-        while True:
-            with self._lock:
-                later, self._later = self._later, []
-                if not later:
-                    self._cut = False  # from here on the calls write themselves
-                    self._cond.notify_all()
-                    return
-            for rows in later:
-                self._uncommitted.append(rows)  # kept first: the next call writes them again if this fails
-                if not self._broken:
-                    try:
-                        self._insert(rows)
-                    except Exception:  # the connection: the next call recovers and writes them again
-                        self._broken = True
+        """[the Loader's call] Write the rows deferred while the last checkpoint committed."""
+        with self._lock:
+            later, self._later = self._later, []
+        for rows in later:
+            self._uncommitted.append(rows)  # kept first: a recovery writes them again if this fails
+            if self._broken:
+                continue  # written by the recovery below
+            try:
+                self._insert(rows)
+            except BaseException:
+                self._broken = True  # the transaction is lost: rolled back and written again next call
+                raise
 
     def checkpoint_detach(self, rollback: bool) -> None:
         with self._cond:
@@ -316,6 +325,7 @@ class SqlSink:
             if rollback:
                 self._uncommitted = []
                 self._n_uncommitted = 0
+                self._later, self._before_cut = [], []  # after the last checkpoint: a restart replays them
                 self._rollback()
         finally:
             self._drop_connection()
