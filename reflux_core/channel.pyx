@@ -154,8 +154,11 @@ cdef uint64_t _python_spinner_limit = 1
 cdef uint64_t _python_spinners = 0
 # Longest a ready Python caller waits for the GIL to be released by a reflux
 # waiter before taking it the ordinary way (see _settle_for_gil), however
-# busily the other side moves the ring.
-cdef int64_t _gil_settle_max_ns = 250000
+# busily the other side moves the ring.  Draining a full ring of 8192 slots
+# takes 0.25-0.35 ms when the items cross cores; at a 0.25 ms cap the settle
+# gave up mid-drain and both sides parked on every hand-over (60-120 context
+# switches per 500,000 items instead of 5-15, and rounds a third slower).
+cdef int64_t _gil_settle_max_ns = 1000000
 # Threads inside a Python-level wait, i.e. not holding the GIL (a hint).
 cdef uint64_t _gil_waiters = 0
 
@@ -185,6 +188,16 @@ def barrier_mode():
     """How parked threads and the hot path agree on ordering: ``"membarrier"``
     (the hot path has no fence at all) or ``"fence"`` (a fence on both sides)."""
     return "membarrier" if _asym_mode else "fence"
+
+
+def _set_gil_settle_max_ns(ns):
+    """Set the longest settle of a ready Python waiter (see _settle_for_gil), in
+    nanoseconds; returns the previous value.  For tuning and benchmarks."""
+    global _gil_settle_max_ns
+    old = _gil_settle_max_ns
+    # a plain store: read by waiters in other threads, which may use either value
+    _gil_settle_max_ns = int(ns)
+    return old
 
 
 def set_wait_policy(python_ns=None, nogil_ns=None):
