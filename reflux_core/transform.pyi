@@ -16,7 +16,7 @@ __all__ = [
     "ABI_VERSION", "CAPSULE_NAME", "CPlugin", "CTransform", "CFilter", "CKey", "RecordPump",
     "RecordError", "plugin_header", "plugin_info", "run_transform", "run_filter", "run_key",
     "KIND_TRANSFORM", "KIND_FILTER", "KIND_KEY", "ERR_NOT_IMPLEMENTED", "ERR_ROUTE", "ERR_BAD_RETURN",
-    "STRUCT_SIZE",
+    "STRUCT_SIZE", "gil_wanted", "plugin_nogil_ns",
 ]
 
 #: version of the C ABI this module was compiled with (== reflux_core.ABI_VERSION)
