@@ -68,6 +68,11 @@ import numpy as np  # noqa: E402
 import reflux  # noqa: E402
 from reflux import Extractor, Loader, Pipeline, Transformer  # noqa: E402
 
+from benchmarks.pipeline import CpuMonitor  # noqa: E402
+
+#: the /proc/stat reader the benchmarks share
+CPU = CpuMonitor()
+
 HEADER = "benchmark"  # first column title; the smoke test looks for the header line
 CPU_ITERATIONS = 2000
 ARRAY_FLOATS = 256 * 1024  # float32: 1 MiB
@@ -428,17 +433,12 @@ def load() -> float:
 
 def cpu_busy(span: float = 0.2) -> float | None:
     """Fraction of all CPUs busy over ``span`` seconds (Linux /proc/stat; elsewhere None)."""
-    def read() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # all, idle + iowait
-    try:
-        t0, i0 = read()
-        time.sleep(span)
-        t1, i1 = read()
-    except OSError:
+    before, t0 = CPU.snapshot(), perf_counter()
+    if before is None:
         return None
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+    time.sleep(span)
+    after = CPU.snapshot()
+    return (after[0] - before[0]) / ((perf_counter() - t0) * (os.cpu_count() or 1))
 
 
 def settle(pause: float = SETTLE_PAUSE, limit: float = 0.15, max_wait: float = 10.0) -> None:

@@ -190,16 +190,6 @@ def barrier_mode():
     return "membarrier" if _asym_mode else "fence"
 
 
-def _set_gil_settle_max_ns(ns):
-    """Set the longest settle of a ready Python waiter (see _settle_for_gil), in
-    nanoseconds; returns the previous value.  For tuning and benchmarks."""
-    global _gil_settle_max_ns
-    old = _gil_settle_max_ns
-    # a plain store: read by waiters in other threads, which may use either value
-    _gil_settle_max_ns = int(ns)
-    return old
-
-
 def set_wait_policy(python_ns=None, nogil_ns=None):
     """Set how long a blocked call spins before it parks, in nanoseconds.
 

@@ -66,6 +66,17 @@ cdef uint64_t _gil_wanted = 0
 cdef uint64_t _nogil_ns = 0
 
 
+cdef inline void _plugin_ran(int64_t t0) noexcept nogil:
+    """After a plug-in's call, still without the GIL: count its time, and announce
+    that this thread is about to take the GIL back (undone by _gil_taken)."""
+    rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
+    rx_add64_relaxed(&_gil_wanted, 1)
+
+
+cdef inline void _gil_taken() noexcept nogil:
+    rx_sub64_relaxed(&_gil_wanted, 1)
+
+
 def gil_wanted():
     """How many threads wait to take the GIL back after a plug-in's work (a hint)."""
     return rx_load64_relaxed(&_gil_wanted)
@@ -330,9 +341,8 @@ def run_transform(capsule, src, dst):
             with nogil:
                 t0 = rx_now_ns()
                 n_out = p.transform(p.self, sv.buf, n, dv.buf, &st)
-                rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
-                rx_add64_relaxed(&_gil_wanted, 1)  # about to take the GIL back: see _gil_wanted
-            rx_sub64_relaxed(&_gil_wanted, 1)
+                _plugin_ran(t0)
+            _gil_taken()
         finally:
             PyBuffer_Release(&dv)
     finally:
@@ -364,9 +374,8 @@ def run_filter(capsule, src, keep):
             with nogil:
                 t0 = rx_now_ns()
                 n_kept = p.filter(p.self, sv.buf, n, <uint8_t*>kv.buf, &st)
-                rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
-                rx_add64_relaxed(&_gil_wanted, 1)  # about to take the GIL back: see _gil_wanted
-            rx_sub64_relaxed(&_gil_wanted, 1)
+                _plugin_ran(t0)
+            _gil_taken()
         finally:
             PyBuffer_Release(&kv)
     finally:
@@ -398,9 +407,8 @@ def run_key(capsule, src, keys):
             with nogil:
                 t0 = rx_now_ns()
                 r = p.key(p.self, sv.buf, n, <int64_t*>kv.buf, &st)
-                rx_add64_relaxed(&_nogil_ns, <uint64_t>(rx_now_ns() - t0))
-                rx_add64_relaxed(&_gil_wanted, 1)  # about to take the GIL back: see _gil_wanted
-            rx_sub64_relaxed(&_gil_wanted, 1)
+                _plugin_ran(t0)
+            _gil_taken()
         finally:
             PyBuffer_Release(&kv)
     finally:

@@ -191,8 +191,6 @@ class SqlSink:
                     return
                 while self._cut:
                     self._cond.wait()
-        if self._later:  # deferred while the last checkpoint committed: they go first
-            self._write_later()
         if not self.replays:
             if self._conn is None:
                 self._open_connection()
@@ -200,6 +198,8 @@ class SqlSink:
         else:
             if self._broken or self._conn is None:
                 self._recover_connection()
+            if self._later:  # deferred while the last checkpoint committed: they go first
+                self._write_later()
             try:
                 self._insert(rows)
             except BaseException:
@@ -304,10 +304,9 @@ class SqlSink:
         """[the Loader's call] Write the rows deferred while the last checkpoint committed."""
         with self._lock:
             later, self._later = self._later, []
+        # all kept first: if one batch fails, the recovery writes every one of them again
+        self._uncommitted.extend(later)
         for rows in later:
-            self._uncommitted.append(rows)  # kept first: a recovery writes them again if this fails
-            if self._broken:
-                continue  # written by the recovery below
             try:
                 self._insert(rows)
             except BaseException:
