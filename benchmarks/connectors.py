@@ -18,9 +18,11 @@ per sink:
   (one fused task), with the same settings;
 * **reflux + checkpoints**: the same with ``checkpoint=Checkpoint(every=10_000)``;
 * **reflux, parse in 2 processes**: ``read_lines >> Transformer(parse and filter,
-  executor="process", workers=2) >> sink`` (the workers send back the SQL sinks' row
-  tuples, or dicts for Parquet), also with checkpoints (each barrier drains the
-  workers: the cost of stopping the world where stages run in parallel).  A *limit*
+  executor="process", workers=2) >> sink`` (the workers send back what the sink takes
+  with least work: row tuples for SQLite and Parquet (``write_parquet(columns=...)``),
+  PostgreSQL's rows already in ``COPY``'s format (``encode_copy_row``, the sink with
+  ``encoded=True``)), also with
+  checkpoints (each barrier drains the workers: the cost of stopping the world where stages run in parallel).  A *limit*
   line gives the most such a run can gain on this machine: its CPU seconds spread
   perfectly over the cores, against the plain script.
 
@@ -57,6 +59,11 @@ import_core("channel")  # the compiled core first (see benchmarks.import_core)
 from reflux import Checkpoint, Filter, Pipeline, Transformer  # noqa: E402
 from reflux.connectors.files import read_jsonl, read_lines  # noqa: E402
 
+try:  # the PostgreSQL rows need psycopg; without it they are skipped
+    from reflux.connectors.postgres import encode_copy_row  # noqa: E402
+except ImportError:
+    encode_copy_row = None
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = "benchmark"
 COLUMNS = ["id", "user", "kind", "value", "ts", "ok"]
@@ -72,21 +79,21 @@ def keep(r: dict[str, Any]) -> bool:
     return r["kind"] != "view"
 
 
-def parse_keep(line: str) -> list[dict[str, Any]]:
-    """Parse a line and keep it (a list of 0 or 1 records): what the process workers run
-    for Parquet (its sink takes dicts)."""
-    r = json.loads(line)
-    return [r] if r["kind"] != "view" else []
-
-
 _ROW = operator.itemgetter(*COLUMNS)
 
 
 def parse_row(line: str) -> list[tuple[Any, ...]]:
-    """Parse a line and keep it as the SQL sinks' row tuple: what the process workers run
-    for SQLite and PostgreSQL (a tuple travels back from a worker for less than a dict)."""
+    """Parse a line and keep it as a row tuple: what the process workers run for SQLite and
+    Parquet (a tuple travels back from a worker for less than a dict)."""
     r = json.loads(line)
     return [_ROW(r)] if r["kind"] != "view" else []
+
+
+def parse_copy(line: str) -> list[bytes]:
+    """Parse a line and keep it as a row in ``COPY``'s format: what the process workers run
+    for PostgreSQL (its sink then writes the bytes as they come, ``encoded=True``)."""
+    r = json.loads(line)
+    return [encode_copy_row(_ROW(r))] if r["kind"] != "view" else []
 
 
 # --------------------------------------------------------------------------- data
@@ -197,26 +204,29 @@ def plain_postgres(paths: list[str], out: str, conninfo: str = "", table: str = 
 
 # --------------------------------------------------------------------------- reflux
 
-def reflux_sink(kind: str, out: str, conninfo: str, table: str) -> Any:
+def reflux_sink(kind: str, out: str, conninfo: str, table: str, encoded: bool = False) -> Any:
+    """The sink; ``encoded``: it takes what the parse workers send (row tuples for Parquet,
+    rows in COPY's format for PostgreSQL)."""
     if kind == "parquet":
         from reflux.connectors.parquet import write_parquet
-        return write_parquet(os.path.join(out, "reflux.parquet"), row_group_rows=ROW_GROUP, name="sink")
+        return write_parquet(os.path.join(out, "reflux.parquet"), row_group_rows=ROW_GROUP,
+                             columns=COLUMNS if encoded else None, name="sink")
     if kind == "sqlite":
         from reflux.connectors.sqlite import write_sqlite
         return write_sqlite(os.path.join(out, "out.db"), "events", columns=COLUMNS, create=SQL_TABLE,
                             commit_every=COMMIT_EVERY, pragmas=SQLITE_PRAGMAS, name="sink")
     from reflux.connectors.postgres import write_postgres
     return write_postgres(table, conninfo=conninfo, columns=COLUMNS, create=SQL_TABLE.replace("events", table),
-                          commit_every=COMMIT_EVERY, name="sink")
+                          commit_every=COMMIT_EVERY, encoded=encoded, name="sink")
 
 
 def run_reflux(kind: str, paths: list[str], out: str, *, conninfo: str = "", table: str = "",
                checkpoint: bool = False, processes: bool = False) -> None:
-    sink = reflux_sink(kind, out, conninfo, table)
+    sink = reflux_sink(kind, out, conninfo, table, encoded=processes)
     if processes:
+        parse = {"parquet": parse_row, "sqlite": parse_row, "postgres": parse_copy}[kind]
         flow = (read_lines(paths, name="lines")
-                >> Transformer(parse_keep if kind == "parquet" else parse_row, flat=True, executor="process",
-                               workers=2, name="parse") >> sink)
+                >> Transformer(parse, flat=True, executor="process", workers=2, name="parse") >> sink)
     else:
         flow = read_jsonl(paths, name="events") >> Filter(keep, name="keep") >> sink
     ck = Checkpoint(os.path.join(out, "run.ckpt"), every=10_000, seconds=None) if checkpoint else None

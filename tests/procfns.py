@@ -171,3 +171,12 @@ class Tally:
 
     def restore(self, state: int) -> None:
         self.n = state
+
+
+def flat_mixed(x: int) -> Any:
+    """For flat=True: outputs, a fed-back item or a failure, by x."""
+    if x % 7 == 3:
+        raise ValueError(f"bad item {x}")
+    if x % 5 == 1:
+        return [NeedsMoreWork(x + 1)]  # x + 1 is never 1 (mod 5): it comes out as outputs
+    return [x, -x]

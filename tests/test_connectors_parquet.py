@@ -33,6 +33,34 @@ def test_rows_round_trip_in_row_groups(tmp_path: Any) -> None:
     assert os.listdir(tmp_path) == ["r.parquet"]
 
 
+def test_tuples_with_columns_round_trip_beside_dicts(tmp_path: Any) -> None:
+    cols = ["id", "name", "score"]
+    tuples = [(i, f"n{i}", i / 4) for i in range(700)]
+    dicts = [{"id": i, "name": f"n{i}", "score": i / 4} for i in range(700, 800)]
+    path = str(tmp_path / "t.parquet")
+    items: list[Any] = tuples[:300] + dicts + tuples[300:]
+    result = Pipeline(Extractor(items, batch_size=64)
+                      >> write_parquet(path, columns=cols, row_group_rows=256, name="s")).run()
+    assert result.results["s"] == 800
+    assert collect(read_parquet(path)) == [dict(zip(cols, t)) if isinstance(t, tuple) else t for t in items]
+    schema = pa.schema([("id", pa.int32()), ("name", pa.string()), ("score", pa.float32())])
+    typed = str(tmp_path / "typed.parquet")
+    Pipeline(Extractor([list(t) for t in tuples], batch_size=64)
+             >> write_parquet(typed, columns=cols, schema=schema, roll_items=500, name="s")).run()
+    assert pq.read_schema(str(tmp_path / "typed-00000.parquet")).field("id").type == pa.int32()
+    assert collect(read_parquet(str(tmp_path / "typed-*.parquet"), columns=["id"])) == \
+        [{"id": i} for i in range(700)]
+    with pytest.raises(NodeError, match="tuple without columns="):
+        Pipeline(Extractor(tuples[:3]) >> write_parquet(str(tmp_path / "no.parquet"), name="s")).run()
+    with pytest.raises(NodeError, match="a row has 2 values for 3 columns"):
+        Pipeline(Extractor([(1, "a", 0.5), (2, "b")])
+                 >> write_parquet(str(tmp_path / "short.parquet"), columns=cols, name="s")).run()
+    with pytest.raises(ValueError, match="differ from the schema"):
+        write_parquet(path, columns=["id"], schema=schema)
+    with pytest.raises(ValueError, match="columns must be a list"):
+        write_parquet(path, columns="id")
+
+
 def test_record_chunks_and_arrow_tables_are_written_column_by_column(tmp_path: Any) -> None:
     chunk = np.zeros(500, dtype=[("id", "<i8"), ("x", "<f4")])
     chunk["id"] = np.arange(500)

@@ -260,3 +260,47 @@ def test_postgres_source_params_dicts_and_resuming(pg: str) -> None:
             rest += batch
         again.close()
         assert [r[0] for r in first + rest] == list(range(0, 1_000, 3)), key
+
+
+def test_postgres_encoded_rows_made_in_process_workers_round_trip(pg: str) -> None:
+    import datetime
+    import decimal
+    import math
+    import uuid
+
+    from reflux.connectors.postgres import encode_copy_row, write_postgres
+    pg_exec(pg, "CREATE TABLE typed (id BIGINT, name TEXT, ok BOOLEAN, score DOUBLE PRECISION, blob BYTEA, "
+                "day DATE, at TIMESTAMPTZ, amount NUMERIC, tag UUID)")
+    at = datetime.datetime(2026, 12, 5, 10, 30, 15, 123456, tzinfo=datetime.timezone.utc)
+    tag = uuid.UUID(int=12345)
+    names = ["plain", "tab\there", "new\nline", "back\\slash", "cr\rx", "ünïcødé", "", "\\N", "\\."]
+    scores = [0.1, -2.5e300, float("inf"), float("-inf"), 1e-310]
+    rows = [(i, names[i % len(names)] if i % 11 else None, i % 2 == 0, scores[i % len(scores)],
+             bytes([i % 256, 0, 92, 9]), datetime.date(2026, 1, 1) + datetime.timedelta(days=i % 365),
+             at + datetime.timedelta(seconds=i), decimal.Decimal(i) / 8, tag)
+            for i in range(2000)]
+    rows.append((2000, "nan", None, float("nan"), None, None, None, None, None))
+    result = Pipeline(Extractor(rows) >> Transformer(encode_copy_row, executor="process", workers=2)
+                      >> write_postgres("typed", conninfo=pg, encoded=True, name="s")).run()
+    assert result.results["s"] == len(rows)
+    got = pg_rows(pg, "SELECT id, name, ok, score, blob, day, at, amount, tag FROM typed ORDER BY id")
+    assert len(got) == len(rows)
+    for want, have in zip(rows[:-1], got[:-1]):
+        assert have[:4] == want[:4] and bytes(have[4]) == want[4] and have[5:] == want[5:]
+    assert got[-1][:3] == (2000, "nan", None) and math.isnan(got[-1][3]) and got[-1][4:] == (None,) * 5
+
+
+def test_postgres_encoded_rows_are_checked(pg: str) -> None:
+    from reflux.connectors.postgres import encode_copy_row, write_postgres
+    with pytest.raises(ValueError, match="encoded=True.*method='copy'"):
+        write_postgres("t", conninfo=pg, method="insert", encoded=True)
+    with pytest.raises(TypeError, match="cannot encode a dict value"):
+        encode_copy_row((1, {"a": 1}))
+    with pytest.raises(TypeError, match="a row is a tuple or list"):
+        encode_copy_row("1\tx")
+    for bad, match in (([(1, "x", 0.0)], "made by encode_copy_row.*got a tuple"),
+                       ([b"1\tx\t0.5"], "ending in a newline"), ([b"1\tx\t0.5\n2\ty\t1\n"], "one row")):
+        with pytest.raises(NodeError, match=match):
+            Pipeline(Extractor(bad) >> write_postgres("t", conninfo=pg, create=PG_CREATE, encoded=True,
+                                                      retries=0, name="s")).run()
+    assert pg_rows(pg, "SELECT count(*) FROM t") == [(0,)]

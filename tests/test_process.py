@@ -26,15 +26,19 @@ import pytest
 from processes import alive, check_no_process_left, child_pids
 
 from reflux import (
+    Error,
     Extractor,
     Filter,
     Loader,
+    NeedsMoreWork,
     NodeError,
     Pipeline,
+    ProcessWorkerError,
+    RemoteError,
     Transformer,
     ValidationError,
 )
-from reflux import ProcessWorkerError, RemoteError
+from reflux.run.process import child as wire
 
 HANG = 60  # seconds: a hang guard only
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -166,6 +170,26 @@ def test_flat_true_flattens_returned_lists() -> None:
     r = run(Extractor(range(50)) >> Transformer(procfns.listing, flat=True, executor="process")
             >> Loader.to_list(name="out"))
     assert r.results["out"] == [v for x in range(50) for v in [x] * (x % 4)]
+
+
+def test_flat_chunks_come_back_joined_unless_an_item_needs_looking_at() -> None:
+    # a flat-map's chunk crosses the pipe as one list of outputs when nothing failed and
+    # no output is a signal; otherwise item by item, so feedback and failures stay exact
+    assert wire.join_outputs([[1, 2], [], [3]]) == [1, 2, 3]
+    assert wire.join_outputs([[1], [NeedsMoreWork(2)]]) is None
+    assert wire.join_outputs([[Error("no")]]) is None
+    n = 3000
+    r = run(Extractor(range(n)) >> Transformer(procfns.flat_mixed, flat=True, executor="process", workers=2,
+                                               on_error="skip") >> Loader.to_list(name="out"),
+            batch_size=64)
+    fed = [x for x in range(n) if x % 7 != 3 and x % 5 == 1]
+    expect = sorted(v for x in range(n) if x % 7 != 3 and x % 5 != 1 for v in (x, -x))
+    expect += sorted(v for x in fed for v in (x + 1, -(x + 1)) if (x + 1) % 7 != 3)
+    assert sorted(r.results["out"]) == sorted(expect)
+    node = r.nodes["flat_mixed"]
+    assert node.fed_back == len(fed)
+    assert node.errors == sum(1 for x in range(n) if x % 7 == 3) + sum(1 for x in fed if (x + 1) % 7 == 3)
+    r.check_accounting()
 
 
 def test_needs_more_work_feeds_back() -> None:

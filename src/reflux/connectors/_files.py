@@ -260,9 +260,15 @@ class RollingFileSink:
         if self._tmp is None:
             return
         if self._raw is not None:
-            if self._out is not None:
-                self._end(self._out)
-            self._end_member()
+            try:
+                if self._out is not None:
+                    self._end(self._out)
+                self._end_member()
+            except BaseException:  # the file cannot be finished: close it, never rename it
+                self._raw.close()
+                self._raw = self._out = None
+                self._tmp = None
+                raise
             self._raw.close()
             self._raw = None
         done = (self._tmp, self.final_name(self._index))

@@ -40,13 +40,29 @@ others of the transaction: the sink raises :class:`TransactionAborted`, which fa
 the run whatever the node's error policy (under checkpoints a restart
 resumes from the last one).  With ``method="insert"`` each batch is sent on
 its own (``executemany``) and a refused batch goes through the error policy.
+
+**Rows encoded elsewhere.** Formatting rows for ``COPY`` costs the sink about
+as much as parsing a JSON line; where the rows are made in process workers
+(``executor="process"``), make them there with :func:`encode_copy_row` and give
+the sink ``encoded=True``: it then writes the bytes as they come::
+
+    def parse(line):
+        r = json.loads(line)
+        return [encode_copy_row((r["id"], r["kind"], r["value"]))] if r["kind"] != "view" else []
+
+    (read_lines("events/*.jsonl") >> Transformer(parse, flat=True, executor="process", workers=2)
+     >> write_postgres("events", columns=["id", "kind", "value"], encoded=True))
 """
 from __future__ import annotations
 
 # psycopg is an optional dependency: a type check without it installed (or, for pyarrow, which
 # ships no type information) treats it as Any
 # mypy: disable-error-code="import-not-found,import-untyped"
+import datetime
+import decimal
 import itertools
+import math
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,12 +75,77 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ..describe.nodes import Extractor, Loader
 from ._sql import SqlSink, TransactionAborted, quote_ident, resumable_query
 
-__all__ = ["PostgresSink", "PostgresSource", "TransactionAborted", "read_postgres", "write_postgres"]
+__all__ = ["PostgresSink", "PostgresSource", "TransactionAborted", "encode_copy_row", "read_postgres",
+           "write_postgres"]
 
 #: the error policy these nodes get unless told otherwise (a lost connection is retried)
 RETRY_DEFAULTS = {"retries": 3, "backoff": 0.5}
 
 _cursor_names = itertools.count()
+
+# COPY's text format: a backslash, tab, newline or carriage return in a value is escaped
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_PLAIN = (datetime.date, datetime.time, decimal.Decimal, uuid.UUID)
+
+
+def _copy_field(v: Any) -> str:
+    if v is None:
+        return "\\N"
+    cls = v.__class__
+    if cls is str:
+        return str.translate(v, _COPY_ESCAPES)
+    if cls is int:
+        return str(v)
+    if cls is float and math.isfinite(v):
+        return repr(v)
+    # subclasses (enums...) as their base type, as psycopg's own formatting does
+    if isinstance(v, bool):
+        return "t" if v else "f"
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        if math.isfinite(v):
+            return float.__repr__(v)
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, str):
+        return str.translate(v, _COPY_ESCAPES)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "\\\\x" + bytes(v).hex()  # bytea's hex form, its backslash escaped for COPY
+    if isinstance(v, _COPY_PLAIN):
+        return str(v).translate(_COPY_ESCAPES)
+    raise TypeError(f"encode_copy_row: cannot encode a {cls.__name__} value; give None, bool, int, "
+                    f"float, str, bytes, date, time, datetime, Decimal or UUID values")
+
+
+def encode_copy_row(row: Sequence[Any]) -> bytes:
+    r"""One row in ``COPY``'s text format (UTF-8, tab-separated, ending in a newline), for a
+    :func:`write_postgres` sink with ``encoded=True``: values may be ``None`` (NULL),
+    ``bool``, ``int``, ``float``, ``str``, ``bytes`` (``bytea``), ``date``, ``time``,
+    ``datetime``, ``Decimal`` or ``UUID``.  Made where the rows are made (process
+    workers), it spares the sink formatting them.  Needs no connection.
+
+    >>> encode_copy_row((1, "a b", None, True, 2.5)) == b"1\ta b\t\\N\tt\t2.5\n"
+    True
+    """
+    if row.__class__ is not tuple and row.__class__ is not list and (
+            isinstance(row, (str, bytes)) or not isinstance(row, Sequence)):
+        raise TypeError(f"encode_copy_row: a row is a tuple or list of values, got {type(row).__name__}")
+    # the common types inline (a call per value costs as much as formatting it)
+    fields: list[str] = []
+    add = fields.append
+    for v in row:
+        cls = v.__class__
+        if cls is str:
+            add(v.translate(_COPY_ESCAPES) if ("\\" in v or "\t" in v or "\n" in v or "\r" in v) else v)
+        elif cls is int:
+            add(str(v))
+        elif cls is float and v - v == 0.0:  # finite
+            add(repr(v))
+        elif v is None:
+            add("\\N")
+        else:
+            add(_copy_field(v))
+    return ("\t".join(fields) + "\n").encode()
 
 
 class PostgresSource:
@@ -165,14 +246,18 @@ class PostgresSink(SqlSink):
     def __init__(self, table: str, *, conninfo: str = "", columns: Sequence[str] | None = None,
                  method: str = "copy", create: str | None = None, statement: str | None = None,
                  commit_every: int = 10_000, connect_timeout: float = 10.0,
-                 checkpoint_table: str = "reflux_checkpoints") -> None:
+                 checkpoint_table: str = "reflux_checkpoints", encoded: bool = False) -> None:
         if method not in ("copy", "insert"):
             raise ValueError(f"PostgresSink: method must be 'copy' or 'insert', got {method!r}")
+        if encoded and (method != "copy" or statement is not None):
+            raise ValueError("PostgresSink: encoded=True takes rows already in COPY's format, so it "
+                             "needs method='copy' and no statement=")
         super().__init__(table, columns=columns, create=create, commit_every=commit_every,
                          checkpoint_table=checkpoint_table)
         self.conninfo = conninfo
         self.method = method
         self.statement = statement
+        self.encoded = encoded
         self.connect_timeout = connect_timeout
         self._sql: str | None = None
         self._copying: Any = None  # the COPY in progress: (cursor, its context manager, the Copy)
@@ -191,6 +276,20 @@ class PostgresSink(SqlSink):
     def _cols(self) -> str:
         return f" ({', '.join(map(quote_ident, self.columns))})" if self.columns else ""
 
+    def _rows(self, batch: list[Any]) -> list[Any]:
+        if not self.encoded:
+            return super()._rows(batch)
+        try:
+            data = b"".join(batch)
+        except TypeError:
+            bad = next(x for x in batch if not isinstance(x, (bytes, bytearray, memoryview)))
+            raise TypeError(f"PostgresSink: with encoded=True every item is a row made by encode_copy_row(), "
+                            f"got a {type(bad).__name__}") from None
+        if data.count(b"\n") != len(batch) or not data.endswith(b"\n"):
+            raise ValueError("PostgresSink: with encoded=True every item is one row in COPY's text format "
+                             "ending in a newline (see encode_copy_row())")
+        return batch
+
     def _insert(self, rows: list[Any]) -> None:
         if not rows:
             return
@@ -199,6 +298,9 @@ class PostgresSink(SqlSink):
                 cur = self._conn.cursor()
                 cm = cur.copy(f"COPY {self.qtable}{self._cols()} FROM STDIN")
                 self._copying = (cur, cm, cm.__enter__())
+            if self.encoded:
+                self._copying[2].write(b"".join(rows))
+                return
             write = self._copying[2].write_row
             for row in rows:
                 write(row)
@@ -290,13 +392,16 @@ def read_postgres(query: str, params: Sequence[Any] | Mapping[str, Any] | None =
 
 def write_postgres(table: str, *, conninfo: str = "", columns: Sequence[str] | None = None, method: str = "copy",
                    create: str | None = None, statement: str | None = None, commit_every: int = 10_000,
-                   **node: Any) -> Loader:
+                   encoded: bool = False, **node: Any) -> Loader:
     """A Loader writing each item as a row of ``table`` (dicts by column name, tuples in
     order, numpy record chunks record by record), by one ``COPY ... FROM STDIN`` per
     transaction (default) or batched ``INSERT`` (``method="insert"``, or your own
     ``statement=``, e.g. an upsert), inside transactions (see the module docs for how
     each handles a row the server refuses).  ``create``: SQL run once when the sink connects.
+    ``encoded=True``: each item is a row already in ``COPY``'s format, made by
+    :func:`encode_copy_row` (in process workers, say), written as it comes.
     ``node``: the Loader's arguments; ``retries=3, backoff=0.5`` unless given.
     Reports the rows written."""
     return Loader(PostgresSink(table, conninfo=conninfo, columns=columns, method=method, create=create,
-                               statement=statement, commit_every=commit_every), **_node_args(node))
+                               statement=statement, commit_every=commit_every, encoded=encoded),
+                  **_node_args(node))

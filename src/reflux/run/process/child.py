@@ -35,8 +35,9 @@ parent -> worker
     end) asks the worker to finish: it calls ``fn.close()`` and exits.
 worker -> parent
     ``(READY, pid)`` or ``(FAILED_START, pid, traceback)`` once, first;
-    ``(DONE, seq, values, errors, retried, busy, signals, None, events)`` per chunk, in the
-    order chunks arrived; ``(CLOSED, pid, traceback or None)`` last.
+    ``(DONE, seq, values, errors, retried, busy, signals, None, events, joined)`` per chunk,
+    in the order chunks arrived (``joined``: a flat-map's outputs of the whole chunk in one
+    list, see :func:`join_outputs`); ``(CLOSED, pid, traceback or None)`` last.
 """
 from __future__ import annotations
 
@@ -306,6 +307,23 @@ def run_chunk(fn: Callable[[Any], Any], items: list[Any], opts: dict[str, Any]
     return values, errors, retried, signals
 
 
+def join_outputs(values: list[Any]) -> list[Any] | None:
+    """A flat-map chunk's outputs (one list per item) as one list, or ``None`` when some
+    output is a signal the parent must see item by item (``NeedsMoreWork``, ``Error``).
+
+    One list crosses the pipe for less than a list per item (unpickling 65,536 one-tuple
+    lists costs about twice what 65,536 tuples do), and the parent extends its outbox with
+    it in one call instead of a Python loop over the items.
+    """
+    joined = [x for v in values for x in v]
+    more_work, error_cls = _signal_classes()
+    if more_work is not None:
+        for x in joined:
+            if x.__class__ is more_work or x.__class__ is error_cls:
+                return None
+    return joined
+
+
 def _take_events() -> list[tuple[str, str, dict[str, Any]]]:
     """The events the user's function emitted (``reflux.emit``) since the last chunk,
     if it imported reflux; fields that cannot be pickled travel as their repr."""
@@ -330,12 +348,17 @@ def _picklable(value: Any) -> bool:
 
 
 def _send_done(end: _Endpoint, seq: int, values: list[Any], errors: list[tuple[Any, ...]],
-               retried: int, busy: float, signals: bool) -> None:
+               retried: int, busy: float, signals: bool, flat: bool = False) -> None:
     """Send a chunk's results (and the events emitted meanwhile); values that cannot be
-    pickled become per-item errors."""
+    pickled become per-item errors.  ``flat``: a flat-map's results, sent joined into one
+    list when no item failed and no output is a signal."""
     events = _take_events()
     try:
-        parts = encode((DONE, seq, values, errors, retried, busy, signals, None, events))
+        joined = join_outputs(values) if flat and not errors else None
+        if joined is not None:
+            parts = encode((DONE, seq, joined, errors, retried, busy, False, None, events, True))
+        else:
+            parts = encode((DONE, seq, values, errors, retried, busy, signals, None, events, False))
     except Exception:  # noqa: BLE001 - some value is not picklable: find which
         failed = {e[0] for e in errors}
         for i, v in enumerate(values):
@@ -350,7 +373,7 @@ def _send_done(end: _Endpoint, seq: int, values: list[Any], errors: list[tuple[A
                 values[i] = None
                 errors.append((i, *pack_exception(err), 1))
         errors.sort(key=lambda e: e[0])
-        parts = encode((DONE, seq, values, errors, retried, busy, signals, None, events))
+        parts = encode((DONE, seq, values, errors, retried, busy, signals, None, events, False))
     end.send(parts)
 
 
@@ -439,7 +462,7 @@ def main(argv: list[str]) -> int:
             _, seq, items = pickle.loads(data, buffers=bufs)
             t0 = perf()
             values, errors, retried, signals = run_chunk(fn, items, opts)
-            _send_done(end, seq, values, errors, retried, perf() - t0, signals)
+            _send_done(end, seq, values, errors, retried, perf() - t0, signals, opts["flat"])
     except (OSError, EOFError):  # the parent is gone (a broken pipe)
         return 0
     tb = None

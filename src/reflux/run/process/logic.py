@@ -442,9 +442,10 @@ class ProcessTransformerLogic(NodeLogic):
         assert res is not None
         _, _, values, errors, retried, _busy, signals = res[:7]
         crash = res[7] if len(res) > 7 else None
+        joined = len(res) > 9 and res[9]  # a flat-map's outputs, already one list
         items = chunk.items
         self.stats.retried += retried
-        if not errors and not signals and not self.flat:
+        if joined or (not errors and not signals and not self.flat):
             buf = out.ports[0]
             buf.extend(values)
             self.remaining -= len(items)
