@@ -24,13 +24,16 @@ what the checkpoint commits; rows that arrive later wait for the commit, in
 memory or in the call, see :meth:`~reflux.connectors._sql.SqlSink.checkpoint_cut`).
 Steps 1 (database sinks), 3, 4 and 5 then run in a thread of their own while
 the sources go on, so the pipeline does not wait for a database to flush its
-log.  The next checkpoint (and the end of the run) first waits for them; a
-failure there fails the run.  A database sink without ``checkpoint_cut``
-commits while the pipeline is held.
+log.  They run in one thread kept for the run (starting a thread per
+checkpoint made the pipeline wait for each start: about 0.5 ms).  The next
+checkpoint (and the end of the run) first waits for them; a failure there
+fails the run.  A database sink without ``checkpoint_cut`` commits while the
+pipeline is held.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -78,8 +81,14 @@ class Checkpointer:
         self._attached: list[tuple[str, Any]] = []
         #: called (from the commit thread) with the exception when a commit fails
         self.on_error: Callable[[BaseException], None] | None = None
-        #: the commit of the last checkpoint, running beside the pipeline
-        self._committing: threading.Thread | None = None
+        #: the thread committing checkpoints beside the pipeline (started at the first one),
+        #: the commits it is given, and whether one is given and not finished
+        self._committer: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[tuple[int, Snapshot, bytes, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._busy = False
+        # _done_cond (its own lock) protects _busy: set by the thread recording a checkpoint,
+        # cleared by the committer, which wakes wait()
+        self._done_cond = threading.Condition()
         self._failure: BaseException | None = None
         tx = ([self.decider] if self.decider else []) + self.early
         #: whether the database sinks can commit beside the pipeline (they all have checkpoint_cut)
@@ -149,19 +158,32 @@ class Checkpointer:
         if final or not self.background:
             self._decide(k, snap, blob, prepared)
             return snap
-        self._committing = threading.Thread(target=self._commit_beside, args=(k, snap, blob, prepared),
-                                            name=f"reflux:{self.pipeline}:checkpoint-{k}", daemon=True)
-        self._committing.start()
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._commit_loop, name=f"reflux:{self.pipeline}:checkpoints",
+                                               daemon=True)
+            self._committer.start()
+        with self._done_cond:
+            self._busy = True
+        self._jobs.put((k, snap, blob, prepared))
         return snap
 
-    def _commit_beside(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
-        try:
-            self._decide(k, snap, blob, prepared)
-        except BaseException as exc:  # reported to the run (which fails) and to the next wait()
-            self._failure = exc
-            hook = self.on_error
-            if hook is not None:
-                hook(exc)
+    def _commit_loop(self) -> None:
+        """[the committer thread] Commit each checkpoint given, until told to stop (``None``)."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                self._decide(*job)
+            except BaseException as exc:  # reported to the run (which fails) and to the next wait()
+                self._failure = exc
+                hook = self.on_error
+                if hook is not None:
+                    hook(exc)
+            finally:
+                with self._done_cond:
+                    self._busy = False
+                    self._done_cond.notify_all()
 
     def _decide(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
         """Steps 1 (database sinks), 3, 4, 5 of the module docs."""
@@ -183,12 +205,19 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Wait for the commit running beside the pipeline; raise its failure."""
-        thread = self._committing
-        if thread is not None:
-            thread.join()
-            self._committing = None
+        with self._done_cond:
+            while self._busy:
+                self._done_cond.wait()
         if self._failure is not None:
             raise self._failure
+
+    def _stop_committer(self) -> None:
+        """End the committer thread (after wait(): it has nothing left)."""
+        thread = self._committer
+        if thread is not None:
+            self._committer = None
+            self._jobs.put(None)
+            thread.join()
 
     # ------------------------------------------------------------------ after the run
 
@@ -201,6 +230,7 @@ class Checkpointer:
             self.wait()
         except BaseException as exc:  # reported to the run already; still let the sinks go
             first = exc if not rollback else None
+        self._stop_committer()
         for name, sink in self._attached:
             try:
                 self._call(name, sink.checkpoint_detach, rollback)
