@@ -849,20 +849,7 @@ def run_naive(bench):
 def _naive_call_ns(n=8192, reps=40, runs=5):
     """Nanoseconds per item of the naive loops' calls in one thread (push then pop 8192
     items, put then get), median of ``runs``: what a round costs with no hand-over at all."""
-    def ring():
-        ch = SPSCChannel(NAIVE_CAPACITY)
-        push, pop = ch.push, ch.pop
-        t0 = perf_counter()
-        for _ in range(reps):
-            for i in range(n):
-                push(i)
-            for i in range(n):
-                pop()
-        return perf_counter() - t0
-
-    def simple():
-        q = queue.SimpleQueue()
-        put, get = q.put, q.get
+    def timed(put, get):
         t0 = perf_counter()
         for _ in range(reps):
             for i in range(n):
@@ -872,8 +859,9 @@ def _naive_call_ns(n=8192, reps=40, runs=5):
         return perf_counter() - t0
     out = {"spsc": [], "simplequeue": []}
     for _ in range(runs):
-        out["spsc"].append(ring())
-        out["simplequeue"].append(simple())
+        ch, q = SPSCChannel(NAIVE_CAPACITY), queue.SimpleQueue()
+        out["spsc"].append(timed(ch.push, ch.pop))
+        out["simplequeue"].append(timed(q.put, q.get))
     return {k: statistics.median(v) / (n * reps) * 1e9 for k, v in out.items()}
 
 
