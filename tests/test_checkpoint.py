@@ -5,13 +5,14 @@ what no checkpoint committed); the SIGKILL tests are in test_crash_restart.py.
 """
 from __future__ import annotations
 
-from contextlib import closing
 import itertools
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -267,8 +268,6 @@ def test_feedback_in_a_fused_source_chain_is_drained_at_a_barrier(tmp_path: Any)
 
 
 def test_time_driven_checkpoints(tmp_path: Any) -> None:
-    import time
-
     def slow() -> Any:
         for i in range(40):
             time.sleep(0.01)
@@ -420,6 +419,37 @@ def test_crash_after_the_decision_before_the_renames(tmp_path: Any, monkeypatch:
     written = [json.loads(line) for f in names for line in lines(tmp_path / f)]
     assert written == list(range(3_000))
     assert [len(lines(tmp_path / f)) for f in names][:-1] == [199] * (len(names) - 1)
+
+
+def test_a_commit_failing_as_the_run_ends_still_fails_the_run(tmp_path: Any, monkeypatch: Any) -> None:
+    """The thread committing beside the pipeline fails the run after the pipeline has read
+    its status: the run still fails with the commit's error, and the sinks roll back."""
+    from reflux.connectors._files import RollingFileSink
+    real = RollingFileSink.checkpoint_commit
+    calls = itertools.count()
+
+    def commit(self: Any, checkpoint: int, prepared: Any) -> None:
+        if next(calls) == 6:  # the last checkpoint before the end of the run
+            time.sleep(0.3)  # the run's nodes end meanwhile
+            raise OSError("the disk went away")
+        real(self, checkpoint, prepared)
+
+    close = Pipeline._close_checkpoints
+
+    def close_late(self: Pipeline, rt: Any, result: Any) -> None:
+        deadline = time.monotonic() + 30
+        while rt.failure is None and time.monotonic() < deadline:  # let the commit fail first
+            time.sleep(0.01)
+        close(self, rt, result)
+
+    monkeypatch.setattr(RollingFileSink, "checkpoint_commit", commit)
+    monkeypatch.setattr(Pipeline, "_close_checkpoints", close_late)
+    p = Pipeline(Extractor(range(3_000), batch_size=25) >> write_jsonl(str(tmp_path / "o.jsonl"), roll_items=199,
+                                                                        name="files"),
+                 name="late", checkpoint=ck(tmp_path, every=400))
+    with pytest.raises(CheckpointError, match="the disk went away") as e:
+        p.run()
+    assert e.value.result.status == "failed"
 
 
 def test_a_checkpoint_file_and_a_database_that_disagree_are_refused(tmp_path: Any) -> None:

@@ -522,8 +522,10 @@ class Pipeline(Graph):
         checkpointer, self._checkpointer = self._checkpointer, None
         assert checkpointer is not None
         gate = rt.gate
-        keep = (result.status in ("completed", "stopped") and not rt._aborted and rt.failure is None
-                and not result.stuck and gate is not None and not gate.failed)
+        # a commit beside the pipeline may fail the run after its status was read
+        late = rt.failure if self._error is None else None
+        keep = (result.status in ("completed", "stopped") and not rt._aborted and late is None
+                and rt.failure is None and not result.stuck and gate is not None and not gate.failed)
         error: BaseException | None = None
         if keep:
             try:
@@ -540,6 +542,9 @@ class Pipeline(Graph):
             resumed_items=0 if snap is None else snap.items, resumed_final=snap is not None and snap.final,
             taken=checkpointer.taken, last=checkpointer.last or None,
             skipped=0 if gate is None else gate.skipped, seconds=0.0 if gate is None else gate.held_seconds)
+        if late is not None and self._error is None:
+            self._error = self._node_error(late, result)
+            result.status = "failed"
         if error is not None and self._error is None:
             if not isinstance(error, CheckpointError):
                 wrapped = CheckpointError(f"Pipeline '{self.name}': the last checkpoint failed: "
