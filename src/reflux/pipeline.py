@@ -524,8 +524,8 @@ class Pipeline(Graph):
         gate = rt.gate
         # a commit beside the pipeline may fail the run after its status was read
         late = rt.failure if self._error is None else None
-        keep = (result.status in ("completed", "stopped") and not rt._aborted and late is None
-                and rt.failure is None and not result.stuck and gate is not None and not gate.failed)
+        keep = (result.status in ("completed", "stopped") and not rt._aborted and rt.failure is None
+                and not result.stuck and gate is not None and not gate.failed)
         error: BaseException | None = None
         if keep:
             try:

@@ -82,13 +82,9 @@ class Checkpointer:
         #: called (from the commit thread) with the exception when a commit fails
         self.on_error: Callable[[BaseException], None] | None = None
         #: the thread committing checkpoints beside the pipeline (started at the first one),
-        #: the commits it is given, and whether one is given and not finished
+        #: and the commits it is given (wait() joins the queue: each is marked done after it ran)
         self._committer: threading.Thread | None = None
-        self._jobs: queue.SimpleQueue[tuple[int, Snapshot, bytes, dict[str, Any]] | None] = queue.SimpleQueue()
-        self._busy = False
-        # _done_cond (its own lock) protects _busy: set by the thread recording a checkpoint,
-        # cleared by the committer, which wakes wait()
-        self._done_cond = threading.Condition()
+        self._jobs: queue.Queue[tuple[int, Snapshot, bytes, dict[str, Any]] | None] = queue.Queue()
         self._failure: BaseException | None = None
         tx = ([self.decider] if self.decider else []) + self.early
         #: whether the database sinks can commit beside the pipeline (they all have checkpoint_cut)
@@ -162,8 +158,6 @@ class Checkpointer:
             self._committer = threading.Thread(target=self._commit_loop, name=f"reflux:{self.pipeline}:checkpoints",
                                                daemon=True)
             self._committer.start()
-        with self._done_cond:
-            self._busy = True
         self._jobs.put((k, snap, blob, prepared))
         return snap
 
@@ -172,6 +166,7 @@ class Checkpointer:
         while True:
             job = self._jobs.get()
             if job is None:
+                self._jobs.task_done()
                 return
             try:
                 self._decide(*job)
@@ -181,9 +176,7 @@ class Checkpointer:
                 if hook is not None:
                     hook(exc)
             finally:
-                with self._done_cond:
-                    self._busy = False
-                    self._done_cond.notify_all()
+                self._jobs.task_done()
 
     def _decide(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
         """Steps 1 (database sinks), 3, 4, 5 of the module docs."""
@@ -205,9 +198,7 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Wait for the commit running beside the pipeline; raise its failure."""
-        with self._done_cond:
-            while self._busy:
-                self._done_cond.wait()
+        self._jobs.join()
         if self._failure is not None:
             raise self._failure
 

@@ -197,9 +197,6 @@ class ParquetSink(RollingFileSink):
         names = getattr(getattr(item, "dtype", None), "names", None)
         if names:  # a numpy structured array: column by column, no Python per row
             return pa.table({name: item[name] for name in names})
-        if isinstance(item, (tuple, list)):
-            raise TypeError(f"ParquetSink: cannot write a {type(item).__name__} without columns=; give "
-                            f"the column names of its values")
         raise TypeError(f"ParquetSink: cannot write a {type(item).__name__}; give dicts, tuples (with "
                         f"columns=), Arrow record batches or tables, or numpy structured arrays")
 
@@ -230,18 +227,19 @@ class ParquetSink(RollingFileSink):
     def _write(self, out: IO[bytes], batch: list[Any]) -> int:
         written = 0
         for item in batch:
-            cls = item.__class__
-            if cls is dict or cls is tuple or isinstance(item, dict) or (
-                    self.columns is not None and isinstance(item, (tuple, list))):
-                tuples = not isinstance(item, dict)
+            is_dict = item.__class__ is dict or isinstance(item, dict)
+            if is_dict or isinstance(item, (tuple, list)):
+                tuples = not is_dict
+                if tuples:
+                    if self.columns is None:
+                        raise TypeError(f"ParquetSink: cannot write a {type(item).__name__} without columns=; "
+                                        f"give the column names of its values")
+                    if len(item) != len(self.columns):
+                        raise ValueError(f"ParquetSink: a row has {len(item)} values for {len(self.columns)} "
+                                         f"columns {self.columns}")
                 if tuples != self._tuples:  # dicts after tuples or the other way: a row group each
                     written += self._flush_rows(out)
                     self._tuples = tuples
-                if tuples and (self.columns is None or len(item) != len(self.columns)):
-                    if self.columns is None:
-                        self._table(item)  # raises: tuples need columns=
-                    raise ValueError(f"ParquetSink: a row has {len(item)} values for {len(self.columns or ())} "
-                                     f"columns {self.columns}")
                 self._rows.append(item)
                 if len(self._rows) >= self.row_group_rows:
                     written += self._flush_rows(out)

@@ -89,16 +89,8 @@ _COPY_PLAIN = (datetime.date, datetime.time, decimal.Decimal, uuid.UUID)
 
 
 def _copy_field(v: Any) -> str:
-    if v is None:
-        return "\\N"
-    cls = v.__class__
-    if cls is str:
-        return str.translate(v, _COPY_ESCAPES)
-    if cls is int:
-        return str(v)
-    if cls is float and math.isfinite(v):
-        return repr(v)
-    # subclasses (enums...) as their base type, as psycopg's own formatting does
+    """A value encode_copy_row() does not format inline (exact str, int, finite float and
+    None are): subclasses (enums...) as their base type, as psycopg's own formatting does."""
     if isinstance(v, bool):
         return "t" if v else "f"
     if isinstance(v, int):
@@ -113,7 +105,7 @@ def _copy_field(v: Any) -> str:
         return "\\\\x" + bytes(v).hex()  # bytea's hex form, its backslash escaped for COPY
     if isinstance(v, _COPY_PLAIN):
         return str(v).translate(_COPY_ESCAPES)
-    raise TypeError(f"encode_copy_row: cannot encode a {cls.__name__} value; give None, bool, int, "
+    raise TypeError(f"encode_copy_row: cannot encode a {type(v).__name__} value; give None, bool, int, "
                     f"float, str, bytes, date, time, datetime, Decimal or UUID values")
 
 
