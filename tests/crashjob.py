@@ -10,11 +10,13 @@ WORKDIR/run.ckpt and writes:
               Broadcast) to rolled JSON Lines files WORKDIR/out/rows-NNNNN.jsonl;
 ``postgres``  each kept record to table ``rows`` of the PostgreSQL database CONNINFO,
               and to rolled gzip JSON Lines files WORKDIR/out/rows-NNNNN.jsonl.gz;
+``process``   as ``sqlite``, with the pacing Transformer in 2 worker processes (the chunks
+              in flight at a checkpoint are saved with it and processed again on resume);
 ``window``    every record, grouped by an Accumulator (7 items or 20 ms), as rows
               ``(id, first id of its group, group size)`` of table ``rows`` of WORKDIR/out.db.
 
-A Transformer sleeps 3 ms every 15 items so that a run lasts long enough to be
-killed anywhere.  On success it prints the run's checkpoint report as JSON.
+A Transformer sleeps 3 ms every 15 items (6 ms in each of 2 workers) so that a run lasts
+long enough to be killed anywhere.  On success it prints the run's checkpoint report as JSON.
 """
 from __future__ import annotations
 
@@ -30,15 +32,16 @@ from reflux.connectors.sqlite import write_sqlite
 
 
 class Pace:
-    """Passes items on, sleeping 3 ms every 15 of them."""
+    """Passes items on, sleeping ``ms`` milliseconds every 15 of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, ms: float = 3) -> None:
         self.n = 0
+        self.seconds = ms / 1000
 
     def __call__(self, item: Any) -> Any:
         self.n += 1
         if self.n % 15 == 0:
-            time.sleep(0.003)
+            time.sleep(self.seconds)
         return item
 
 
@@ -58,7 +61,10 @@ def build(scenario: str, work: str, conninfo: str | None) -> Pipeline:
         return Pipeline(source >> pace >> Accumulator(7, window=0.02, name="groups")
                         >> Transformer(expand, flat=True, name="expand") >> sink, name="window", checkpoint=ck)
     keep = Filter(lambda r: r["id"] % 3 != 0, name="keep")
-    if scenario == "sqlite":
+    if scenario == "process":
+        # each of the 2 workers sleeps twice as long: the run lasts about as long as the others
+        pace = Transformer(Pace(6), executor="process", workers=2, name="pace")
+    if scenario in ("sqlite", "process"):
         table = write_sqlite(db, "rows", columns=["id", "payload"], name="rows",
                              create="CREATE TABLE IF NOT EXISTS rows (id INTEGER, payload TEXT)")
         files = write_jsonl(os.path.join(work, "out", "rows.jsonl"), roll_items=500, name="files")
@@ -79,7 +85,9 @@ def main() -> None:
     result = build(scenario, work, conninfo).run()
     result.check_accounting()
     assert result.checkpoint is not None
-    print(json.dumps(result.checkpoint.as_dict()))
+    report = result.checkpoint.as_dict()
+    report["resumed_items"] = sum(s.resumed for s in result.nodes.values())  # taken back from workers
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -180,3 +180,10 @@ def flat_mixed(x: int) -> Any:
     if x % 5 == 1:
         return [NeedsMoreWork(x + 1)]  # x + 1 is never 1 (mod 5): it comes out as outputs
     return [x, -x]
+
+
+def halve_slowly(x: int) -> Any:
+    """Even numbers above 1000 come back halved (NeedsMoreWork); a 1 ms sleep every 10th item."""
+    if x % 10 == 0:
+        time.sleep(0.001)
+    return NeedsMoreWork(x // 2) if x > 1000 and x % 2 == 0 else x

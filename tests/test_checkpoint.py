@@ -238,7 +238,7 @@ def test_barriers_drain_funnels_balancers_replicas_and_unfused_nodes(tmp_path: A
     assert sorted(table_ids(db)) == list(range(10_000))
 
 
-def test_process_workers_are_drained_at_a_barrier(tmp_path: Any) -> None:
+def test_process_workers_go_through_barriers(tmp_path: Any) -> None:
     import procfns
     db = str(tmp_path / "out.db")
     p = Pipeline(Extractor(range(3_000)) >> Transformer(procfns.square, executor="process", workers=2, name="sq")
@@ -246,6 +246,84 @@ def test_process_workers_are_drained_at_a_barrier(tmp_path: Any) -> None:
     result = p.run()
     assert result.checkpoint.taken >= 5
     assert sorted(table_ids(db)) == sorted(x * x for x in range(3_000))
+
+
+def inflight_items(state: Any) -> int:
+    """Items a checkpoint saved of a process node: its chunks in flight and its fed-back items."""
+    import pickle
+    how, (chunks, fed_back) = state
+    assert how == "inflight"
+    return sum(len(pickle.loads(data, buffers=bufs)[2]) for data, bufs in chunks) + len(fed_back)
+
+
+def record_node_states(monkeypatch: Any, node: str) -> list[Any]:
+    """The state of ``node`` in every checkpoint recorded from now on, in order (``None``: none)."""
+    from reflux.checkpoint.commit import Checkpointer
+    states: list[Any] = []
+    real = Checkpointer.record
+
+    def record(self: Any, sources: Any, nodes: Any, pulled: int, final: bool) -> Any:
+        states.append(nodes.get(node))
+        return real(self, sources, nodes, pulled, final)
+
+    monkeypatch.setattr(Checkpointer, "record", record)
+    return states
+
+
+def test_chunks_in_process_workers_are_saved_at_a_barrier_and_resumed_first(tmp_path: Any,
+                                                                            monkeypatch: Any) -> None:
+    """A barrier does not wait for the chunks in the workers: the checkpoint keeps them, and a
+    resumed run sends them again before anything new, so the table ends in input order."""
+    import procfns
+    db = str(tmp_path / "out.db")
+    states = record_node_states(monkeypatch, "work")
+
+    def build(fail_at: int) -> Pipeline:
+        return Pipeline(Extractor(range(4_000), name="src")
+                        >> Transformer(procfns.uneven, executor="process", workers=2, name="work")
+                        >> Transformer(FailOnce(fail_at), name="fail") >> Transformer(as_rows, name="row")
+                        >> sink(db), name="inflight", checkpoint=ck(tmp_path, every=250))
+
+    with pytest.raises(NodeError, match="boom at 9000"):
+        build(3 * 3_000).run()
+    saved = [s for s in states if s is not None]
+    assert len(saved) >= len(states) // 2 >= 4  # the source is far ahead of the workers: chunks in flight
+    first = len(states)
+    result = build(-1).run()
+    result.check_accounting()
+    k = result.checkpoint.resumed_from
+    assert k is not None and 1 <= k <= first
+    state = states[k - 1]  # the checkpoint resumed from (numbered from 1 in a fresh file)
+    assert state is not None, "the checkpoint resumed from held no chunks (the workers were idle)"
+    assert result["work"].resumed == inflight_items(state) > 0
+    assert result["work"].received + result["work"].resumed == result["work"].emitted
+    assert table_ids(db) == [3 * x for x in range(4_000)]  # every row once, in input order
+
+
+def test_items_fed_back_in_process_workers_survive_a_resume(tmp_path: Any, monkeypatch: Any) -> None:
+    import procfns
+    db = str(tmp_path / "out.db")
+    states = record_node_states(monkeypatch, "halve")
+
+    def build(fail_at: int) -> Pipeline:
+        return Pipeline(Extractor(range(3_000), name="src")
+                        >> Transformer(procfns.halve_slowly, executor="process", workers=2, name="halve")
+                        >> Transformer(FailOnce(fail_at), name="fail") >> Transformer(as_rows, name="row")
+                        >> sink(db), name="feedback", checkpoint=ck(tmp_path, every=200))
+
+    with pytest.raises(NodeError):
+        build(2_999).run()
+    result = build(-1).run()
+    result.check_accounting()
+    expected = []
+    for x in range(3_000):
+        while x > 1000 and x % 2 == 0:
+            x //= 2
+        expected.append(x)
+    assert sorted(table_ids(db)) == sorted(expected)
+    k = result.checkpoint.resumed_from
+    assert k is not None and states[k - 1] is not None
+    assert result["halve"].resumed == inflight_items(states[k - 1])
 
 
 def test_feedback_in_a_fused_source_chain_is_drained_at_a_barrier(tmp_path: Any) -> None:

@@ -120,7 +120,7 @@ def run_trials(scenario: str, trials: int, conninfo_for: Any = None) -> list[dic
                 with closing(sqlite3.connect(os.path.join(work, "out.db"))) as db, db:
                     check_window_rows(db.execute("SELECT id, first, size FROM rows").fetchall())
                 continue
-            if scenario == "sqlite":
+            if scenario in ("sqlite", "process"):
                 with closing(sqlite3.connect(os.path.join(work, "out.db"))) as db, db:
                     table = [r[0] for r in db.execute("SELECT id FROM rows")]
             else:
@@ -147,7 +147,7 @@ def pg_databases(conninfo: str) -> Any:
     return make
 
 
-@pytest.mark.parametrize("scenario", ["sqlite", "window"])
+@pytest.mark.parametrize("scenario", ["sqlite", "window", "process"])
 def test_one_crash_and_restart(scenario: str) -> None:
     run_trials(scenario, 1)
 
@@ -157,11 +157,14 @@ def test_one_crash_and_restart_postgres(postgres_server: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["sqlite", "window"])
+@pytest.mark.parametrize("scenario", ["sqlite", "window", "process"])
 def test_twenty_crashes_and_restarts(scenario: str) -> None:
     reports = run_trials(scenario, TRIALS)
     print(f"\n{scenario}: {sum(r['kills'] for r in reports)} kills in {TRIALS} trials, "
-          f"{sum(1 for r in reports if r['resumed_from'] is not None)} last runs resumed")
+          f"{sum(1 for r in reports if r['resumed_from'] is not None)} last runs resumed, "
+          f"{sum(1 for r in reports if r['resumed_items'])} of them with items the workers held")
+    if scenario == "process":  # checkpoints saved chunks in flight, and runs took them back
+        assert sum(1 for r in reports if r["resumed_items"]) >= 2
 
 
 @pytest.mark.slow

@@ -169,6 +169,11 @@ class NodeStats:
         retries made (each call after the first on one item).
     ``fed_back``
         items a Transformer fed back to itself with ``NeedsMoreWork``.
+    ``resumed``
+        items a node took back from the checkpoint its run resumed from, to
+        process again before any new input: the items a Transformer with
+        ``executor="process"`` had in its workers when the checkpoint was taken.
+        They were received by the run that took the checkpoint, not by this one.
     ``busy``
         seconds the node spent in its own logic (the user's function, not
         waiting for input or for room downstream); the runtime adds them up,
@@ -190,6 +195,7 @@ class NodeStats:
     retried: int = 0
     fed_back: int = 0
     overflowed: int = 0
+    resumed: int = 0
     busy: float = 0.0
     events: dict[str, int] = field(default_factory=dict)
     #: the relation the counters obey (an internal detail used by accounting)
@@ -229,13 +235,16 @@ class NodeStats:
         if self.law == "source":
             return self.received - (self.emitted + self.dropped)
         if self.law == "one":
-            return self.received - (self.emitted + self.filtered + self.errors + self.dropped + self.overflowed)
+            return (self.received + self.resumed
+                    - (self.emitted + self.filtered + self.errors + self.dropped + self.overflowed))
         if self.law == "fanout":
-            return (self.received - self.overflowed) * self.fanout - (self.emitted + self.errors + self.dropped)
+            return ((self.received + self.resumed - self.overflowed) * self.fanout
+                    - (self.emitted + self.errors + self.dropped))
         return None
 
 
-_COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried", "fed_back")
+_COUNTERS = ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried", "fed_back",
+             "resumed")
 
 
 @dataclass

@@ -3,6 +3,9 @@
 * an **Extractor**: its source's position (``ExtractorLogic.position``: the
   source's ``state()`` hook, else the count of items pulled);
 * an **Accumulator**: its open group and the seconds left of its window;
+* a Transformer with ``executor="process"``: the items in its worker
+  processes and fed back (``NodeLogic.inflight_state``), processed again
+  first when the run resumes, so a barrier need not wait for them;
 * any node whose function has ``state()`` and ``restore()`` hooks (a
   Transformer's ``fn``, a Filter's predicate, a Messenger's key, a Loader's
   function other than a committing sink): what ``state()`` returns.
@@ -89,6 +92,10 @@ def capture(logics: Iterable[tuple[Node, list[NodeLogic]]]) -> tuple[dict[str, A
             sources[node.name] = first.position()
         elif isinstance(first, AccumulatorLogic):
             states[node.name] = ("window", first.window_state())
+        elif first.saves_inflight:
+            held = first.inflight_state()
+            if held is not None:
+                states[node.name] = ("inflight", held)
         else:
             # each logic's own node: a replica's copy holds that replica's copy of the object
             fns = [stateful_function(lg.node) for lg in lgs]
@@ -117,6 +124,9 @@ def restore(node: Node, logic: NodeLogic, snap: Snapshot, replica: int | None = 
         how, value = saved
         if how == "window" and isinstance(logic, AccumulatorLogic):
             logic.restore_window(value)
+            return
+        if how == "inflight" and logic.saves_inflight:
+            logic.restore_inflight(value)
             return
         fn = stateful_function(logic.node)
         if fn is None or how not in ("state", "replicas"):

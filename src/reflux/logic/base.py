@@ -305,6 +305,25 @@ class NodeLogic:
         """What the node reports in :attr:`RunResult.results` (Loaders only)."""
         return None
 
+    # -- checkpoints
+
+    #: ``True``: a checkpoint barrier need not wait for the items in flight (:attr:`remaining`)
+    #: and fed back; :meth:`inflight_state` saves them with the checkpoint instead (a logic
+    #: whose items are worked on elsewhere, e.g. in worker processes, would otherwise stall
+    #: the pipeline until they are back)
+    saves_inflight = False
+
+    def inflight_state(self) -> Any:
+        """The items in flight and fed back, as a checkpoint keeps them (picklable), or
+        ``None`` when there are none (only when :attr:`saves_inflight`; the pipeline is
+        held: nothing is processed meanwhile)."""
+        return None
+
+    def restore_inflight(self, state: Any) -> None:
+        """Take back what :meth:`inflight_state` saved, to be processed before any new
+        input (a run resuming from the checkpoint; the logic was just opened)."""
+        raise NotImplementedError
+
     # -- error handling shared by all kinds
 
     def retry(self, fn: Callable[[Any], Any], arg: Any, exc: BaseException) -> tuple[bool, Any, int]:

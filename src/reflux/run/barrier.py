@@ -13,7 +13,9 @@ runs.  A barrier is a *quiescent* stop of the world:
 3. **Drain.** Everything already pulled flows on to the sinks as usual.  The
    pipeline is drained when every source has paused (or ended) and every other
    node has an empty input, nothing in its outbox, no fed-back items and
-   nothing in flight (process workers).
+   nothing in flight, except a logic that saves its items in flight with the
+   checkpoint (:attr:`~reflux.logic.base.NodeLogic.saves_inflight`: process
+   workers, which keep working through the barrier).
 4. **Hold and record.** The last step to leave a drained pipeline holds the
    pool (no step may start: :meth:`BarrierGate.enter` waits) and, in its
    thread, takes the sources' positions and the nodes' states
@@ -27,12 +29,14 @@ runs.  A barrier is a *quiescent* stop of the world:
 Why stop the world rather than pass barrier markers along the channels
 (Chandy-Lamport, as Flink does): a drained pipeline holds no item between
 nodes, so a checkpoint needs no channel contents, no marker alignment at
-Funnels or replicas, nothing special for fused chains, process workers or
-feedback loops, and items need not be picklable; the nodes' logic is left
-untouched.  The price is a pause of the sources while the pipeline drains,
-which on a GIL build costs little: the Python that runs while the sources
-wait is work that had to be done anyway (the connector benchmark measures it:
-see docs/benchmarks.md).
+Funnels or replicas, nothing special for fused chains or feedback loops, and
+items need not be picklable; the nodes' logic is left untouched.  The price
+is a pause of the sources while the pipeline drains, which on a GIL build
+costs little: the Python that runs while the sources wait is work that had to
+be done anyway (the connector benchmark measures it: see docs/benchmarks.md).
+Process workers are the exception: waiting for their chunks would leave them
+idle at every barrier (the pipeline ran dry, then had to fill them again), so
+their chunks in flight are saved instead, already pickled as they were sent.
 
 A barrier that cannot complete within ``timeout`` seconds (a source blocked
 inside a read, a paused pipeline) is skipped: the sources go on and the next
@@ -226,8 +230,8 @@ class BarrierGate:
             if u.final.pending():
                 return False
             for lg in u.logics:
-                if lg.remaining or lg.has_feedback():
-                    return False  # items in flight (process workers) or fed back
+                if (lg.remaining or lg.has_feedback()) and not lg.saves_inflight:
+                    return False  # items in flight or fed back (process workers save theirs)
             group = u.group
             if group is not None and group.shared_out is not None and (group.done or group.shared_out.pending()):
                 return False

@@ -726,7 +726,7 @@ class PoolRuntime(RuntimeBase):
             for u in group.units:
                 s = u.stats[0]
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "overflowed", "retried",
-                          "fed_back", "busy"):
+                          "fed_back", "resumed", "busy"):
                     setattr(total, f, getattr(total, f) + getattr(s, f))
                 # a copy first: the replica may add a level meanwhile (iterating the
                 # live dict would raise "dictionary changed size during iteration")

@@ -141,7 +141,7 @@ class Unit:
         if group is not None:
             for s in self.stats:
                 for f in ("received", "emitted", "filtered", "errors", "dropped", "retried", "fed_back",
-                          "overflowed", "busy"):
+                          "overflowed", "resumed", "busy"):
                     setattr(s, f, 0)
                 s.events = {}
         shared = group.shared if group is not None else None

@@ -40,6 +40,11 @@ How it works
   :meth:`~ProcessTransformerLogic.wait_handles` (what
   :func:`multiprocessing.connection.wait` takes, ready when results are back) and :meth:`~ProcessTransformerLogic.drain_step` (a non-blocking
   step of ``finish()``).
+* A checkpoint barrier does not wait for the chunks in flight: they are saved
+  with the checkpoint as the messages already encoded to send them
+  (:meth:`~ProcessTransformerLogic.inflight_state`), the workers keep working,
+  and a run resuming from it sends them again before any new input
+  (:meth:`~ProcessTransformerLogic.restore_inflight`).
 * The workers end with the node: on a normal end they finish their input,
   run the function's ``close()`` and exit; on an abort (a failure, ``stop
   (drain=False)``, Ctrl-C) they are terminated.  A worker whose parent dies
@@ -108,11 +113,13 @@ class _Worker:
 class _Chunk:
     """Items sent to a worker together, and their results once back."""
 
-    __slots__ = ("seq", "items", "result", "pid")
+    __slots__ = ("seq", "items", "wire", "result", "pid")
 
-    def __init__(self, seq: int, items: list[Any]) -> None:
+    def __init__(self, seq: int, items: list[Any], wire: list[Any]) -> None:
         self.seq = seq
         self.items = items
+        #: the message as sent (encoded): what a checkpoint saves of it (see inflight_state)
+        self.wire = wire
         self.result: tuple[Any, ...] | None = None
         #: the worker that answered
         self.pid = 0
@@ -312,7 +319,7 @@ class ProcessTransformerLogic(NodeLogic):
                 self._submit(good, out)
             return
         self._next_seq = seq + 1
-        chunk = _Chunk(seq, items)
+        chunk = _Chunk(seq, items, parts)
         self._chunks[seq] = chunk
         w = self._pick()
         w.inflight.append(chunk)
@@ -564,6 +571,35 @@ class ProcessTransformerLogic(NodeLogic):
                 self._submit(batch[i:i + size], out)
                 i += size
         return not self._chunks and not pending
+
+    # ------------------------------------------------------------------ checkpoints
+
+    #: a checkpoint saves the chunks in flight instead of waiting for them (the workers
+    #: keep working through a barrier, and the pipeline does not run dry at each one)
+    saves_inflight = True
+
+    def inflight_state(self) -> Any:
+        """``(chunks, fed_back)``: each chunk not emitted yet as its encoded message (the
+        pickle already made to send it, so saving costs no pickling of the items), oldest
+        first, and the items fed back and not sent yet; ``None`` when there are none."""
+        if not self._chunks and not self.pending:
+            return None
+        chunks = []
+        for seq in sorted(self._chunks):
+            _head, data, *raws = self._chunks[seq].wire
+            chunks.append((data, [bytes(r) for r in raws]))  # out-of-band buffers: copied
+        return chunks, list(self.pending)
+
+    def restore_inflight(self, state: Any) -> None:
+        """Take back the chunks and fed-back items :meth:`inflight_state` saved: they are
+        sent before any new input (as fed-back items, the chunks' items first, in order)."""
+        chunks, fed_back = state
+        items: list[Any] = []
+        for data, bufs in chunks:
+            items.extend(pickle.loads(data, buffers=bufs)[2])
+        self.pending.extend(fed_back)
+        self.pending.extend(reversed(items))  # popped from the right: oldest first
+        self.stats.resumed += len(items) + len(fed_back)
 
     def close(self) -> None:
         """Stop the workers: gracefully once everything is done, else terminate them."""
