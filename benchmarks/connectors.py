@@ -22,7 +22,8 @@ per sink:
   with least work: row tuples for SQLite and Parquet (``write_parquet(columns=...)``),
   PostgreSQL's rows already in ``COPY``'s format (``encode_copy_row``, the sink with
   ``encoded=True``)), also with
-  checkpoints (each barrier drains the workers: the cost of stopping the world where stages run in parallel).  A *limit*
+  checkpoints (the workers keep working through each barrier: the chunks they hold are saved
+  with the checkpoint, not waited for).  A *limit*
   line gives the most such a run can gain on this machine: its CPU seconds spread
   perfectly over the cores, against the plain script.
 
