@@ -270,6 +270,16 @@ def record_node_states(monkeypatch: Any, node: str) -> list[Any]:
     return states
 
 
+def through_process_workers(tmp_path: Any, fn: Any, name: str, *, items: int, every: int,
+                            fail_at: int) -> Pipeline:
+    """range(items) through ``fn`` in 2 worker processes, then a Transformer failing on
+    ``fail_at`` (-1: never), into table t of out.db, with a checkpoint every ``every`` items."""
+    return Pipeline(Extractor(range(items), name="src")
+                    >> Transformer(fn, executor="process", workers=2, name=name)
+                    >> Transformer(FailOnce(fail_at), name="fail") >> Transformer(as_rows, name="row")
+                    >> sink(str(tmp_path / "out.db")), name=name, checkpoint=ck(tmp_path, every=every))
+
+
 def test_chunks_in_process_workers_are_saved_at_a_barrier_and_resumed_first(tmp_path: Any,
                                                                             monkeypatch: Any) -> None:
     """A barrier does not wait for the chunks in the workers: the checkpoint keeps them, and a
@@ -279,10 +289,8 @@ def test_chunks_in_process_workers_are_saved_at_a_barrier_and_resumed_first(tmp_
     states = record_node_states(monkeypatch, "work")
 
     def build(fail_at: int) -> Pipeline:
-        return Pipeline(Extractor(range(4_000), name="src")
-                        >> Transformer(procfns.uneven, executor="process", workers=2, name="work")
-                        >> Transformer(FailOnce(fail_at), name="fail") >> Transformer(as_rows, name="row")
-                        >> sink(db), name="inflight", checkpoint=ck(tmp_path, every=250))
+        return through_process_workers(tmp_path, procfns.uneven, "work", items=4_000, every=250,
+                                       fail_at=fail_at)
 
     with pytest.raises(NodeError, match="boom at 9000"):
         build(3 * 3_000).run()
@@ -306,10 +314,8 @@ def test_items_fed_back_in_process_workers_survive_a_resume(tmp_path: Any, monke
     states = record_node_states(monkeypatch, "halve")
 
     def build(fail_at: int) -> Pipeline:
-        return Pipeline(Extractor(range(3_000), name="src")
-                        >> Transformer(procfns.halve_slowly, executor="process", workers=2, name="halve")
-                        >> Transformer(FailOnce(fail_at), name="fail") >> Transformer(as_rows, name="row")
-                        >> sink(db), name="feedback", checkpoint=ck(tmp_path, every=200))
+        return through_process_workers(tmp_path, procfns.halve_slowly, "halve", items=3_000, every=200,
+                                       fail_at=fail_at)
 
     with pytest.raises(NodeError):
         build(2_999).run()
