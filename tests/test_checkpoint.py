@@ -536,6 +536,33 @@ def test_a_commit_failing_as_the_run_ends_still_fails_the_run(tmp_path: Any, mon
     assert e.value.result.status == "failed"
 
 
+@pytest.mark.parametrize("commit, workers", [("auto", False), ("beside", False), ("inline", True),
+                                             ("auto", True)])
+def test_where_a_checkpoint_commits(tmp_path: Any, monkeypatch: Any, commit: str, workers: bool) -> None:
+    """``commit="auto"`` commits a database inline under the GIL unless process workers leave
+    the pipeline's threads waiting; either way every row arrives once."""
+    import procfns
+    from reflux.checkpoint.commit import Checkpointer
+    from reflux.result import gil_enabled
+    beside_threads: list[str] = []
+    real = Checkpointer._commit_loop
+
+    def loop(self: Any) -> None:
+        beside_threads.append(threading.current_thread().name)
+        real(self)
+
+    monkeypatch.setattr(Checkpointer, "_commit_loop", loop)
+    db = str(tmp_path / "out.db")
+    square = (Transformer(procfns.square, executor="process", workers=1, name="sq") if workers
+              else Transformer(procfns.square, name="sq"))
+    result = Pipeline(Extractor(range(2_000)) >> square >> Transformer(as_rows, name="row") >> sink(db),
+                      name="where", checkpoint=ck(tmp_path, every=200, commit=commit)).run()
+    assert result.checkpoint.taken >= 5
+    beside = commit == "beside" or (commit == "auto" and (workers or not gil_enabled()))
+    assert beside_threads == (["reflux:where:checkpoints"] if beside else [])
+    assert sorted(table_ids(db)) == sorted(x * x for x in range(2_000))
+
+
 def test_a_checkpoint_file_and_a_database_that_disagree_are_refused(tmp_path: Any) -> None:
     db = str(tmp_path / "out.db")
 
@@ -586,7 +613,7 @@ def test_what_a_checkpointed_pipeline_refuses(tmp_path: Any) -> None:
                  >> Loader.to_list(), checkpoint=ck(tmp_path)).run()
     for bad, match in ((dict(every=0), "every must be"), (dict(seconds=-1), "seconds must be"),
                        (dict(every=None, seconds=None), "give every= or seconds="), (dict(durable=1), "durable"),
-                       (dict(timeout=0), "timeout must be")):
+                       (dict(timeout=0), "timeout must be"), (dict(commit="later"), "commit must be")):
         with pytest.raises(ValidationError, match=match):
             Checkpoint(str(tmp_path / "c"), **bad)
     with pytest.raises(ValidationError, match="checkpoint must be a file name"):

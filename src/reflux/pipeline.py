@@ -34,7 +34,7 @@ from .errors import (
 )
 from .observe.stats import Alert, PipelineStats, final_stats
 from .observe.watchdog import ON_CLOG, Monitor
-from .result import RunResult
+from .result import RunResult, gil_enabled
 from .run.interrupt import InterruptLatch
 from .run.pool import PoolRuntime
 
@@ -319,7 +319,10 @@ class Pipeline(Graph):
         assert self._checkpoint is not None
         check_nodes(self._nodes, None, f"Pipeline '{self.name}'")
         sinks = [(t.name, t.node.fn) for t in plan.tasks if isinstance(t.node, Loader)]
-        checkpointer = Checkpointer(self._checkpoint, self.name, sinks)
+        # its threads leave room for a commit beside them: they wait on other processes, or
+        # run without the GIL
+        overlaps = not gil_enabled() or any(getattr(n, "executor", "thread") != "thread" for n in self._nodes)
+        checkpointer = Checkpointer(self._checkpoint, self.name, sinks, overlaps=overlaps)
         self._checkpointer = checkpointer
         snap = checkpointer.resume()
         check_nodes(self._nodes, snap, f"Pipeline '{self.name}'")

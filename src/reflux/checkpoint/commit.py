@@ -17,7 +17,10 @@ the file sinks back to it); a crash after 3 leaves this one, whose renames a
 restart redoes.  So the deciding database sink and the file sinks are
 exactly-once.  Sinks of step 1 may see items again: at-least-once.
 
-**The commit runs beside the pipeline.**  Only what must see the drained
+**The commit runs beside the pipeline** (``Checkpoint(commit="beside")``, and by default
+where the pipeline's threads wait on worker processes or run without the GIL; under the GIL a
+pipeline writing to a database commits inline, in its own thread, which cost less than
+taking turns at the GIL with a thread committing beside it).  Only what must see the drained
 pipeline runs while it is held: the flushes, the file sinks' *prepare*, the
 snapshot, and a *cut* of each database sink's transaction (its rows so far are
 what the checkpoint commits; rows that arrive later wait for the commit, in
@@ -56,7 +59,8 @@ class Checkpointer:
     ``sinks`` are the pipeline's Loaders as ``(name, function)``, in pipeline order.
     """
 
-    def __init__(self, config: Checkpoint, pipeline: str, sinks: Sequence[tuple[str, Any]]) -> None:
+    def __init__(self, config: Checkpoint, pipeline: str, sinks: Sequence[tuple[str, Any]], *,
+                 overlaps: bool = False) -> None:
         self.config = config
         self.pipeline = pipeline
         self.store = CheckpointStore(config.path, durable=config.durable)
@@ -87,8 +91,12 @@ class Checkpointer:
         self._jobs: queue.Queue[tuple[int, Snapshot, bytes, dict[str, Any]] | None] = queue.Queue()
         self._failure: BaseException | None = None
         tx = ([self.decider] if self.decider else []) + self.early
-        #: whether the database sinks can commit beside the pipeline (they all have checkpoint_cut)
-        self.background = all(callable(getattr(fn, "checkpoint_cut", None)) for _, fn in tx)
+        # Checkpoint(commit="auto"): beside the pipeline where its own threads leave room for
+        # it (``overlaps``: they wait on worker processes or Ray, or run without the GIL) or
+        # where no database commits; else inline (see Checkpoint.commit)
+        beside = config.commit == "beside" or (config.commit == "auto" and (overlaps or not tx))
+        #: whether checkpoints commit beside the pipeline (the database sinks all have checkpoint_cut)
+        self.background = beside and all(callable(getattr(fn, "checkpoint_cut", None)) for _, fn in tx)
 
     # ------------------------------------------------------------------ before the run
 
