@@ -536,6 +536,36 @@ def test_a_commit_failing_as_the_run_ends_still_fails_the_run(tmp_path: Any, mon
     assert e.value.result.status == "failed"
 
 
+def test_a_commit_failure_reaching_the_run_as_it_closes_still_fails_the_run(tmp_path: Any, monkeypatch: Any) -> None:
+    """The failed commit has stopped the barriers but not yet reached the runtime when the
+    run's nodes end and the run closes: the run still fails with the commit's error."""
+    from reflux.connectors._files import RollingFileSink
+    from reflux.run.barrier import BarrierGate
+    real_commit, real_fail = RollingFileSink.checkpoint_commit, BarrierGate.fail
+    calls = itertools.count()
+
+    def commit(self: Any, checkpoint: int, prepared: Any) -> None:
+        if next(calls) == 2:
+            raise OSError("the disk went away")
+        real_commit(self, checkpoint, prepared)
+
+    def fail_late(self: BarrierGate, exc: BaseException) -> None:
+        self.failed = True  # no more barriers: the run goes on to its end
+        self.rt.wait(30)
+        time.sleep(0.2)  # the run closes meanwhile, up to waiting for this thread
+        real_fail(self, exc)
+
+    monkeypatch.setattr(RollingFileSink, "checkpoint_commit", commit)
+    monkeypatch.setattr(BarrierGate, "fail", fail_late)
+    p = Pipeline(Extractor(range(3_000), batch_size=25) >> write_jsonl(str(tmp_path / "o.jsonl"), roll_items=199,
+                                                                        name="files"),
+                 name="closing", checkpoint=ck(tmp_path, every=400))
+    with pytest.raises(CheckpointError, match="the disk went away") as e:
+        p.run()
+    assert e.value.result.status == "failed"
+    assert e.value.result.checkpoint.last == 2
+
+
 @pytest.mark.parametrize("commit, workers", [("auto", False), ("beside", False), ("inline", True),
                                              ("auto", True)])
 def test_where_a_checkpoint_commits(tmp_path: Any, monkeypatch: Any, commit: str, workers: bool) -> None:

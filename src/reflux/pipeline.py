@@ -525,8 +525,6 @@ class Pipeline(Graph):
         checkpointer, self._checkpointer = self._checkpointer, None
         assert checkpointer is not None
         gate = rt.gate
-        # a commit beside the pipeline may fail the run after its status was read
-        late = rt.failure if self._error is None else None
         keep = (result.status in ("completed", "stopped") and not rt._aborted and rt.failure is None
                 and not result.stuck and gate is not None and not gate.failed)
         error: BaseException | None = None
@@ -539,6 +537,10 @@ class Pipeline(Graph):
             checkpointer.detach(rollback=not keep)
         except BaseException as exc:  # a sink's rollback or close failed
             error = error or exc
+        # a commit beside the pipeline may fail the run after its status was read: read the
+        # runtime's failure after detach(), which joined the thread committing (before it, a
+        # failure could land between the gate's ``failed`` flag and the runtime's record)
+        late = rt.failure if self._error is None else None
         snap = checkpointer.resumed
         result.checkpoint = CheckpointReport(
             path=checkpointer.config.path, resumed_from=None if snap is None else snap.id,
