@@ -34,7 +34,9 @@ Each row is the median of ``--repeat`` runs (default 3), taken in rounds that ru
 every row once; the table gives wall-clock seconds and the CPU seconds of the benchmark
 process and its worker processes (another program's load disturbs those less; the
 PostgreSQL server's CPU is not counted, alike for every row).  Every run checks what arrived (row count and the sum of ids, read
-back from the Parquet files or the table) and raises if it is wrong.  PostgreSQL:
+back from the Parquet files or the table) and raises if it is wrong.  Before each
+PostgreSQL run the table is dropped and the server flushes its dirty pages
+(``CHECKPOINT``): a flush of the last run's rows never lands inside a timed run.  PostgreSQL:
 ``--pg`` (or the ``PG*`` environment variables with ``--pg ""``); without either a
 throwaway server is started with the binaries found (as the tests do), else those
 rows are skipped.  The machine's load average is printed before and after:
@@ -265,10 +267,16 @@ def read_back(kind: str, out: str, conninfo: str, table: str) -> tuple[int, int]
 
 
 def drop_table(conninfo: str, table: str) -> None:
+    """Before a run: drop what the last one wrote and flush the server's dirty pages
+    (``CHECKPOINT``), so no run pays for its predecessor's writes."""
     import psycopg
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute("DROP TABLE IF EXISTS reflux_checkpoints")
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:  # a server given with --pg, as a plain user
+            pass
 
 
 def cpu_seconds() -> float:
