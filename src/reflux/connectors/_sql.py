@@ -99,7 +99,8 @@ class SqlSink:
     """A batching, transactional database sink (see the module docs).  Subclasses
     connect and speak their database's SQL: :meth:`_connect`, :meth:`_insert`,
     :meth:`_begin`, :meth:`_commit`, :meth:`_rollback`, :meth:`_disconnect`,
-    :meth:`_marker_setup`, :meth:`_read_marker`, :meth:`_write_marker`."""
+    :meth:`_marker_setup`, :meth:`_read_marker`, and :meth:`_write_marker` (or
+    :meth:`_commit_marked`, which writes a checkpoint's row and commits)."""
 
     batched = True
     checkpoint_role = "transaction"
@@ -250,8 +251,13 @@ class SqlSink:
             self._insert(rows)
         self._broken = False
 
-    def _commit_all(self) -> None:
-        self._commit()
+    def _commit_all(self, marker: tuple[str, str, int, bytes] | None = None) -> None:
+        """Commit the transaction (with a checkpoint's row in it: ``marker``, the arguments
+        of :meth:`_commit_marked`); its rows need no replay any more."""
+        if marker is None:
+            self._commit()
+        else:
+            self._commit_marked(*marker)
         self._uncommitted = []
         self._n_uncommitted = 0
 
@@ -292,9 +298,7 @@ class SqlSink:
             for rows in before:
                 self._uncommitted.append(rows)  # kept first: a recovery writes them again
                 self._insert(rows)
-            if state is not None:
-                self._write_marker(self._run_id, self._key, checkpoint, state)
-            self._commit_all()
+            self._commit_all(None if state is None else (self._run_id, self._key, checkpoint, state))
         finally:
             with self._cond:
                 self._cut = False  # from here on the calls write themselves (deferred rows first)
@@ -362,3 +366,8 @@ class SqlSink:
 
     def _write_marker(self, run_id: str, key: str, checkpoint: int, state: bytes) -> None:
         raise NotImplementedError
+
+    def _commit_marked(self, run_id: str, key: str, checkpoint: int, state: bytes) -> None:
+        """Write the checkpoint's row into the transaction and commit it."""
+        self._write_marker(run_id, key, checkpoint, state)
+        self._commit()
