@@ -477,10 +477,16 @@ def test_crash_after_the_decision_before_the_checkpoint_file(tmp_path: Any, monk
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".inprogress")]
 
 
+def rolled_files(tmp_path: Any, name: str) -> Pipeline:
+    """3,000 items into JSON Lines files of 199 lines, a checkpoint every 400 items."""
+    return Pipeline(Extractor(range(3_000), batch_size=25)
+                    >> write_jsonl(str(tmp_path / "o.jsonl"), roll_items=199, name="files"),
+                    name=name, checkpoint=ck(tmp_path, every=400))
+
+
 def test_crash_after_the_decision_before_the_renames(tmp_path: Any, monkeypatch: Any) -> None:
     """Finished files whose rename was due when the run died are renamed by the restart."""
     from reflux.connectors._files import RollingFileSink
-    files = str(tmp_path / "o.jsonl")
     real = RollingFileSink.checkpoint_commit
     calls = itertools.count()
 
@@ -490,15 +496,11 @@ def test_crash_after_the_decision_before_the_renames(tmp_path: Any, monkeypatch:
             raise OSError("the process died here")
         real(self, checkpoint, prepared)
 
-    def build() -> Pipeline:
-        return Pipeline(Extractor(range(3_000), batch_size=25) >> write_jsonl(files, roll_items=199, name="files"),
-                        name="renames", checkpoint=ck(tmp_path, every=400))
-
     monkeypatch.setattr(RollingFileSink, "checkpoint_commit", commit)
     with pytest.raises(CheckpointError):
-        build().run()
+        rolled_files(tmp_path, "renames").run()
     monkeypatch.setattr(RollingFileSink, "checkpoint_commit", real)
-    build().run()
+    rolled_files(tmp_path, "renames").run()
     names = sorted(f for f in os.listdir(tmp_path) if f.startswith("o-"))
     written = [json.loads(line) for f in names for line in lines(tmp_path / f)]
     assert written == list(range(3_000))
@@ -528,11 +530,8 @@ def test_a_commit_failing_as_the_run_ends_still_fails_the_run(tmp_path: Any, mon
 
     monkeypatch.setattr(RollingFileSink, "checkpoint_commit", commit)
     monkeypatch.setattr(Pipeline, "_close_checkpoints", close_late)
-    p = Pipeline(Extractor(range(3_000), batch_size=25) >> write_jsonl(str(tmp_path / "o.jsonl"), roll_items=199,
-                                                                        name="files"),
-                 name="late", checkpoint=ck(tmp_path, every=400))
     with pytest.raises(CheckpointError, match="the disk went away") as e:
-        p.run()
+        rolled_files(tmp_path, "late").run()
     assert e.value.result.status == "failed"
 
 
@@ -557,11 +556,8 @@ def test_a_commit_failure_reaching_the_run_as_it_closes_still_fails_the_run(tmp_
 
     monkeypatch.setattr(RollingFileSink, "checkpoint_commit", commit)
     monkeypatch.setattr(BarrierGate, "fail", fail_late)
-    p = Pipeline(Extractor(range(3_000), batch_size=25) >> write_jsonl(str(tmp_path / "o.jsonl"), roll_items=199,
-                                                                        name="files"),
-                 name="closing", checkpoint=ck(tmp_path, every=400))
     with pytest.raises(CheckpointError, match="the disk went away") as e:
-        p.run()
+        rolled_files(tmp_path, "closing").run()
     assert e.value.result.status == "failed"
     assert e.value.result.checkpoint.last == 2
 
