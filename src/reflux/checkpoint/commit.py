@@ -97,6 +97,9 @@ class Checkpointer:
         beside = config.commit == "beside" or (config.commit == "auto" and (overlaps or not tx))
         #: whether checkpoints commit beside the pipeline (the database sinks all have checkpoint_cut)
         self.background = beside and all(callable(getattr(fn, "checkpoint_cut", None)) for _, fn in tx)
+        #: committing inline, the deciding sink's commit was sent and not yet confirmed (see
+        #: TransactionalSink.checkpoint_send): the rest of its decision, done by the next wait()
+        self._sent: tuple[int, Snapshot, bytes, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ before the run
 
@@ -160,7 +163,7 @@ class Checkpointer:
             for name, sink in tx:
                 self._call(name, sink.checkpoint_cut, k)
         if final or not self.background:
-            self._decide(k, snap, blob, prepared)
+            self._decide(k, snap, blob, prepared, send=not final)
             return snap
         if self._committer is None:
             self._committer = threading.Thread(target=self._commit_loop, name=f"reflux:{self.pipeline}:checkpoints",
@@ -186,13 +189,24 @@ class Checkpointer:
             finally:
                 self._jobs.task_done()
 
-    def _decide(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
-        """Steps 1 (database sinks), 3, 4, 5 of the module docs."""
+    def _decide(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any], send: bool = False) -> None:
+        """Steps 1 (database sinks), 3, 4, 5 of the module docs.  ``send``: a deciding sink
+        that can send its commit and confirm it later does so, and the next :meth:`wait`
+        does steps 4 and 5."""
         for name, sink in self.early:
             self._call(name, sink.checkpoint_commit, k, None)
         if self.decider is not None:
             name, sink = self.decider
-            self._call(name, sink.checkpoint_commit, k, blob)
+            if send and callable(getattr(sink, "checkpoint_send", None)):
+                if self._call(name, sink.checkpoint_send, k, blob):
+                    self._sent = (k, snap, blob, prepared)
+                    return
+            else:
+                self._call(name, sink.checkpoint_commit, k, blob)
+        self._decided(k, snap, blob, prepared)
+
+    def _decided(self, k: int, snap: Snapshot, blob: bytes, prepared: dict[str, Any]) -> None:
+        """Steps 4 and 5: checkpoint ``k`` is decided."""
         try:
             self.store.save(self.pipeline, k, snap.taken, snap.items, snap.final, blob)
         except Exception as exc:  # the file went away, the disk is full
@@ -205,7 +219,13 @@ class Checkpointer:
         logger.debug("Pipeline '%s': checkpoint #%d recorded (%d items)", self.pipeline, k, snap.items)
 
     def wait(self) -> None:
-        """Wait for the commit running beside the pipeline; raise its failure."""
+        """Wait for the commit running beside the pipeline, or for the answer to the one
+        sent inline; raise its failure."""
+        sent, self._sent = self._sent, None
+        if sent is not None and self.decider is not None:
+            name, sink = self.decider
+            self._call(name, sink.checkpoint_confirm, sent[0])
+            self._decided(*sent)
         self._jobs.join()
         if self._failure is not None:
             raise self._failure

@@ -109,6 +109,9 @@ class SqlSink:
     replays = True
     #: while a checkpoint commits, keep the rows of new batches in memory (else the call waits)
     defers = False
+    #: a commit can be sent to the server and its answer collected later (:meth:`_send_commit`,
+    #: :meth:`_commit_answered`): the pipeline goes on while the server commits
+    sends = False
 
     def __init__(self, table: str, *, columns: Sequence[str] | None, create: str | None, commit_every: int,
                  checkpoint_table: str) -> None:
@@ -145,6 +148,10 @@ class SqlSink:
         #: deferred rows still unwritten when the next checkpoint was cut: they came before
         #: it, so that checkpoint's commit writes them into its transaction
         self._before_cut: list[list[Any]] = []
+        #: rows of the transaction whose commit was sent and not answered yet (``sends``)
+        self._sent: list[list[Any]] | None = None
+        #: why the commit of a checkpoint sent by checkpoint_send() failed (checkpoint_confirm raises it)
+        self._send_failure: BaseException | None = None
 
     # ------------------------------------------------------------------ rows
 
@@ -192,6 +199,12 @@ class SqlSink:
                     return
                 while self._cut:
                     self._cond.wait()
+        if self._sent is not None and not self._answered_in_call():
+            with self._lock:
+                self._later.append(rows)  # the server is still committing: they wait in memory
+            self._n_uncommitted += len(rows)
+            self.loaded += len(rows)
+            return
         if not self.replays:
             if self._conn is None:
                 self._open_connection()
@@ -211,7 +224,7 @@ class SqlSink:
         self.loaded += len(rows)
         if not self._attached and self._n_uncommitted >= self.commit_every:
             try:
-                self._commit_all()
+                self._commit_all(wait=False)
             except Exception as exc:
                 if not self.replays:
                     raise TransactionAborted(f"{self.table}: the commit failed: {type(exc).__name__}: "
@@ -226,8 +239,14 @@ class SqlSink:
         if self._attached or self._conn is None:
             return
         try:
+            try:
+                self._settle(block=True)
+            except Exception:  # the sent commit failed: its rows are written again below
+                pass
             if self._broken:
                 self._recover_connection()
+            if self._later:
+                self._write_later()
             self._commit_all()
         finally:
             self._drop_connection()
@@ -251,15 +270,55 @@ class SqlSink:
             self._insert(rows)
         self._broken = False
 
-    def _commit_all(self, marker: tuple[str, str, int, bytes] | None = None) -> None:
+    def _commit_all(self, marker: tuple[str, str, int, bytes] | None = None, *, wait: bool = True) -> None:
         """Commit the transaction (with a checkpoint's row in it: ``marker``, the arguments
-        of :meth:`_commit_marked`); its rows need no replay any more."""
+        of :meth:`_commit_marked`); its rows need no replay any more.  ``wait=False``: a
+        sink that ``sends`` returns once the commit is on its way (:meth:`_settle` collects
+        the answer)."""
+        if self.sends:
+            self._send_commit(marker)
+            self._sent, self._uncommitted = self._uncommitted, []
+            self._n_uncommitted = 0
+            if wait:
+                self._settle(block=True)
+            return
         if marker is None:
             self._commit()
         else:
             self._commit_marked(*marker)
         self._uncommitted = []
         self._n_uncommitted = 0
+
+    def _settle(self, block: bool) -> bool:
+        """Collect the server's answer to the commit sent, if one is out (``block``: wait for
+        it); True when none is out any more.  A failure is raised after the rows of the lost
+        transaction are put back to be written again (after a reconnection)."""
+        if self._sent is None:
+            return True
+        try:
+            if not self._commit_answered(block):
+                return False
+        except BaseException:
+            lost, self._sent = self._sent, None
+            self._uncommitted = lost + self._uncommitted
+            self._n_uncommitted += sum(map(len, lost))
+            self._broken = True
+            raise
+        self._sent = None
+        return True
+
+    def _answered_in_call(self) -> bool:
+        """[the Loader's call] Whether the commit sent is answered (waiting for it if the
+        sink does not keep rows in memory meanwhile).  Without checkpoints a lost commit is
+        written again by this call; a checkpoint's failed commit fails the run."""
+        try:
+            return self._settle(block=not self.defers)
+        except Exception as exc:
+            if not self._attached:
+                return True  # _broken: this call reconnects and writes the lost rows again
+            self._send_failure = exc
+            raise TransactionAborted(f"{self.table}: a checkpoint's commit failed: {type(exc).__name__}: "
+                                     f"{exc}") from exc
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -292,9 +351,13 @@ class SqlSink:
 
     def checkpoint_commit(self, checkpoint: int, state: bytes | None) -> None:
         try:
+            self._settle(block=True)
             if self._conn is None or self._broken:
                 self._recover_connection()
             before, self._before_cut = self._before_cut, []
+            if not self._cut:  # committed inline: rows deferred during a commit sent earlier came before it
+                with self._lock:
+                    before, self._later = before + self._later, []
             for rows in before:
                 self._uncommitted.append(rows)  # kept first: a recovery writes them again
                 self._insert(rows)
@@ -303,6 +366,29 @@ class SqlSink:
             with self._cond:
                 self._cut = False  # from here on the calls write themselves (deferred rows first)
                 self._cond.notify_all()
+
+    def checkpoint_send(self, checkpoint: int, state: bytes) -> bool:
+        """Commit everything written so far with the checkpoint's row.  A sink that
+        ``sends`` does not wait for the server's answer: the pipeline goes on (new rows
+        wait in memory, or the call waits, until the answer) and :meth:`checkpoint_confirm`
+        collects it; returns whether it did so (else the commit is done)."""
+        if not self.sends:
+            self.checkpoint_commit(checkpoint, state)
+            return False
+        self._settle(block=True)
+        if self._conn is None or self._broken:
+            self._recover_connection()
+        if self._later:  # deferred during the last commit: they came before this checkpoint
+            self._write_later()
+        self._commit_all((self._run_id, self._key, checkpoint, state), wait=False)
+        return True
+
+    def checkpoint_confirm(self, checkpoint: int) -> None:
+        """Wait for the answer to :meth:`checkpoint_send`; raise if the commit failed."""
+        failure, self._send_failure = self._send_failure, None
+        if failure is not None:
+            raise failure
+        self._settle(block=True)
 
     def _write_later(self) -> None:
         """[the Loader's call] Write the rows deferred while the last checkpoint committed."""
@@ -325,6 +411,10 @@ class SqlSink:
         if self._conn is None:
             return
         try:
+            try:
+                self._settle(block=True)
+            except Exception:  # a failed commit of the run's end: what it held is rolled back
+                pass
             if rollback:
                 self._uncommitted = []
                 self._n_uncommitted = 0
@@ -353,6 +443,15 @@ class SqlSink:
         raise NotImplementedError
 
     def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _send_commit(self, marker: tuple[str, str, int, bytes] | None) -> None:
+        """(``sends``) Send the commit (with a checkpoint's row: ``marker``) and return."""
+        raise NotImplementedError
+
+    def _commit_answered(self, block: bool) -> bool:
+        """(``sends``) Whether the server answered the commit sent (``block``: wait for the
+        answer); raise its failure."""
         raise NotImplementedError
 
     def _rollback(self) -> None:

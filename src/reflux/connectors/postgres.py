@@ -56,19 +56,22 @@ the sink ``encoded=True``: it then writes the bytes as they come::
 from __future__ import annotations
 
 # psycopg is an optional dependency: a type check without it installed (or, for pyarrow, which
-# ships no type information) treats it as Any
-# mypy: disable-error-code="import-not-found,import-untyped"
+# ships no type information) treats it as Any (so a class deriving from psycopg's derives from Any)
+# mypy: disable-error-code="import-not-found,import-untyped,misc"
 import datetime
 import decimal
 import itertools
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 try:
     import psycopg
+    from psycopg import pq
+    from psycopg.copy import LibpqWriter
     from psycopg.rows import dict_row
+    from psycopg.waiting import Ready, Wait
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("reflux.connectors.postgres needs psycopg 3: pip install \"pyreflux[postgres]\"") from exc
 
@@ -138,6 +141,52 @@ def encode_copy_row(row: Sequence[Any]) -> bytes:
         else:
             add(_copy_field(v))
     return ("\t".join(fields) + "\n").encode()
+
+
+def _flushed(pgconn: Any) -> Generator[Wait, Any, None]:
+    """[for Connection.wait] Send what libpq holds for the server (as libpq asks: flush
+    again once the socket can be written, read what arrives meanwhile)."""
+    while pgconn.flush() != 0:
+        ready = yield Wait.RW
+        if ready & Ready.R:
+            pgconn.consume_input()
+
+
+def _copy_end_sent(pgconn: Any) -> Generator[Wait, Any, None]:
+    """[for Connection.wait] Send the end of a ``COPY``, not waiting for the server's answer."""
+    while pgconn.put_copy_end() == 0:
+        yield Wait.W
+    yield from _flushed(pgconn)
+
+
+def _readable() -> Generator[Wait, Any, None]:
+    """[for Connection.wait] Wait until the server sends something."""
+    yield Wait.R
+
+
+class _CopyEndSender(LibpqWriter):
+    """psycopg's writer of a ``COPY``'s data, except that it ends the ``COPY`` without
+    waiting for the server's answer: the sink collects that answer later, so the pipeline
+    goes on while the server finishes the rows and commits them."""
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        if exc is not None:  # a COPY abandoned: psycopg's own end, which waits for it
+            super().finish(exc)
+        else:
+            self.connection.wait(_copy_end_sent(self._pgconn))
+
+
+def _server_error(res: Any, encoding: str) -> psycopg.Error:
+    """The psycopg error of a failed result."""
+    def field(code: Any) -> str:
+        value = res.error_field(code)
+        return value.decode(encoding, "replace") if value else ""
+    message = field(pq.DiagnosticField.MESSAGE_PRIMARY) or res.error_message.decode(encoding, "replace")
+    try:
+        cls: type[psycopg.Error] = psycopg.errors.lookup(field(pq.DiagnosticField.SQLSTATE))
+    except KeyError:
+        cls = psycopg.DatabaseError
+    return cls(message)
 
 
 class PostgresSource:
@@ -253,12 +302,20 @@ class PostgresSink(SqlSink):
         self.connect_timeout = connect_timeout
         self._sql: str | None = None
         self._copying: Any = None  # the COPY in progress: (cursor, its context manager, the Copy)
+        #: the commit to send once the server has answered the end of the COPY (see _commit_answered)
+        self._commit_sql: bytes | None = None
+        #: (run id, sink name) and the start of the checkpoint row's INSERT, quoted for them
+        self._marker_head: tuple[tuple[str, str] | None, bytes] = (None, b"")
         # a COPY learns of a refused row at its end anyway: rows arriving while a checkpoint
         # commits wait in memory instead of in the call
         self.defers = method == "copy" and statement is None
 
+    #: commits are sent and their answer collected at the sink's next call
+    sends = True
+
     def _connect(self) -> psycopg.Connection[Any]:
         self._copying = None
+        self._commit_sql = None
         return psycopg.connect(self.conninfo, connect_timeout=int(self.connect_timeout))
 
     def _setup(self, sql: str) -> None:
@@ -288,7 +345,7 @@ class PostgresSink(SqlSink):
         if self.method == "copy" and self.statement is None:
             if self._copying is None:
                 cur = self._conn.cursor()
-                cm = cur.copy(f"COPY {self.qtable}{self._cols()} FROM STDIN")
+                cm = cur.copy(f"COPY {self.qtable}{self._cols()} FROM STDIN", writer=_CopyEndSender(cur))
                 self._copying = (cur, cm, cm.__enter__())
             if self.encoded:
                 self._copying[2].write(b"".join(rows))
@@ -304,24 +361,6 @@ class PostgresSink(SqlSink):
         with self._conn.cursor() as cur:
             cur.executemany(self._sql, rows)
 
-    def _end_copy(self) -> None:
-        """End the COPY in progress: the server now judges its rows."""
-        if self._copying is None:
-            return
-        cur, cm, _ = self._copying
-        self._copying = None
-        try:
-            cm.__exit__(None, None, None)
-        except psycopg.OperationalError:
-            self._broken = True
-            raise  # the connection: retried (the transaction is written again)
-        except psycopg.Error as exc:
-            self._broken = True
-            raise TransactionAborted(f"{self.table}: the server refused a row of the transaction: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            cur.close()
-
     def _abandon_copy(self) -> None:
         if self._copying is None:
             return
@@ -336,10 +375,6 @@ class PostgresSink(SqlSink):
                 cur.close()
             except Exception:  # a broken connection
                 pass
-
-    def _commit(self) -> None:
-        self._end_copy()
-        self._conn.commit()
 
     def _rollback(self) -> None:
         self._abandon_copy()
@@ -357,15 +392,63 @@ class PostgresSink(SqlSink):
         self._conn.rollback()  # end the read's transaction: the run's writes start a new one
         return None if row is None else (int(row[0]), bytes(row[1]))
 
-    def _commit_marked(self, run_id: str, key: str, checkpoint: int, state: bytes) -> None:
-        # the checkpoint's row and the COMMIT in one query string (bound here, sent as one
-        # simple query): one round trip to the server where two would wait for it
-        self._end_copy()
-        with psycopg.ClientCursor(self._conn) as cur:
-            cur.execute(f"INSERT INTO {self.checkpoint_table} (run_id, sink, checkpoint, state) "
-                        f"VALUES (%s, %s, %s, %s) ON CONFLICT (run_id, sink) DO UPDATE SET "
-                        f"checkpoint = excluded.checkpoint, state = excluded.state; COMMIT",
-                        (run_id, key, checkpoint, state))
+    def _send_commit(self, marker: tuple[str, str, int, bytes] | None) -> None:
+        # COMMIT, or the checkpoint's row and the COMMIT in one query string (bound here, one
+        # simple query): sent once the server has answered the end of the COPY, if one runs
+        if marker is None:
+            sql = b"COMMIT"
+        else:
+            run_id, key, checkpoint, state = marker
+            if self._marker_head[0] != (run_id, key):  # the run's part of the row, quoted once
+                head = psycopg.ClientCursor(self._conn).mogrify(
+                    f"INSERT INTO {self.checkpoint_table} (run_id, sink, checkpoint, state) VALUES (%s, %s, ",
+                    (run_id, key))
+                self._marker_head = ((run_id, key), head.encode(self._conn.info.encoding))
+            # the snapshot as hex digits decoded by the server: no quoting, whatever the server's settings
+            sql = b"%s%d, decode('%s', 'hex')) ON CONFLICT (run_id, sink) DO UPDATE SET checkpoint = " \
+                b"excluded.checkpoint, state = excluded.state; COMMIT" % (
+                    self._marker_head[1], int(checkpoint), state.hex().encode())
+        if self._copying is None:
+            self._conn.pgconn.send_query(sql)
+            self._conn.wait(_flushed(self._conn.pgconn))
+            return
+        cur, cm, _ = self._copying
+        self._copying = None
+        try:
+            cm.__exit__(None, None, None)  # sends the end of the COPY (_CopyEndSender)
+        finally:
+            cur.close()
+        self._commit_sql = sql
+
+    def _commit_answered(self, block: bool) -> bool:
+        # the answer comes in two parts: the COPY's (then the commit is sent), the commit's
+        pgconn = self._conn.pgconn
+        encoding = self._conn.info.encoding
+        failed: Any = None  # the first failed result of the part being read
+        while True:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                res = pgconn.get_result()
+                if res is None:
+                    break
+                if res.status == pq.ExecStatus.FATAL_ERROR and failed is None:
+                    failed = res
+            else:  # the rest of the answer is still on its way
+                if not block:
+                    return False
+                self._conn.wait(_readable())
+                continue
+            sql, self._commit_sql = self._commit_sql, None
+            if failed is not None:
+                error = _server_error(failed, encoding)
+                if sql is not None:  # the COPY's answer: the server refused one of its rows
+                    raise TransactionAborted(f"{self.table}: the server refused a row of the transaction: "
+                                             f"{type(error).__name__}: {error}") from error
+                raise error
+            if sql is None:
+                return True
+            pgconn.send_query(sql)
+            self._conn.wait(_flushed(pgconn))
 
 
 def _node_args(node: dict[str, Any]) -> dict[str, Any]:
