@@ -233,6 +233,78 @@ def test_postgres_sink_and_source_reconnect_after_losing_the_connection(pg: str)
         pg_rows(pg, "SELECT id, name, score FROM src ORDER BY id")
 
 
+def at_commit(conninfo: str, *, sleep: float = 0.0, refuse: int = -1, every: int = 1_000) -> None:
+    """A deferred trigger on ``t``, run by the server at each COMMIT: sleeps ``sleep`` seconds
+    at each ``every``-th id, and refuses the row ``refuse``."""
+    pg_exec(conninfo, PG_CREATE)
+    pg_exec(conninfo, f"""
+        CREATE FUNCTION at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.id % {every} = {every} - 1 THEN PERFORM pg_sleep({sleep}); END IF;
+            IF NEW.id = {refuse} THEN RAISE EXCEPTION 'row % refused at the commit', NEW.id; END IF;
+            RETURN NULL;
+        END $$""")
+    pg_exec(conninfo, "CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED "
+                      "FOR EACH ROW EXECUTE FUNCTION at_commit()")
+
+
+@pytest.mark.parametrize("method", ["copy", "insert"])
+def test_postgres_sink_goes_on_while_the_server_commits(pg: str, monkeypatch: Any, method: str) -> None:
+    """A commit is sent, and the sink's next calls collect the answer: with ``COPY`` the rows
+    of calls that come before it wait in memory.  Here each commit takes 0.2 s at the server."""
+    from reflux.connectors.postgres import PostgresSink, write_postgres
+    at_commit(pg, sleep=0.2)
+    answers: list[tuple[bool, bool]] = []
+    real = PostgresSink._commit_answered
+
+    def answered(self: Any, block: bool) -> bool:
+        done = real(self, block)
+        answers.append((block, done))
+        return done
+
+    monkeypatch.setattr(PostgresSink, "_commit_answered", answered)
+    rows = [(i, f"n{i}", i / 2) for i in range(5_000)]
+    result = Pipeline(Extractor(rows, batch_size=100)
+                      >> write_postgres("t", conninfo=pg, method=method, commit_every=1_000, name="s")).run()
+    assert result.results["s"] == 5_000
+    assert pg_rows(pg, "SELECT id, name, score FROM t ORDER BY id") == rows
+    if method == "copy":
+        assert (False, False) in answers  # a call went on before the answer came
+    else:
+        assert all(block for block, _ in answers)  # a call waits: a refused batch stays its own
+
+
+@pytest.mark.parametrize("commit", ["inline", "beside"])
+def test_postgres_checkpoint_refused_at_its_commit_fails_the_run_and_a_restart_resumes(pg: str, tmp_path: Any,
+                                                                                      commit: str) -> None:
+    """The server refuses a checkpoint's transaction at the COMMIT, which the pipeline did not
+    wait for (inline: sent from the pipeline's thread; beside: from a thread of its own): the
+    run still fails naming it, the table holds what earlier checkpoints committed, and a
+    restart finishes exactly once."""
+    from reflux.connectors.postgres import write_postgres
+    at_commit(pg, refuse=2_345)
+
+    def build() -> Pipeline:
+        return Pipeline(Extractor(range(5_000), batch_size=100) >> Transformer(as_pg_row, name="row")
+                        >> write_postgres("t", conninfo=pg, name="s"), name="refused",
+                        checkpoint=Checkpoint(str(tmp_path / "c"), every=500, seconds=None, commit=commit))
+
+    with pytest.raises(NodeError, match="row 2345 refused at the commit") as failed:
+        build().run()
+    assert failed.value.result is not None and failed.value.result.status == "failed"
+    kept = [r[0] for r in pg_rows(pg, "SELECT id FROM t ORDER BY id")]
+    assert kept == list(range(len(kept))) and 0 < len(kept) <= 2_345
+    assert pg_rows(pg, "SELECT checkpoint FROM reflux_checkpoints") == [(failed.value.result.checkpoint.last,)]
+    pg_exec(pg, "DROP TRIGGER at_commit ON t")
+    result = build().run()
+    assert result.checkpoint.resumed_from == failed.value.result.checkpoint.last
+    assert [r[0] for r in pg_rows(pg, "SELECT id FROM t ORDER BY id")] == list(range(5_000))
+
+
+def as_pg_row(i: int) -> tuple[int, str, float]:
+    return (i, f"n{i}", i / 2)
+
+
 def test_postgres_source_params_dicts_and_resuming(pg: str) -> None:
     from reflux.connectors.postgres import PostgresSource, read_postgres
     pg_exec(pg, PG_CREATE)

@@ -32,6 +32,13 @@ checkpoint made the pipeline wait for each start: about 0.5 ms).  The next
 checkpoint (and the end of the run) first waits for them; a failure there
 fails the run.  A database sink without ``checkpoint_cut`` commits while the
 pipeline is held.
+
+**Committing inline, a deciding sink that can send its commit** (``checkpoint_send``:
+PostgreSQL) sends it while the pipeline is held and does not wait for the answer; the
+sources go on, and the next checkpoint (or the end of the run) first collects the
+answer (``checkpoint_confirm``), then does steps 4 and 5.  So the checkpoint file and
+the file sinks' renames follow the decision one checkpoint later; a restart in
+between finds the decision in the database (step 3) and catches up.
 """
 from __future__ import annotations
 

@@ -38,7 +38,9 @@ class Checkpoint:
     ``commit``
         where a checkpoint's commit runs: ``"beside"`` the pipeline, in a thread
         of its own while the sources go on; ``"inline"``, in the pipeline's own
-        thread while it is held; ``"auto"`` (default): inline when the pipeline
+        thread while it is held (a PostgreSQL sink sends its commit from there
+        and collects the server's answer as the pipeline goes on, so the
+        pipeline does not wait for it); ``"auto"`` (default): inline when the pipeline
         writes to a database, runs with the GIL and has no process or Ray
         workers, else beside it.  Under the GIL a commit beside the pipeline
         takes turns at the GIL with it, which cost more than the commit's own

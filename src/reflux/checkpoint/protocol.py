@@ -77,6 +77,17 @@ class TransactionalSink(Protocol):
         """Commit everything written before the barrier; with ``state``, record the
         checkpoint in the same transaction."""
 
+    def checkpoint_send(self, checkpoint: int, state: bytes) -> bool:
+        """(Optional) Like :meth:`checkpoint_commit` with ``state``, called while the
+        pipeline is held when it commits inline, but the sink may return before the
+        database has answered (True: :meth:`checkpoint_confirm` is called before the
+        next checkpoint or at the end; False: it committed already).  Writes that come
+        meanwhile must not join the transaction sent."""
+
+    def checkpoint_confirm(self, checkpoint: int) -> None:
+        """(With :meth:`checkpoint_send`) Wait for the answer to the commit sent; raise
+        if it failed."""
+
     def checkpoint_detach(self, rollback: bool) -> None:
         """After the run: roll back what was not committed (``rollback``) and let go."""
 

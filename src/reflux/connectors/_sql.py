@@ -16,7 +16,16 @@ failed batch (``retries=``, then ``on_error``):
   must) and writes them again before its batch;
 * SQLite writes each batch under a savepoint and rolls back only the batch.
 
-**Under checkpoints the commit runs beside the pipeline** (see
+**A sink that** ``sends`` **does not wait for its commits** (PostgreSQL): it sends
+the end of the ``COPY`` and the ``COMMIT`` (with a checkpoint's row) and returns;
+the Loader's next calls collect the server's answer, and rows that arrive before
+it wait in memory (``defers``; else the call waits for the answer).  A commit
+that failed for a lost connection is written again by the next call, as any
+failed write; a checkpoint's commit that failed fails the run.  Committing
+inline, a checkpoint is sent this way and confirmed at the next barrier
+(:meth:`SqlSink.checkpoint_send`, :meth:`SqlSink.checkpoint_confirm`).
+
+**Under checkpoints the commit may run beside the pipeline** (see
 :mod:`reflux.checkpoint.commit`): at a barrier :meth:`SqlSink.checkpoint_cut`
 marks the rows written so far as the transaction the checkpoint commits, and
 until a thread of the checkpoint has committed it, the rows of the next
@@ -98,9 +107,10 @@ def _records(batch: list[Any]) -> list[Any]:
 class SqlSink:
     """A batching, transactional database sink (see the module docs).  Subclasses
     connect and speak their database's SQL: :meth:`_connect`, :meth:`_insert`,
-    :meth:`_begin`, :meth:`_commit`, :meth:`_rollback`, :meth:`_disconnect`,
-    :meth:`_marker_setup`, :meth:`_read_marker`, and :meth:`_write_marker` (or
-    :meth:`_commit_marked`, which writes a checkpoint's row and commits)."""
+    :meth:`_commit`, :meth:`_rollback`, :meth:`_disconnect`, :meth:`_marker_setup`,
+    :meth:`_read_marker`, and :meth:`_write_marker` (or :meth:`_commit_marked`, which
+    writes a checkpoint's row and commits); a sink that ``sends`` its commits has
+    :meth:`_send_commit` and :meth:`_commit_answered` in place of the commits."""
 
     batched = True
     checkpoint_role = "transaction"
