@@ -251,13 +251,16 @@ def at_commit(conninfo: str, *, sleep: float = 0.0, refuse: int = -1, every: int
 @pytest.mark.parametrize("method", ["copy", "insert"])
 def test_postgres_sink_goes_on_while_the_server_commits(pg: str, monkeypatch: Any, method: str) -> None:
     """A commit is sent, and the sink's next calls collect the answer: with ``COPY`` the rows
-    of calls that come before it wait in memory.  Here each commit takes 0.2 s at the server."""
+    of calls that come before it wait in memory, up to ``commit_every`` rows, then a call
+    waits.  Here each commit takes 0.2 s at the server."""
     from reflux.connectors.postgres import PostgresSink, write_postgres
     at_commit(pg, sleep=0.2)
     answers: list[tuple[bool, bool]] = []
+    waiting: list[int] = []  # rows kept in memory at each look for the answer
     real = PostgresSink._commit_answered
 
     def answered(self: Any, block: bool) -> bool:
+        waiting.append(sum(map(len, self._later)))
         done = real(self, block)
         answers.append((block, done))
         return done
@@ -270,6 +273,8 @@ def test_postgres_sink_goes_on_while_the_server_commits(pg: str, monkeypatch: An
     assert pg_rows(pg, "SELECT id, name, score FROM t ORDER BY id") == rows
     if method == "copy":
         assert (False, False) in answers  # a call went on before the answer came
+        # then one waited, holding commit_every rows (and less than one batch more)
+        assert 1_000 <= max(waiting) < 2_000 and (True, True) in answers
     else:
         assert all(block for block, _ in answers)  # a call waits: a refused batch stays its own
 

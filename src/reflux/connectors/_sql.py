@@ -19,7 +19,8 @@ failed batch (``retries=``, then ``on_error``):
 **A sink that** ``sends`` **does not wait for its commits** (PostgreSQL): it sends
 the end of the ``COPY`` and the ``COMMIT`` (with a checkpoint's row) and returns;
 the Loader's next calls collect the server's answer, and rows that arrive before
-it wait in memory (``defers``; else the call waits for the answer).  A commit
+it wait in memory (``defers``; else, or once ``commit_every`` rows wait, the call
+waits for the answer).  A commit
 that failed for a lost connection is written again by the next call, as any
 failed write; a checkpoint's commit that failed fails the run.  Committing
 inline, a checkpoint is sent this way and confirmed at the next barrier
@@ -319,10 +320,12 @@ class SqlSink:
 
     def _answered_in_call(self) -> bool:
         """[the Loader's call] Whether the commit sent is answered (waiting for it if the
-        sink does not keep rows in memory meanwhile).  Without checkpoints a lost commit is
-        written again by this call; a checkpoint's failed commit fails the run."""
+        sink does not keep rows in memory meanwhile, or keeps ``commit_every`` rows already:
+        a server slow to commit slows the pipeline rather than fill the memory).  Without
+        checkpoints a lost commit is written again by this call; a checkpoint's failed
+        commit fails the run."""
         try:
-            return self._settle(block=not self.defers)
+            return self._settle(block=not self.defers or sum(map(len, self._later)) >= self.commit_every)
         except Exception as exc:
             if not self._attached:
                 return True  # _broken: this call reconnects and writes the lost rows again

@@ -31,8 +31,9 @@ checkpoints, with each checkpoint, in the same transaction as its row of
 :mod:`reflux.connectors._sql`).  It does not wait for a commit: it sends the
 end of the ``COPY`` and the ``COMMIT``, and its next calls collect the server's
 answer while the pipeline goes on (rows arriving before the answer wait in
-memory), so the server finishes the rows and flushes its log beside the
-pipeline.  The end of the run waits for the last commit.
+memory, up to ``commit_every`` rows; past that the call waits), so the server
+finishes the rows and flushes its log beside the pipeline.  The end of the run
+waits for the last commit.
 
 **COPY or INSERT.** With ``method="copy"`` (the default) the rows of a
 transaction stream through one ``COPY ... FROM STDIN``, so the server parses
