@@ -204,17 +204,13 @@ class SqlSink:
         if self._cut:  # set only while the pipeline is held: a stale False cannot be read here
             with self._cond:
                 if self._cut and self.defers:
-                    self._later.append(rows)
-                    self._n_uncommitted += len(rows)
-                    self.loaded += len(rows)
+                    self._keep(rows)
                     return
                 while self._cut:
                     self._cond.wait()
         if self._sent is not None and not self._answered_in_call():
             with self._lock:
-                self._later.append(rows)  # the server is still committing: they wait in memory
-            self._n_uncommitted += len(rows)
-            self.loaded += len(rows)
+                self._keep(rows)  # the server is still committing
             return
         if not self.replays:
             if self._conn is None:
@@ -280,6 +276,13 @@ class SqlSink:
         for rows in self._uncommitted:
             self._insert(rows)
         self._broken = False
+
+    def _keep(self, rows: list[Any]) -> None:
+        """[with _lock held] Keep a batch's rows in memory while a commit runs (written by
+        :meth:`_write_later`)."""
+        self._later.append(rows)
+        self._n_uncommitted += len(rows)
+        self.loaded += len(rows)
 
     def _commit_all(self, marker: tuple[str, str, int, bytes] | None = None, *, wait: bool = True) -> None:
         """Commit the transaction (with a checkpoint's row in it: ``marker``, the arguments
@@ -364,17 +367,7 @@ class SqlSink:
 
     def checkpoint_commit(self, checkpoint: int, state: bytes | None) -> None:
         try:
-            self._settle(block=True)
-            if self._conn is None or self._broken:
-                self._recover_connection()
-            before, self._before_cut = self._before_cut, []
-            if not self._cut:  # committed inline: rows deferred during a commit sent earlier came before it
-                with self._lock:
-                    before, self._later = before + self._later, []
-            for rows in before:
-                self._uncommitted.append(rows)  # kept first: a recovery writes them again
-                self._insert(rows)
-            self._commit_all(None if state is None else (self._run_id, self._key, checkpoint, state))
+            self._commit_checkpoint(checkpoint, state, wait=True)
         finally:
             with self._cond:
                 self._cut = False  # from here on the calls write themselves (deferred rows first)
@@ -388,13 +381,21 @@ class SqlSink:
         if not self.sends:
             self.checkpoint_commit(checkpoint, state)
             return False
+        self._commit_checkpoint(checkpoint, state, wait=False)
+        return True
+
+    def _commit_checkpoint(self, checkpoint: int, state: bytes | None, wait: bool) -> None:
+        """Commit the rows before the barrier (with the checkpoint's row if ``state``)."""
         self._settle(block=True)
         if self._conn is None or self._broken:
             self._recover_connection()
-        if self._later:  # deferred during the last commit: they came before this checkpoint
+        before, self._before_cut = self._before_cut, []
+        for rows in before:
+            self._uncommitted.append(rows)  # kept first: a recovery writes them again
+            self._insert(rows)
+        if not self._cut and self._later:  # inline: rows kept during a commit sent earlier came before it
             self._write_later()
-        self._commit_all((self._run_id, self._key, checkpoint, state), wait=False)
-        return True
+        self._commit_all(None if state is None else (self._run_id, self._key, checkpoint, state), wait=wait)
 
     def checkpoint_confirm(self, checkpoint: int) -> None:
         """Wait for the answer to :meth:`checkpoint_send`; raise if the commit failed."""
@@ -404,7 +405,7 @@ class SqlSink:
         self._settle(block=True)
 
     def _write_later(self) -> None:
-        """[the Loader's call] Write the rows deferred while the last checkpoint committed."""
+        """Write the rows kept in memory while the last commit ran into the open transaction."""
         with self._lock:
             later, self._later = self._later, []
         # all kept first: if one batch fails, the recovery writes every one of them again

@@ -428,7 +428,6 @@ class PostgresSink(SqlSink):
     def _commit_answered(self, block: bool) -> bool:
         # the answer comes in two parts: the COPY's (then the commit is sent), the commit's
         pgconn = self._conn.pgconn
-        encoding = self._conn.info.encoding
         failed: Any = None  # the first failed result of the part being read
         while True:
             pgconn.consume_input()
@@ -445,7 +444,7 @@ class PostgresSink(SqlSink):
                 continue
             sql, self._commit_sql = self._commit_sql, None
             if failed is not None:
-                error = _server_error(failed, encoding)
+                error = _server_error(failed, self._conn.info.encoding)
                 if sql is not None:  # the COPY's answer: the server refused one of its rows
                     raise TransactionAborted(f"{self.table}: the server refused a row of the transaction: "
                                              f"{type(error).__name__}: {error}") from error
