@@ -310,6 +310,34 @@ def as_pg_row(i: int) -> tuple[int, str, float]:
     return (i, f"n{i}", i / 2)
 
 
+@pytest.mark.parametrize("send", [False, True])
+def test_postgres_checkpoint_row_keeps_a_large_snapshot_byte_for_byte(pg: str, send: bool) -> None:
+    """A checkpoint's snapshot (every byte value, as large as one holding process workers'
+    items in flight) goes into the row with the rows before it, committed (or sent and
+    confirmed), and comes back unchanged; the row is stored uncompressed."""
+    from reflux.connectors.postgres import PostgresSink
+    state = bytes(range(256)) * 1_200
+    sink = PostgresSink("t", conninfo=pg, create=PG_CREATE)
+    sink.checkpoint_attach("run-ü", "sink-ß")  # names beyond ASCII
+    assert sink.checkpoint_recover() is None
+    sink.open()
+    sink([as_pg_row(i) for i in range(100)])
+    if send:
+        assert sink.checkpoint_send(1, state)
+        sink([as_pg_row(i) for i in range(100, 150)])  # kept in memory or written: after the checkpoint
+        sink.checkpoint_confirm(1)
+    else:
+        sink.checkpoint_commit(1, state)
+    sink.checkpoint_detach(rollback=True)  # what came after the checkpoint is rolled back
+    assert [r[0] for r in pg_rows(pg, "SELECT id FROM t ORDER BY id")] == list(range(100))
+    again = PostgresSink("t", conninfo=pg)
+    again.checkpoint_attach("run-ü", "sink-ß")
+    assert again.checkpoint_recover() == (1, state)
+    again.checkpoint_detach(rollback=True)
+    assert pg_rows(pg, "SELECT attstorage FROM pg_attribute WHERE attrelid = 'reflux_checkpoints'::regclass "
+                       "AND attname = 'state'") == [("e",)]
+
+
 def test_postgres_source_params_dicts_and_resuming(pg: str) -> None:
     from reflux.connectors.postgres import PostgresSource, read_postgres
     pg_exec(pg, PG_CREATE)
