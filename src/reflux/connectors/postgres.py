@@ -400,12 +400,17 @@ class PostgresSink(SqlSink):
                            f"PRIMARY KEY (run_id, sink))")
         self._conn.commit()
         # the snapshot stored as it comes: compressing it at every checkpoint cost the server
-        # more than the bytes it saved (a snapshot holding items in flight is 100-300 KB)
-        try:
-            self._conn.execute(f"ALTER TABLE {self.checkpoint_table} ALTER COLUMN state SET STORAGE EXTERNAL")
-            self._conn.commit()
-        except psycopg.Error:  # not the table's owner: stored compressed, which only costs time
-            self._conn.rollback()
+        # more than the bytes it saved (a snapshot holding items in flight is 100-300 KB);
+        # looked up first, as the change locks the table that other runs may be writing to
+        row = self._conn.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass "
+                                 "AND attname = 'state'", (self.checkpoint_table,)).fetchone()
+        self._conn.rollback()
+        if row is not None and row[0] != "e":
+            try:
+                self._conn.execute(f"ALTER TABLE {self.checkpoint_table} ALTER COLUMN state SET STORAGE EXTERNAL")
+                self._conn.commit()
+            except psycopg.Error:  # not the table's owner: stored compressed, which only costs time
+                self._conn.rollback()
 
     def _read_marker(self, run_id: str, key: str) -> tuple[int, bytes] | None:
         row = self._conn.execute(f"SELECT checkpoint, state FROM {self.checkpoint_table} "
